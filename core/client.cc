@@ -1,0 +1,155 @@
+// What every client has whatever its transport: telemetry and change callbacks.
+#include <time.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "easysync/client.h"
+
+namespace easysync {
+
+int64_t MonotonicNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::map<std::string, double> Stats::AsMap() const {
+  return {
+      {"latency_ms", latency_ms},
+      {"latency_last_ms", latency_last_ms},
+      {"latency_max_ms", latency_max_ms},
+      {"latency_samples", static_cast<double>(latency_samples)},
+      {"bytes_sent", static_cast<double>(bytes_sent)},
+      {"bytes_recv", static_cast<double>(bytes_recv)},
+      {"packets_sent", static_cast<double>(packets_sent)},
+      {"packets_recv", static_cast<double>(packets_recv)},
+      {"updates_sent", static_cast<double>(updates_sent)},
+      {"updates_applied", static_cast<double>(updates_applied)},
+      {"torn_read_retries", static_cast<double>(torn_read_retries)},
+      {"dead_writer_recoveries", static_cast<double>(dead_writer_recoveries)},
+  };
+}
+
+std::string Stats::ToString() const {
+  std::ostringstream os;
+  bool first = true;
+  for (const auto& [k, v] : AsMap()) {
+    os << (first ? "" : " ") << k << "=" << v;
+    first = false;
+  }
+  return os.str();
+}
+
+Client::~Client() { StopCallbacks(); }
+
+Stats Client::stats() const {
+  const auto& c = counters_;
+  auto ld = [](const auto& a) { return a.load(std::memory_order_relaxed); };
+  Stats s;
+  s.latency_ms = static_cast<double>(ld(c.latency_ewma_ns)) / 1e6;
+  s.latency_last_ms = static_cast<double>(ld(c.latency_last_ns)) / 1e6;
+  s.latency_max_ms = static_cast<double>(ld(c.latency_max_ns)) / 1e6;
+  s.latency_samples = ld(c.latency_samples);
+  s.bytes_sent = ld(c.bytes_sent);
+  s.bytes_recv = ld(c.bytes_recv);
+  s.packets_sent = ld(c.packets_sent);
+  s.packets_recv = ld(c.packets_recv);
+  s.updates_sent = ld(c.updates_sent);
+  s.updates_applied = ld(c.updates_applied);
+  s.torn_read_retries = ld(c.torn_read_retries);
+  s.dead_writer_recoveries = ld(c.dead_writer_recoveries);
+  return s;
+}
+
+void Client::RecordApplied(size_t bytes, int64_t write_ns) {
+  auto& c = counters_;
+  constexpr auto kRelaxed = std::memory_order_relaxed;
+  c.bytes_recv.fetch_add(bytes, kRelaxed);
+  c.packets_recv.fetch_add(1, kRelaxed);
+  c.updates_applied.fetch_add(1, kRelaxed);
+  const int64_t lat = std::max<int64_t>(0, MonotonicNanos() - write_ns);
+  c.latency_last_ns.store(lat, kRelaxed);
+  if (lat > c.latency_max_ns.load(kRelaxed)) c.latency_max_ns.store(lat, kRelaxed);
+  // Readers of one client race only on the average; a lost sample is harmless.
+  const uint64_t n = c.latency_samples.fetch_add(1, kRelaxed);
+  const int64_t old = c.latency_ewma_ns.load(kRelaxed);
+  c.latency_ewma_ns.store(n == 0 ? lat : old + (lat - old) / 16, kRelaxed);
+}
+
+Subscription& Subscription::operator=(Subscription&& o) noexcept {
+  if (this != &o) {
+    reset();
+    client_ = o.client_;
+    id_ = o.id_;
+    o.client_ = nullptr;
+  }
+  return *this;
+}
+
+void Subscription::reset() {
+  if (client_ != nullptr) client_->Unsubscribe(id_);
+  client_ = nullptr;
+}
+
+Subscription Client::OnChange(AttrId attr, std::function<void()> fn) {
+  std::unique_lock<std::mutex> lock(watch_mu_, std::defer_lock);
+  if (std::this_thread::get_id() != callback_thread_id_.load()) lock.lock();
+  const uint64_t id = next_watch_id_++;
+  watches_.push_back(Watch{id, attr, LatestVersion(attr), std::move(fn)});
+  watch_epoch_.fetch_add(1, std::memory_order_release);
+  if (!callback_thread_.joinable()) {
+    callback_thread_ = std::thread([this] { CallbackLoop(); });
+    callback_thread_id_ = callback_thread_.get_id();
+  }
+  return Subscription(this, id);
+}
+
+void Client::Unsubscribe(uint64_t id) {
+  // From inside a callback the lock is already held by this thread.
+  std::unique_lock<std::mutex> lock(watch_mu_, std::defer_lock);
+  if (std::this_thread::get_id() != callback_thread_id_.load()) lock.lock();
+  std::erase_if(watches_, [id](const Watch& w) { return w.id == id; });
+  watch_epoch_.fetch_add(1, std::memory_order_release);
+}
+
+void Client::StopCallbacks() {
+  if (!callback_thread_.joinable()) return;
+  stop_.store(true);
+  Kick();
+  callback_thread_.join();
+}
+
+void Client::CallbackLoop() {
+  while (!stop_.load()) {
+    // Snapshot of what to watch, refreshed when subscriptions change.
+    auto any_changed = [&] {
+      if (stop_.load(std::memory_order_relaxed)) return true;
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      for (const Watch& w : watches_) {
+        if (LatestVersion(w.attr) > w.seen) return true;
+      }
+      return false;
+    };
+    WaitUntil(any_changed, Clock::now() + std::chrono::milliseconds(200));
+    if (stop_.load()) break;
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    for (size_t i = 0; i < watches_.size(); ++i) {
+      const uint64_t v = LatestVersion(watches_[i].attr);
+      if (v <= watches_[i].seen) continue;
+      watches_[i].seen = v;
+      // Copied: the callback may unsubscribe itself (erasing from watches_).
+      std::function<void()> fn = watches_[i].fn;
+      const uint64_t epoch = watch_epoch_.load(std::memory_order_acquire);
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "easysync: change callback threw: %s\n", e.what());
+      }
+      if (watch_epoch_.load(std::memory_order_acquire) != epoch) break;  // list changed
+    }
+  }
+}
+
+}  // namespace easysync

@@ -1,0 +1,176 @@
+// Client: one participant's connection to a cluster.
+//
+// Most programs use SyncedObject / Synced<T> (easysync/synced.h) and only call
+// shm_connect() and stats() here. The attribute-level methods below are what the proxies,
+// the Python package and the torch extension are built on.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "easysync/function_ref.h"
+#include "easysync/stats.h"
+#include "easysync/status.h"
+#include "easysync/value_traits.h"
+
+namespace easysync {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+
+// How a waiting reader learns about a change.
+enum class WaitMode : uint8_t {
+  kFutex,  // spin for spin_ns, then sleep on the segment's futex (default)
+  kPoll,   // spin until the change or the deadline: lowest latency, burns a core
+};
+
+struct ShmOptions {
+  WaitMode wait_mode = WaitMode::kFutex;
+  // Spin before sleeping: a sleeping CPU on these VMs costs ~45 us to wake, a steady
+  // stream of updates should never pay it.
+  std::chrono::nanoseconds spin = std::chrono::microseconds(50);
+  // Directory size and small-value arena, used only by the process that creates the segment.
+  uint32_t max_attributes = 4096;
+  uint64_t arena_bytes = 16ull << 20;
+  // How long to wait for a concurrently starting process to finish creating the segment.
+  std::chrono::milliseconds attach_timeout{5000};
+};
+
+// An attribute as seen by one client: an index into that client's table.
+struct AttrId {
+  uint32_t index = 0;
+};
+
+// What a read returns besides the value.
+struct UpdateInfo {
+  uint64_t version = 0;  // per attribute, starts at 1
+  uint64_t clock = 0;    // logical clock of the write (last writer wins on (clock, writer))
+  uint32_t writer = 0;   // client id of the writer
+  int64_t write_ns = 0;  // writer's CLOCK_MONOTONIC time
+};
+
+class Client;
+// Keeps a change callback registered; unregisters in its destructor.
+class [[nodiscard]] Subscription {
+ public:
+  Subscription() = default;
+  Subscription(Subscription&& o) noexcept : client_(o.client_), id_(o.id_) { o.client_ = nullptr; }
+  Subscription& operator=(Subscription&& o) noexcept;
+  ~Subscription() { reset(); }
+  void reset();
+
+ private:
+  friend class Client;
+  Subscription(Client* c, uint64_t id) : client_(c), id_(id) {}
+  Client* client_ = nullptr;
+  uint64_t id_ = 0;
+};
+
+class Client {
+ public:
+  virtual ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // This client's id within the cluster (unique while the cluster lives).
+  virtual uint32_t id() const = 0;
+  virtual const std::string& cluster() const = 0;
+
+  // Finds or creates object.attribute with the given kind (TypeMismatch when the cluster
+  // knows it with another kind). When `initial` is given and the attribute has no value yet,
+  // it becomes version 1; an existing value is never reset.
+  struct Initial {
+    size_t size;
+    FunctionRef<void(std::byte*)> encode;
+  };
+  virtual Result<AttrId> Declare(std::string_view object, std::string_view attribute,
+                                 ValueKind kind, const Initial* initial) = 0;
+
+  // Publishes a value of `size` bytes written by `encode`; returns its version.
+  virtual Result<uint64_t> Write(AttrId attr, size_t size,
+                                 FunctionRef<void(std::byte*)> encode) = 0;
+
+  // The newest version of the attribute (0: no value yet). Never blocks.
+  virtual uint64_t LatestVersion(AttrId attr) = 0;
+
+  // When the attribute has a version newer than `have`, calls `decode` on its bytes and
+  // returns what was read; otherwise nullopt. `decode` may be called again if a writer
+  // overwrote the bytes while it ran; only the last call's result counts. Never blocks.
+  virtual Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
+                                                        FunctionRef<Status(ByteSpan)> decode) = 0;
+
+  // Waits until ready() is true or the deadline passes; returns ready()'s last answer.
+  // ready() is called after every change anywhere in the cluster (and while spinning).
+  virtual bool WaitUntil(FunctionRef<bool()> ready, Deadline deadline) = 0;
+
+  // Wakes every waiter of this cluster (used to stop the callback thread).
+  virtual void Kick() = 0;
+
+  Stats stats() const;
+
+  // Calls fn (on this client's callback thread) after each new version of the attribute.
+  // Versions may be coalesced when several arrive before fn runs; none is missed at the end.
+  Subscription OnChange(AttrId attr, std::function<void()> fn);
+
+  // Counters the transports and proxies update.
+  struct Counters {
+    std::atomic<uint64_t> bytes_sent{0}, bytes_recv{0}, packets_sent{0}, packets_recv{0};
+    std::atomic<uint64_t> updates_sent{0}, updates_applied{0}, torn_read_retries{0};
+    std::atomic<uint64_t> dead_writer_recoveries{0};
+    std::atomic<uint64_t> latency_samples{0};
+    std::atomic<int64_t> latency_ewma_ns{0}, latency_last_ns{0}, latency_max_ns{0};
+  };
+  Counters& counters() { return counters_; }
+  // Records one applied update written at write_ns (CLOCK_MONOTONIC).
+  void RecordApplied(size_t bytes, int64_t write_ns);
+
+ protected:
+  Client() = default;
+  // Derived destructors call this first, while the transport still works.
+  void StopCallbacks();
+
+ private:
+  friend class Subscription;
+  void Unsubscribe(uint64_t id);
+  void CallbackLoop();
+
+  Counters counters_;
+
+  struct Watch {
+    uint64_t id;
+    AttrId attr;
+    uint64_t seen;
+    std::function<void()> fn;
+  };
+  std::mutex watch_mu_;  // guards watches_ and the callbacks while they run
+  std::vector<Watch> watches_;
+  uint64_t next_watch_id_ = 1;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> watch_epoch_{0};
+  std::thread callback_thread_;
+  std::atomic<std::thread::id> callback_thread_id_{};
+};
+
+// Joins (or creates) the shared-memory cluster `name`: [A-Za-z0-9_-], 1..64 characters.
+// No server: the shared segment is the bus. The last client to close removes it.
+Result<std::shared_ptr<Client>> TryShmConnect(std::string_view name,
+                                              const ShmOptions& options = {});
+// As TryShmConnect, throwing easysync::Error.
+std::shared_ptr<Client> shm_connect(std::string_view name, const ShmOptions& options = {});
+
+// CLOCK_MONOTONIC in nanoseconds: comparable across processes of one machine.
+int64_t MonotonicNanos();
+
+}  // namespace easysync

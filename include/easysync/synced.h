@@ -1,0 +1,172 @@
+// The proxy layer: a synced object and its typed attributes.
+//
+//   auto client = easysync::shm_connect("my_cluster");
+//   struct State : easysync::SyncedObject {
+//     easysync::Synced<int64_t> score{this, "score", 0};
+//     easysync::Synced<easysync::Tensor> weights{this, "weights"};
+//     explicit State(easysync::Client& c) : SyncedObject(c, "State") {}
+//   };
+//
+// A write publishes at once; a read returns the newest value this process can see without
+// blocking (a cached copy, refreshed when the cluster has a newer version). Declaring an
+// attribute with an initial value only initializes it when the cluster has no value yet.
+//
+// Thread-safety: a Synced<T> may be read and written from several threads.
+// Errors: these methods throw easysync::Error (the Client methods return Status instead).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "easysync/client.h"
+#include "easysync/value_traits.h"
+
+namespace easysync {
+
+// Which delivery an attribute wants. Shared memory is always reliable; network mode
+// honours the choice per object and per attribute.
+enum class Transport : uint8_t { kDefault = 0, kReliable, kUdp };
+
+struct AttrOptions {
+  Transport transport = Transport::kDefault;
+};
+
+class SyncedObject {
+ public:
+  // `name` identifies the object in the cluster; `key` tells several instances apart.
+  SyncedObject(Client& client, std::string name, std::string key = "",
+               Transport transport = Transport::kDefault);
+  virtual ~SyncedObject() = default;
+  SyncedObject(const SyncedObject&) = delete;
+  SyncedObject& operator=(const SyncedObject&) = delete;
+
+  Client& client() const { return *client_; }
+  // The object's identity: name, or name[key].
+  const std::string& id() const { return id_; }
+  Transport transport() const { return transport_; }
+
+ private:
+  Client* client_;
+  std::string id_;
+  Transport transport_;
+};
+
+template <class T>
+class Synced {
+  using Traits = ValueTraits<T>;
+
+ public:
+  // Declares the attribute without a value of its own: reads give T{} until someone writes.
+  Synced(SyncedObject* owner, std::string_view name, AttrOptions options = {})
+      : Synced(owner, name, std::nullopt, options) {}
+  // Declares the attribute; `initial` is published only if the cluster has no value yet.
+  Synced(SyncedObject* owner, std::string_view name, std::optional<T> initial,
+         AttrOptions options = {})
+      : client_(&owner->client()), name_(name), options_(options) {
+    if (initial) {
+      attr_ = Traits::WithEncoding(*initial, [&](size_t size, auto&& encode) {
+        Client::Initial init{size, encode};
+        return ValueOrThrow(client_->Declare(owner->id(), name_, Traits::kKind, &init));
+      });
+    } else {
+      attr_ = ValueOrThrow(client_->Declare(owner->id(), name_, Traits::kKind, nullptr));
+    }
+    Refresh();
+  }
+  template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                              !std::is_same_v<std::decay_t<U>, AttrOptions>>>
+  Synced(SyncedObject* owner, std::string_view name, U&& initial, AttrOptions options = {})
+      : Synced(owner, name, std::optional<T>(T(std::forward<U>(initial))), options) {}
+
+  Synced(const Synced&) = delete;
+  Synced& operator=(const Synced&) = delete;
+
+  // The newest value visible to this process. Never blocks on other processes.
+  T get() const {
+    Refresh();
+    std::lock_guard<std::mutex> lock(mu_);
+    return value_;
+  }
+  operator T() const { return get(); }  // NOLINT: reads like the plain member it replaces
+
+  // Publishes v to the cluster; returns the new version.
+  uint64_t set(const T& v) {
+    const uint64_t version = Traits::WithEncoding(v, [&](size_t size, auto&& encode) {
+      return ValueOrThrow(client_->Write(attr_, size, encode));
+    });
+    std::lock_guard<std::mutex> lock(mu_);
+    if (version > version_) {
+      value_ = v;
+      version_ = version;
+    }
+    return version;
+  }
+  Synced& operator=(const T& v) {
+    set(v);
+    return *this;
+  }
+
+  // Version of the value get() returns now (0: none yet).
+  uint64_t version() const {
+    Refresh();
+    std::lock_guard<std::mutex> lock(mu_);
+    return version_;
+  }
+  // Metadata of the newest value read (writer, clock, write time).
+  UpdateInfo info() const {
+    Refresh();
+    std::lock_guard<std::mutex> lock(mu_);
+    return info_;
+  }
+
+  // Waits until a version newer than the one get() last returned exists; false on timeout.
+  bool wait_for_change(std::chrono::nanoseconds timeout) const {
+    uint64_t seen;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      seen = version_;
+    }
+    auto newer = [&] { return client_->LatestVersion(attr_) > seen; };
+    const bool changed = client_->WaitUntil(newer, Clock::now() + timeout);
+    if (changed) Refresh();
+    return changed;
+  }
+
+  // Calls fn(new value) on the client's callback thread after each change.
+  Subscription on_change(std::function<void(const T&)> fn) const {
+    return client_->OnChange(attr_, [this, fn = std::move(fn)] { fn(get()); });
+  }
+
+  AttrId attr() const { return attr_; }
+  const std::string& name() const { return name_; }
+  AttrOptions options() const { return options_; }
+
+ private:
+  void Refresh() const {
+    if (client_->LatestVersion(attr_) <= version_.load(std::memory_order_acquire)) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto r = client_->ReadIfNewer(attr_, version_,
+                                  [&](ByteSpan bytes) { return Traits::Decode(bytes, &value_); });
+    if (!r.ok()) throw Error(r.status());
+    if (r.value()) {
+      info_ = *r.value();
+      version_.store(info_.version, std::memory_order_release);
+    }
+  }
+
+  Client* client_;
+  std::string name_;
+  AttrOptions options_;
+  AttrId attr_;
+  mutable std::mutex mu_;  // guards value_, info_ and writes of version_
+  mutable T value_{};
+  mutable UpdateInfo info_{};
+  mutable std::atomic<uint64_t> version_{0};
+};
+
+}  // namespace easysync
