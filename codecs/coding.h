@@ -1,0 +1,72 @@
+// Little-endian fixed-width and LEB128 varint coding, bounds-checked on the decode side.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "codecs/frame_format.h"
+
+namespace easysync::codec::internal {
+
+inline uint64_t LoadU64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof v);  // host is little-endian (frame_format.h asserts it)
+  return v;
+}
+inline uint32_t LoadU32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void StoreU64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, sizeof v); }
+inline void StoreU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
+
+// Writes v as LEB128 (7 bits per byte, low first, high bit = more follows) at p.
+// REQUIRES: room for format::kMaxVarintBytes bytes. Returns the end of the written bytes.
+inline uint8_t* PutVarint(uint8_t* p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = static_cast<uint8_t>(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = static_cast<uint8_t>(v);
+  return p;
+}
+
+inline size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Reads one canonical varint from [*p, end). Returns false (leaving *p unspecified) when it
+// runs past end, is longer than 10 bytes, overflows 64 bits, or is not minimal (ends in a
+// zero byte after the first): a frame has exactly one encoding of each number.
+inline bool GetVarint(const uint8_t** p, const uint8_t* end, uint64_t* out) {
+  const uint8_t* q = *p;
+  if (q < end && *q < 0x80) {  // fast path: one byte
+    *out = *q;
+    *p = q + 1;
+    return true;
+  }
+  uint64_t v = 0;
+  for (unsigned shift = 0; shift < 64; shift += 7) {
+    if (q == end) return false;
+    const uint8_t b = *q++;
+    const uint64_t bits = b & 0x7f;
+    if (shift == 63 && bits > 1) return false;  // overflow
+    v |= bits << shift;
+    if (b < 0x80) {
+      if (b == 0 && shift != 0) return false;  // overlong
+      *out = v;
+      *p = q;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace easysync::codec::internal

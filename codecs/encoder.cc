@@ -1,0 +1,247 @@
+// Encoder: picks the smallest chain for an update without running every chain in full.
+//
+// One fused pass over the tensor hashes cur (and base, unless its hash is known) block by
+// block and builds the sparse form as it goes, giving up once the sparse form grows past a
+// quarter of the tensor per stream (dense update). Then:
+//   sparse body <= tensor / 16    -> only xor+sparse(+planes)(+zstd): dense cannot win;
+//   larger, or sparse abandoned   -> also xor+planes+zstd, keep the smaller;
+//   nothing below the raw size    -> raw (a full value).
+// zstd therefore only sees the compacted sparse body unless the update is dense.
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "codecs/buffers.h"
+#include "codecs/coding.h"
+#include "codecs/frame.h"
+#include "codecs/frame_format.h"
+#include "codecs/kernels.h"
+#include "codecs/sparse.h"
+#include "easysync/codec.h"
+
+namespace easysync::codec {
+namespace {
+
+using internal::Scratch;
+
+// Tensor bytes hashed and scanned per step of the fused pass: small enough that cur and base
+// blocks stay in L2 between the hash and the scan.
+constexpr size_t kBlock = 64 * 1024;
+// Room left before the gap stream for the two count varints of the sparse head.
+constexpr size_t kHeadRoom = 2 * format::kMaxVarintBytes;
+// Dense candidates are skipped when the sparse body is at most 1/kSparseOnlyDivisor of the
+// tensor: zstd of mostly-zero planes cannot beat it there, and would cost a full pass.
+constexpr size_t kSparseOnlyDivisor = 16;
+
+bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
+  if (an == 0 || bn == 0) return false;
+  const auto pa = reinterpret_cast<uintptr_t>(a);
+  const auto pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + bn && pb < pa + an;
+}
+
+}  // namespace
+
+struct Encoder::Impl {
+  EncoderOptions options;
+  ZSTD_CCtx* cctx = nullptr;
+  Scratch body;    // sparse body: kHeadRoom, gap stream, value planes
+  Scratch values;  // element-major XOR values of the changes
+  Scratch planes;  // dense XOR planes (or planes of a full value)
+  Scratch alt;     // the second zstd candidate
+  internal::StreamHash cur_hash;
+  internal::StreamHash base_hash;
+
+  explicit Impl(EncoderOptions o) : options(o) {}
+  ~Impl() { ZSTD_freeCCtx(cctx); }
+
+  // Compresses src into dst; 0 when it does not fit in cap (then it does not pay off).
+  Result<size_t> Zstd(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) {
+    if (cctx == nullptr) {
+      cctx = ZSTD_createCCtx();
+      if (cctx == nullptr) return Status::ResourceExhausted("ZSTD_createCCtx failed");
+    }
+    if (cap == 0 || !options.allow_zstd) return size_t{0};
+    const size_t r = ZSTD_compressCCtx(cctx, dst, cap, src, n, options.zstd_level);
+    if (ZSTD_isError(r)) {
+      if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall) return size_t{0};
+      return Status::Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(r));
+    }
+    return r;
+  }
+
+  Result<size_t> EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info, uint8_t* payload);
+  Result<size_t> EncodeDelta(const TensorBytes& cur, const uint8_t* base, size_t n,
+                             const EncodeHints& hints, FrameInfo* info, uint8_t* payload);
+};
+
+Encoder::Encoder(EncoderOptions options) : impl_(std::make_unique<Impl>(options)) {}
+Encoder::~Encoder() = default;
+Encoder::Encoder(Encoder&&) noexcept = default;
+Encoder& Encoder::operator=(Encoder&&) noexcept = default;
+const EncoderOptions& Encoder::options() const { return impl_->options; }
+
+Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
+                               uint64_t base_version, uint64_t new_version, std::span<uint8_t> out,
+                               const EncodeHints& hints) {
+  const size_t esize = DTypeSize(cur.dtype);
+  if (esize == 0) return Status::InvalidArgument("Encode: invalid dtype");
+  const size_t bound = EncodeBound(cur.dtype, cur.element_count);
+  if (bound == 0) return Status::InvalidArgument("Encode: tensor size overflows");
+  if (out.size() < bound) {
+    return Status::InvalidArgument("Encode: output buffer of " + std::to_string(out.size()) +
+                                   " bytes is below EncodeBound = " + std::to_string(bound));
+  }
+  const size_t n = bound - format::kHeaderSize;
+  if (n != 0 && cur.data == nullptr) return Status::InvalidArgument("Encode: null tensor data");
+  if (Overlaps(out.data(), out.size(), cur.data, n)) {
+    return Status::InvalidArgument("Encode: output overlaps the tensor");
+  }
+  const bool delta = impl_->options.allow_delta && base != nullptr && n != 0 &&
+                     base->dtype == cur.dtype && base->element_count == cur.element_count &&
+                     base->data != nullptr;
+  if (delta && Overlaps(out.data(), out.size(), base->data, n)) {
+    return Status::InvalidArgument("Encode: output overlaps the base");
+  }
+  if (!impl_->cur_hash.ok() || !impl_->base_hash.ok()) {
+    return Status::ResourceExhausted("Encode: hash state allocation failed");
+  }
+  FrameInfo info;
+  info.dtype = cur.dtype;
+  info.element_count = cur.element_count;
+  info.new_version = new_version;
+  uint8_t* payload = out.data() + format::kHeaderSize;
+  Result<size_t> size = delta ? impl_->EncodeDelta(cur, base->data, n, hints, &info, payload)
+                              : impl_->EncodeFull(cur, n, &info, payload);
+  if (!size.ok()) return size.status();
+  if ((info.chain & kChainXor) != 0) {
+    info.base_version = base_version;
+  } else {
+    info.base_version = 0;
+    info.base_hash = 0;
+  }
+  info.payload_size = *size;
+  internal::WriteHeader(info, out.data());
+  return *size + format::kHeaderSize;
+}
+
+Result<size_t> Encoder::Impl::EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info,
+                                         uint8_t* payload) {
+  const size_t esize = DTypeSize(cur.dtype);
+  info->result_hash = internal::Hash64(cur.data, n);
+  if (n != 0) {
+    const uint8_t* src = cur.data;
+    uint8_t chain = kChainZstd;
+    if (esize > 1 && options.allow_planes) {
+      if (!planes.Reserve(n)) return internal::OutOfMemory(n);
+      internal::SplitPlanes(cur.data, nullptr, cur.element_count, esize, 0, cur.element_count,
+                            planes.data());
+      src = planes.data();
+      chain |= kChainPlanes;
+    }
+    EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(src, n, payload, n - 1));
+    if (z != 0) {
+      info->chain = chain;
+      return z;
+    }
+  }
+  info->chain = 0;  // raw
+  if (n != 0) std::memcpy(payload, cur.data, n);
+  return n;
+}
+
+Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t* base, size_t n,
+                                          const EncodeHints& hints, FrameInfo* info,
+                                          uint8_t* payload) {
+  const size_t esize = DTypeSize(cur.dtype);
+  const size_t count = cur.element_count;
+  const bool use_planes = options.allow_planes && esize > 1;
+
+  // Pass 1: hashes, and the sparse form until it stops paying off.
+  const size_t stream_cap = n / 4;
+  bool sparse = options.allow_sparse;
+  internal::SparseSink sink;
+  if (sparse) {
+    const size_t need = kHeadRoom + 2 * (stream_cap + internal::kSparseSinkSlack);
+    if (!body.Reserve(need)) return internal::OutOfMemory(need);
+    if (!values.Reserve(stream_cap + internal::kSparseSinkSlack)) {
+      return internal::OutOfMemory(stream_cap);
+    }
+    sink.pos = body.data() + kHeadRoom;
+    sink.pos_limit = sink.pos + stream_cap;
+    sink.val = values.data();
+    sink.val_limit = values.data() + stream_cap;
+  }
+  const bool hash_base = !hints.known_base_hash.has_value();
+  cur_hash.Reset();
+  base_hash.Reset();
+  for (size_t off = 0; off < n; off += kBlock) {
+    const size_t len = std::min(kBlock, n - off);
+    cur_hash.Update(cur.data + off, len);
+    if (hash_base) base_hash.Update(base + off, len);
+    if (sparse) sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink);
+  }
+  info->result_hash = cur_hash.Digest();
+  info->base_hash = hash_base ? base_hash.Digest() : *hints.known_base_hash;
+
+  size_t best = n;  // a candidate must beat raw
+  bool have = false;
+  if (sparse) {
+    const size_t gap_bytes = static_cast<size_t>(sink.pos - (body.data() + kHeadRoom));
+    uint8_t* start = internal::PrependSparseHead(body.data() + kHeadRoom, sink.count, gap_bytes);
+    uint8_t* vals = body.data() + kHeadRoom + gap_bytes;
+    const size_t value_bytes = sink.count * esize;
+    if (use_planes) {
+      internal::SplitPlanes(values.data(), nullptr, sink.count, esize, 0, sink.count, vals);
+    } else if (value_bytes != 0) {
+      std::memcpy(vals, values.data(), value_bytes);
+    }
+    const size_t body_size = static_cast<size_t>(vals + value_bytes - start);
+    const uint8_t chain = kChainXor | kChainSparse | (use_planes ? kChainPlanes : 0);
+    EASYSYNC_ASSIGN_OR_RETURN(size_t z,
+                              Zstd(start, body_size, payload, std::min(body_size, n) - 1));
+    if (z != 0) {
+      best = z;
+      info->chain = chain | kChainZstd;
+      have = true;
+    } else if (body_size < n) {
+      std::memcpy(payload, start, body_size);
+      best = body_size;
+      info->chain = chain;
+      have = true;
+    }
+    if (have && body_size <= n / kSparseOnlyDivisor) return best;
+  }
+
+  // Dense candidate: XOR planes (element-major bytes when planes are off) through zstd.
+  if (!planes.Reserve(n)) return internal::OutOfMemory(n);
+  if (use_planes) {
+    internal::SplitPlanes(cur.data, base, count, esize, 0, count, planes.data());
+  } else {
+    internal::SplitPlanes(cur.data, base, n, 1, 0, n, planes.data());
+  }
+  const uint8_t dense_chain = kChainXor | kChainZstd | (use_planes ? kChainPlanes : 0);
+  if (!have) {
+    EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(planes.data(), n, payload, n - 1));
+    if (z != 0) {
+      info->chain = dense_chain;
+      return z;
+    }
+  } else {
+    if (!alt.Reserve(best)) return internal::OutOfMemory(best);
+    EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(planes.data(), n, alt.data(), best - 1));
+    if (z != 0) {
+      std::memcpy(payload, alt.data(), z);
+      info->chain = dense_chain;
+      return z;
+    }
+    return best;
+  }
+  info->chain = 0;  // nothing beat raw: a full value
+  std::memcpy(payload, cur.data, n);
+  return n;
+}
+
+}  // namespace easysync::codec

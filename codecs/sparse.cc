@@ -1,0 +1,106 @@
+#include "codecs/sparse.h"
+
+#include <string>
+
+#include "codecs/coding.h"
+
+namespace easysync::codec::internal {
+
+uint8_t* PrependSparseHead(uint8_t* gaps_at, uint64_t count, size_t gap_bytes) {
+  const size_t head = VarintSize(count) + VarintSize(gap_bytes);
+  uint8_t* start = gaps_at - head;
+  PutVarint(PutVarint(start, count), gap_bytes);
+  return start;
+}
+
+Status ParseSparseBody(const uint8_t* body, size_t size, uint64_t element_count, size_t esize,
+                       bool planes, SparseBody* out) {
+  const uint8_t* p = body;
+  const uint8_t* const end = body + size;
+  uint64_t count = 0, gap_bytes = 0;
+  if (!GetVarint(&p, end, &count) || !GetVarint(&p, end, &gap_bytes)) {
+    return Status::Corruption("sparse body: truncated or malformed counts");
+  }
+  if (count > element_count) {
+    return Status::Corruption("sparse body: " + std::to_string(count) + " changes in a tensor of " +
+                              std::to_string(element_count));
+  }
+  const size_t rest = static_cast<size_t>(end - p);
+  // count <= element_count and element_count * esize fits in size_t (checked by the caller).
+  const uint64_t value_bytes = count * esize;
+  if (gap_bytes < count || gap_bytes > rest || rest - gap_bytes != value_bytes) {
+    return Status::Corruption("sparse body: stream lengths disagree with its size");
+  }
+  out->count = count;
+  out->gaps = p;
+  out->gap_bytes = static_cast<size_t>(gap_bytes);
+  out->values = p + gap_bytes;
+  out->planes = planes;
+  return Status::Ok();
+}
+
+Status ValidateSparseGaps(const SparseBody& body, uint64_t element_count) {
+  const uint8_t* p = body.gaps;
+  const uint8_t* const end = body.gaps + body.gap_bytes;
+  uint64_t next = 0;
+  for (uint64_t k = 0; k < body.count; ++k) {
+    uint64_t gap;
+    if (!GetVarint(&p, end, &gap)) {
+      return Status::Corruption("sparse body: malformed gap #" + std::to_string(k));
+    }
+    // next <= element_count always holds, so the subtraction cannot wrap.
+    if (gap >= element_count - next) {
+      return Status::Corruption("sparse body: change #" + std::to_string(k) +
+                                " lies past the last element");
+    }
+    next += gap + 1;
+  }
+  if (p != end) return Status::Corruption("sparse body: trailing bytes in the gap stream");
+  return Status::Ok();
+}
+
+void SparseApplier::Rewind() {
+  gap_ = body_.gaps;
+  next_ = 0;
+  k_ = 0;
+  has_pending_ = false;
+}
+
+template <size_t E, bool kPlanes>
+void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out) {
+  const uint8_t* const gend = body_.gaps + body_.gap_bytes;
+  const uint8_t* const vals = body_.values;
+  const uint64_t n = body_.count;
+  while (k_ < n) {
+    if (!has_pending_) {
+      uint64_t gap = 0;
+      (void)GetVarint(&gap_, gend, &gap);  // validated by ValidateSparseGaps
+      pending_ = next_ + gap;
+      has_pending_ = true;
+    }
+    if (pending_ >= end_element) return;
+    uint8_t* dst = out + pending_ * E;
+    for (size_t b = 0; b < E; ++b) dst[b] ^= kPlanes ? vals[b * n + k_] : vals[k_ * E + b];
+    next_ = pending_ + 1;
+    has_pending_ = false;
+    ++k_;
+  }
+}
+
+void SparseApplier::ApplyUntil(uint64_t end_element, uint8_t* out) {
+  const bool pl = body_.planes;
+  switch (esize_) {
+    case 1:
+      return ApplyT<1, false>(end_element, out);  // one plane is element-major too
+    case 2:
+      return pl ? ApplyT<2, true>(end_element, out) : ApplyT<2, false>(end_element, out);
+    case 4:
+      return pl ? ApplyT<4, true>(end_element, out) : ApplyT<4, false>(end_element, out);
+    case 8:
+      return pl ? ApplyT<8, true>(end_element, out) : ApplyT<8, false>(end_element, out);
+    default:
+      return;
+  }
+}
+
+}  // namespace easysync::codec::internal

@@ -1,0 +1,262 @@
+// Round trips of every dtype at every density, pattern and awkward size, through every way of
+// calling the decoder (into a fresh buffer, in place, with a known base hash).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "codec_test_util.h"
+#include "easysync/codec.h"
+
+namespace easysync::codec {
+namespace {
+
+using testing::MakeTensor;
+using testing::Mutate;
+using testing::Pattern;
+using testing::View;
+
+constexpr size_t kSizes[] = {0, 1, 2, 3, 7, 31, 33, 1000, 4099, 65537, 100003};
+constexpr double kDensities[] = {0.0, 0.0001, 0.01, 0.1, 1.0};
+
+// Decodes `frame` all three ways and checks each gives `want`.
+void CheckDecodes(Decoder& dec, std::span<const uint8_t> frame, const std::vector<uint8_t>& base,
+                  const std::vector<uint8_t>& want, const std::string& what) {
+  Result<FrameInfo> info = PeekFrame(frame);
+  ASSERT_TRUE(info.ok()) << what << ": " << info.status().message();
+  ASSERT_EQ(info->frame_size, frame.size()) << what;
+  ASSERT_EQ(info->tensor_bytes, want.size()) << what;
+  EXPECT_EQ(info->result_hash, HashBytes(want)) << what;
+
+  std::vector<uint8_t> out(want.size(), 0xAB);
+  Status s = dec.Decode(frame, base.data(), base.size(), out);
+  ASSERT_TRUE(s.ok()) << what << ": " << s.message();
+  ASSERT_EQ(out, want) << what;
+
+  std::vector<uint8_t> in_place = base;
+  if (info->is_full_value()) in_place.resize(want.size());
+  s = dec.Decode(frame, in_place.data(), in_place.size(), in_place);
+  ASSERT_TRUE(s.ok()) << what << " (in place): " << s.message();
+  ASSERT_EQ(in_place, want) << what << " (in place)";
+
+  if (!info->is_full_value()) {
+    DecodeOptions known;
+    known.known_base_hash = HashBytes(base);
+    std::fill(out.begin(), out.end(), 0);
+    s = dec.Decode(frame, base.data(), base.size(), out, known);
+    ASSERT_TRUE(s.ok()) << what << " (known hash): " << s.message();
+    ASSERT_EQ(out, want) << what << " (known hash)";
+  }
+}
+
+class RoundTrip : public ::testing::TestWithParam<DType> {};
+
+TEST_P(RoundTrip, EveryDensityPatternAndSize) {
+  const DType dtype = GetParam();
+  const size_t esize = DTypeSize(dtype);
+  Encoder enc;  // one context for everything: exercises reuse across sizes and chains
+  Decoder dec;
+  std::vector<uint8_t> frame;
+  uint64_t seed = static_cast<uint64_t>(dtype) * 1000;
+  for (size_t count : kSizes) {
+    const std::vector<uint8_t> base = MakeTensor(dtype, count, ++seed);
+    frame.resize(EncodeBound(dtype, count));
+    for (double density : kDensities) {
+      for (Pattern pattern : {Pattern::kRandom, Pattern::kClustered}) {
+        for (bool random_values : {false, true}) {
+          const std::vector<uint8_t> cur =
+              Mutate(base, dtype, density, pattern, ++seed, random_values);
+          const std::string what = std::string(DTypeName(dtype)) + " n=" + std::to_string(count) +
+                                   " d=" + std::to_string(density) +
+                                   (pattern == Pattern::kRandom ? " random" : " clustered") +
+                                   (random_values ? " values" : " ulp");
+          const TensorBytes cur_view = View(dtype, cur);
+          const TensorBytes base_view = View(dtype, base);
+          Result<size_t> size = enc.Encode(cur_view, &base_view, 7, 8, frame);
+          ASSERT_TRUE(size.ok()) << what << ": " << size.status().message();
+          ASSERT_LE(*size, EncodeBound(dtype, count)) << what;
+          ASSERT_LE(*size, count * esize + 64) << what;
+          const std::span<const uint8_t> f(frame.data(), *size);
+          Result<FrameInfo> info = PeekFrame(f);
+          ASSERT_TRUE(info.ok()) << what;
+          EXPECT_EQ(info->new_version, 8u) << what;
+          if (info->is_full_value()) {
+            EXPECT_EQ(info->base_version, 0u) << what;
+          } else {
+            EXPECT_EQ(info->base_version, 7u) << what;
+            EXPECT_EQ(info->base_hash, HashBytes(base)) << what;
+          }
+          if (density == 0.0 && count >= 64) {
+            EXPECT_FALSE(info->is_full_value()) << what;
+            EXPECT_LE(*size, 64u + 8u) << what << " " << ChainName(info->chain);
+          }
+          CheckDecodes(dec, f, base, cur, what);
+        }
+      }
+    }
+    // A full value of the same tensor decodes without any base.
+    Result<size_t> full = enc.EncodeFull(View(dtype, base), 3, frame);
+    ASSERT_TRUE(full.ok());
+    std::vector<uint8_t> out(base.size());
+    ASSERT_TRUE(dec.Decode({frame.data(), *full}, nullptr, 0, out).ok());
+    EXPECT_EQ(out, base);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDTypes, RoundTrip, ::testing::ValuesIn(kAllDTypes),
+                         [](const ::testing::TestParamInfo<DType>& p) {
+                           return std::string(DTypeName(p.param));
+                         });
+
+TEST(CodecRoundTrip, SparseUpdateIsSmall) {
+  // 1% of bf16 elements by one ULP: the RL-style step the codec is built for.
+  const size_t count = 1 << 20;
+  const std::vector<uint8_t> base = MakeTensor(DType::kBFloat16, count, 1);
+  const std::vector<uint8_t> cur = Mutate(base, DType::kBFloat16, 0.01, Pattern::kRandom, 2);
+  Encoder enc;
+  std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+  const TensorBytes b = View(DType::kBFloat16, base);
+  Result<size_t> size = enc.Encode(View(DType::kBFloat16, cur), &b, 1, 2, frame);
+  ASSERT_TRUE(size.ok());
+  EXPECT_GT(static_cast<double>(cur.size()) / static_cast<double>(*size), 80.0);
+  EXPECT_EQ(ChainName(PeekFrame(frame)->chain), "xor+sparse+planes+zstd");
+}
+
+TEST(CodecRoundTrip, DenseRandomNeverExceedsRawPlusHeader) {
+  for (DType dtype : kAllDTypes) {
+    const size_t count = 10007;
+    std::vector<uint8_t> base(count * DTypeSize(dtype)), cur(base.size());
+    std::mt19937_64 rng(static_cast<uint64_t>(dtype));
+    for (auto& b : base) b = static_cast<uint8_t>(rng());
+    for (auto& c : cur) c = static_cast<uint8_t>(rng());
+    Encoder enc;
+    std::vector<uint8_t> frame(EncodeBound(dtype, count));
+    const TensorBytes b = View(dtype, base);
+    Result<size_t> size = enc.Encode(View(dtype, cur), &b, 1, 2, frame);
+    ASSERT_TRUE(size.ok());
+    EXPECT_EQ(*size, cur.size() + 64) << DTypeName(dtype);
+    EXPECT_EQ(PeekFrame(frame)->chain, 0) << "incompressible: raw";
+  }
+}
+
+TEST(CodecRoundTrip, ShapeOrDTypeChangeSendsFullValue) {
+  const std::vector<uint8_t> base = MakeTensor(DType::kFloat32, 1000, 1);
+  const std::vector<uint8_t> cur = MakeTensor(DType::kFloat32, 1001, 1);
+  Encoder enc;
+  Decoder dec;
+  std::vector<uint8_t> frame(EncodeBound(DType::kFloat32, 1001));
+  const TensorBytes b = View(DType::kFloat32, base);
+  Result<size_t> size = enc.Encode(View(DType::kFloat32, cur), &b, 5, 6, frame);
+  ASSERT_TRUE(size.ok());
+  Result<FrameInfo> info = PeekFrame(frame);
+  EXPECT_TRUE(info->is_full_value());
+  EXPECT_EQ(info->base_version, 0u);
+  std::vector<uint8_t> out(cur.size());
+  ASSERT_TRUE(dec.Decode({frame.data(), *size}, base.data(), base.size(), out).ok());
+  EXPECT_EQ(out, cur);
+}
+
+TEST(CodecRoundTrip, WrongBaseAsksForFullValueAndKeepsBase) {
+  const size_t count = 5000;
+  const std::vector<uint8_t> base = MakeTensor(DType::kFloat16, count, 1);
+  const std::vector<uint8_t> cur = Mutate(base, DType::kFloat16, 0.01, Pattern::kRandom, 2);
+  std::vector<uint8_t> other = Mutate(base, DType::kFloat16, 0.001, Pattern::kRandom, 3);
+  Encoder enc;
+  Decoder dec;
+  std::vector<uint8_t> frame(EncodeBound(DType::kFloat16, count));
+  const TensorBytes b = View(DType::kFloat16, base);
+  Result<size_t> size = enc.Encode(View(DType::kFloat16, cur), &b, 1, 2, frame);
+  ASSERT_TRUE(size.ok());
+  const std::span<const uint8_t> f(frame.data(), *size);
+  ASSERT_FALSE(PeekFrame(f)->is_full_value());
+
+  std::vector<uint8_t> out(cur.size());
+  Status s = dec.Decode(f, other.data(), other.size(), out);
+  EXPECT_EQ(s.code(), StatusCode::kCorruption);
+  EXPECT_NE(s.message().find("full value"), std::string::npos) << s.message();
+
+  const std::vector<uint8_t> other_before = other;  // in place: the base survives
+  s = dec.Decode(f, other.data(), other.size(), other);
+  EXPECT_EQ(s.code(), StatusCode::kCorruption);
+  EXPECT_EQ(other, other_before);
+
+  DecodeOptions wrong;
+  wrong.known_base_hash = HashBytes(other);
+  s = dec.Decode(f, base.data(), base.size(), out, wrong);
+  EXPECT_NE(s.message().find("full value"), std::string::npos) << s.message();
+
+  s = dec.Decode(f, nullptr, 0, out);
+  EXPECT_NE(s.message().find("full value"), std::string::npos) << s.message();
+  s = dec.Decode(f, base.data(), base.size() - 2, out);
+  EXPECT_NE(s.message().find("full value"), std::string::npos) << s.message();
+}
+
+TEST(CodecRoundTrip, KnownBaseHashHintMatchesHashing) {
+  const size_t count = 30000;
+  const std::vector<uint8_t> base = MakeTensor(DType::kInt32, count, 1);
+  const std::vector<uint8_t> cur = Mutate(base, DType::kInt32, 0.05, Pattern::kClustered, 2);
+  Encoder enc;
+  std::vector<uint8_t> f1(EncodeBound(DType::kInt32, count)), f2(f1.size());
+  const TensorBytes b = View(DType::kInt32, base);
+  EncodeHints hints;
+  hints.known_base_hash = HashBytes(base);
+  Result<size_t> s1 = enc.Encode(View(DType::kInt32, cur), &b, 1, 2, f1);
+  Result<size_t> s2 = enc.Encode(View(DType::kInt32, cur), &b, 1, 2, f2, hints);
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  f1.resize(*s1);
+  f2.resize(*s2);
+  EXPECT_EQ(f1, f2);
+}
+
+TEST(CodecRoundTrip, ChainOptionsAreHonoured) {
+  const size_t count = 20000;
+  const std::vector<uint8_t> base = MakeTensor(DType::kBFloat16, count, 1);
+  const std::vector<uint8_t> cur = Mutate(base, DType::kBFloat16, 0.01, Pattern::kRandom, 2);
+  const TensorBytes b = View(DType::kBFloat16, base);
+  Decoder dec;
+  struct Case {
+    EncoderOptions options;
+    const char* chain;
+  };
+  const Case cases[] = {
+      {{1, true, true, true}, "xor+sparse+planes+zstd"},
+      {{1, true, false, true}, "xor+sparse+zstd"},
+      {{1, false, true, true}, "xor+planes+zstd"},
+      {{1, false, false, true}, "xor+zstd"},
+      {{1, true, true, false}, "raw+planes+zstd"},
+      {{1, true, false, false}, "raw+zstd"},
+  };
+  for (const Case& c : cases) {
+    Encoder enc(c.options);
+    std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+    Result<size_t> size = enc.Encode(View(DType::kBFloat16, cur), &b, 1, 2, frame);
+    ASSERT_TRUE(size.ok());
+    EXPECT_EQ(ChainName(PeekFrame(frame)->chain), c.chain);
+    std::vector<uint8_t> out(cur.size());
+    ASSERT_TRUE(dec.Decode({frame.data(), *size}, base.data(), base.size(), out).ok()) << c.chain;
+    EXPECT_EQ(out, cur) << c.chain;
+  }
+}
+
+TEST(CodecRoundTrip, RejectsBadArguments) {
+  Encoder enc;
+  const std::vector<uint8_t> t = MakeTensor(DType::kFloat32, 100, 1);
+  std::vector<uint8_t> small(EncodeBound(DType::kFloat32, 100) - 1);
+  EXPECT_EQ(enc.EncodeFull(View(DType::kFloat32, t), 1, small).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeBound(static_cast<DType>(0), 10), 0u);
+  EXPECT_EQ(EncodeBound(DType::kFloat64, SIZE_MAX / 4), 0u);
+  EXPECT_EQ(EncodeBound(DType::kFloat64, 0), 64u);
+
+  std::vector<uint8_t> frame(EncodeBound(DType::kFloat32, 100));
+  Result<size_t> size = enc.EncodeFull(View(DType::kFloat32, t), 1, frame);
+  ASSERT_TRUE(size.ok());
+  Decoder dec;
+  std::vector<uint8_t> out(t.size() + 4);
+  EXPECT_EQ(dec.Decode({frame.data(), *size}, nullptr, 0, out).code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace easysync::codec

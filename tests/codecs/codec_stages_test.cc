@@ -1,0 +1,169 @@
+// The stage kernels against naive reference versions.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "codecs/coding.h"
+#include "codecs/kernels.h"
+#include "codecs/sparse.h"
+
+namespace easysync::codec::internal {
+namespace {
+
+TEST(CodecStages, VarintRoundTripAndRejects) {
+  std::vector<uint64_t> values = {0, 1, 127, 128, 255, 16383, 16384, UINT32_MAX, UINT64_MAX};
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 1000; ++i) values.push_back(rng() >> (rng() % 64));
+  std::vector<uint8_t> buf(values.size() * format::kMaxVarintBytes);
+  uint8_t* p = buf.data();
+  for (uint64_t v : values) {
+    uint8_t* q = PutVarint(p, v);
+    EXPECT_EQ(static_cast<size_t>(q - p), VarintSize(v));
+    p = q;
+  }
+  const uint8_t* r = buf.data();
+  for (uint64_t v : values) {
+    uint64_t got;
+    ASSERT_TRUE(GetVarint(&r, p, &got));
+    EXPECT_EQ(got, v);
+  }
+  EXPECT_EQ(r, p);
+  const std::vector<std::vector<uint8_t>> bad = {
+      {},                                                                  // empty
+      {0x80},                                                              // truncated
+      {0x80, 0x00},                                                        // overlong zero
+      {0xff, 0x80, 0x00},                                                  // overlong
+      {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02},        // > 64 bits
+      {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01},  // 11 bytes
+  };
+  for (const auto& b : bad) {
+    const uint8_t* q = b.data();
+    uint64_t got;
+    EXPECT_FALSE(GetVarint(&q, b.data() + b.size(), &got)) << b.size();
+  }
+}
+
+// Reference: positions and element-major XOR values of the changed elements.
+void NaiveChanges(const std::vector<uint8_t>& cur, const std::vector<uint8_t>& base, size_t esize,
+                  std::vector<uint64_t>* pos, std::vector<uint8_t>* vals) {
+  for (size_t i = 0; i < cur.size() / esize; ++i) {
+    bool changed = false;
+    for (size_t b = 0; b < esize; ++b) changed |= cur[i * esize + b] != base[i * esize + b];
+    if (!changed) continue;
+    pos->push_back(i);
+    for (size_t b = 0; b < esize; ++b) vals->push_back(cur[i * esize + b] ^ base[i * esize + b]);
+  }
+}
+
+TEST(CodecStages, SparseScanMatchesNaive) {
+  std::mt19937_64 rng(7);
+  for (size_t esize : {1, 2, 4, 8}) {
+    for (size_t count : {0, 1, 5, 31, 32, 33, 257, 4096, 10001}) {
+      for (double density : {0.0, 0.003, 0.1, 0.5, 1.0}) {
+        std::vector<uint8_t> base(count * esize), cur;
+        for (auto& b : base) b = static_cast<uint8_t>(rng());
+        cur = base;
+        std::uniform_real_distribution<double> u(0, 1);
+        for (size_t i = 0; i < count; ++i) {
+          // Flip one random byte of the element: exercises every lane position.
+          if (u(rng) < density)
+            cur[i * esize + rng() % esize] ^= static_cast<uint8_t>(1 + rng() % 255);
+        }
+        std::vector<uint64_t> want_pos;
+        std::vector<uint8_t> want_vals;
+        NaiveChanges(cur, base, esize, &want_pos, &want_vals);
+
+        std::vector<uint8_t> gaps(count * 10 + kSparseSinkSlack),
+            vals(count * esize + kSparseSinkSlack);
+        SparseSink sink;
+        sink.pos = gaps.data();
+        sink.pos_limit = gaps.data() + count * 10;
+        sink.val = vals.data();
+        sink.val_limit = vals.data() + count * esize;
+        // Scan in uneven blocks (multiples of 32) to cover the carry between calls.
+        const size_t n = count * esize;
+        for (size_t off = 0; off < n;) {
+          const size_t len = std::min(n - off, size_t{32} * (1 + rng() % 5));
+          ASSERT_TRUE(SparseScan(cur.data(), base.data(), off, off + len, esize, &sink));
+          off += len;
+        }
+        ASSERT_EQ(sink.count, want_pos.size());
+        vals.resize(static_cast<size_t>(sink.val - vals.data()));
+        EXPECT_EQ(vals, want_vals);
+        const uint8_t* p = gaps.data();
+        uint64_t next = 0;
+        for (uint64_t want : want_pos) {
+          uint64_t gap;
+          ASSERT_TRUE(GetVarint(&p, sink.pos, &gap));
+          EXPECT_EQ(next + gap, want);
+          next = want + 1;
+        }
+        EXPECT_EQ(p, sink.pos);
+      }
+    }
+  }
+}
+
+TEST(CodecStages, SparseScanStopsAtLimit) {
+  std::vector<uint8_t> base(4096, 0), cur(4096, 1);
+  std::vector<uint8_t> gaps(100 + kSparseSinkSlack), vals(100 + kSparseSinkSlack);
+  SparseSink sink;
+  sink.pos = gaps.data();
+  sink.pos_limit = gaps.data() + 100;
+  sink.val = vals.data();
+  sink.val_limit = vals.data() + 100;
+  EXPECT_FALSE(SparseScan(cur.data(), base.data(), 0, cur.size(), 1, &sink));
+  EXPECT_LE(sink.pos, gaps.data() + gaps.size());
+}
+
+TEST(CodecStages, PlanesSplitMergeRoundTrip) {
+  std::mt19937_64 rng(3);
+  for (size_t esize : {1, 2, 4, 8}) {
+    for (size_t count : {0, 1, 3, 100, 1001}) {
+      std::vector<uint8_t> cur(count * esize), base(count * esize);
+      for (auto& b : cur) b = static_cast<uint8_t>(rng());
+      for (auto& b : base) b = static_cast<uint8_t>(rng());
+      std::vector<uint8_t> planes(cur.size());
+      // Split in two ranges, merge in two other ranges.
+      SplitPlanes(cur.data(), base.data(), count, esize, 0, count / 3, planes.data());
+      SplitPlanes(cur.data(), base.data(), count, esize, count / 3, count, planes.data());
+      for (size_t i = 0; i < count; ++i) {
+        for (size_t b = 0; b < esize; ++b) {
+          ASSERT_EQ(planes[b * count + i], cur[i * esize + b] ^ base[i * esize + b]);
+        }
+      }
+      std::vector<uint8_t> out = base;
+      MergePlanesXor(planes.data(), count, esize, 0, count / 2, out.data());
+      MergePlanesXor(planes.data(), count, esize, count / 2, count, out.data());
+      EXPECT_EQ(out, cur);
+      MergePlanesXor(planes.data(), count, esize, 0, count, out.data());  // involution
+      EXPECT_EQ(out, base);
+    }
+  }
+}
+
+TEST(CodecStages, SparseBodyParseApply) {
+  // count 3 of 10 bf16 elements at positions 0, 4, 9; plane-major values.
+  std::vector<uint8_t> body = {3, 3, 0, 3, 4, /*plane 0*/ 1, 2, 3, /*plane 1*/ 0x10, 0x20, 0x30};
+  SparseBody sb;
+  ASSERT_TRUE(ParseSparseBody(body.data(), body.size(), 10, 2, true, &sb).ok());
+  ASSERT_TRUE(ValidateSparseGaps(sb, 10).ok());
+  EXPECT_FALSE(ValidateSparseGaps(sb, 9).ok());  // position 9 does not exist in 9 elements
+  std::vector<uint8_t> out(20, 0);
+  SparseApplier applier(sb, 2);
+  applier.ApplyUntil(4, out.data());  // only position 0
+  EXPECT_EQ(out[0], 1);
+  EXPECT_EQ(out[8], 0);
+  applier.ApplyUntil(10, out.data());
+  EXPECT_EQ(out[1], 0x10);
+  EXPECT_EQ(out[8], 2);
+  EXPECT_EQ(out[9], 0x20);
+  EXPECT_EQ(out[18], 3);
+  EXPECT_EQ(out[19], 0x30);
+  EXPECT_FALSE(ParseSparseBody(body.data(), body.size() - 1, 10, 2, true, &sb).ok());
+  EXPECT_FALSE(ParseSparseBody(body.data(), body.size(), 2, 2, true, &sb).ok());
+}
+
+}  // namespace
+}  // namespace easysync::codec::internal
