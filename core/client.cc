@@ -34,6 +34,7 @@ std::map<std::string, double> Stats::AsMap() const {
 
 std::string Stats::ToString() const {
   std::ostringstream os;
+  os.precision(15);
   bool first = true;
   for (const auto& [k, v] : AsMap()) {
     os << (first ? "" : " ") << k << "=" << v;
@@ -63,13 +64,14 @@ Stats Client::stats() const {
   return s;
 }
 
-void Client::RecordApplied(size_t bytes, int64_t write_ns) {
+void Client::RecordApplied(const UpdateInfo& info, bool live) {
   auto& c = counters_;
   constexpr auto kRelaxed = std::memory_order_relaxed;
-  c.bytes_recv.fetch_add(bytes, kRelaxed);
+  c.bytes_recv.fetch_add(info.bytes, kRelaxed);
   c.packets_recv.fetch_add(1, kRelaxed);
   c.updates_applied.fetch_add(1, kRelaxed);
-  const int64_t lat = std::max<int64_t>(0, MonotonicNanos() - write_ns);
+  if (!live) return;
+  const int64_t lat = std::max<int64_t>(0, MonotonicNanos() - info.write_ns);
   c.latency_last_ns.store(lat, kRelaxed);
   if (lat > c.latency_max_ns.load(kRelaxed)) c.latency_max_ns.store(lat, kRelaxed);
   // Readers of one client race only on the average; a lost sample is harmless.

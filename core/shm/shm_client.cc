@@ -382,7 +382,7 @@ Result<std::optional<UpdateInfo>> ShmClient::ReadIfNewer(AttrId attr, uint64_t h
     Status st = decode(ByteSpan(data, length));
     if (!unchanged()) continue;  // torn: the bytes decoded may be a mix of two values
     if (!st.ok()) return st;
-    RecordApplied(length, info.write_ns);
+    info.bytes = length;
     return std::optional<UpdateInfo>(info);
   }
 }

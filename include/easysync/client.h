@@ -59,6 +59,7 @@ struct UpdateInfo {
   uint64_t clock = 0;    // logical clock of the write (last writer wins on (clock, writer))
   uint32_t writer = 0;   // client id of the writer
   int64_t write_ns = 0;  // writer's CLOCK_MONOTONIC time
+  uint64_t bytes = 0;    // size of the value read
 };
 
 class Client;
@@ -106,8 +107,9 @@ class Client {
   virtual uint64_t LatestVersion(AttrId attr) = 0;
 
   // When the attribute has a version newer than `have`, calls `decode` on its bytes and
-  // returns what was read; otherwise nullopt. `decode` may be called again if a writer
-  // overwrote the bytes while it ran; only the last call's result counts. Never blocks.
+  // returns what was read; otherwise nullopt. The caller records the apply (RecordApplied).
+  // `decode` may be called again if a writer overwrote the bytes while it ran; only the last call's
+  // result counts. Never blocks.
   virtual Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
                                                         FunctionRef<Status(ByteSpan)> decode) = 0;
 
@@ -133,8 +135,9 @@ class Client {
     std::atomic<int64_t> latency_ewma_ns{0}, latency_last_ns{0}, latency_max_ns{0};
   };
   Counters& counters() { return counters_; }
-  // Records one applied update written at write_ns (CLOCK_MONOTONIC).
-  void RecordApplied(size_t bytes, int64_t write_ns);
+  // Records one applied update. Its write-to-apply latency counts only for live updates:
+  // the snapshot a process reads when it declares an attribute may be old by design.
+  void RecordApplied(const UpdateInfo& info, bool live);
 
  protected:
   Client() = default;

@@ -76,10 +76,12 @@ class Synced {
     } else {
       attr_ = ValueOrThrow(client_->Declare(owner->id(), name_, Traits::kKind, nullptr));
     }
-    Refresh();
+    Refresh(/*live=*/false);
   }
   template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                              !std::is_same_v<std::decay_t<U>, AttrOptions>>>
+                                              !std::is_same_v<std::decay_t<U>, AttrOptions> &&
+                                              !std::is_same_v<std::decay_t<U>, std::nullopt_t> &&
+                                              !std::is_same_v<std::decay_t<U>, std::optional<T>>>>
   Synced(SyncedObject* owner, std::string_view name, U&& initial, AttrOptions options = {})
       : Synced(owner, name, std::optional<T>(T(std::forward<U>(initial))), options) {}
 
@@ -147,7 +149,7 @@ class Synced {
   AttrOptions options() const { return options_; }
 
  private:
-  void Refresh() const {
+  void Refresh(bool live = true) const {
     if (client_->LatestVersion(attr_) <= version_.load(std::memory_order_acquire)) return;
     std::lock_guard<std::mutex> lock(mu_);
     auto r = client_->ReadIfNewer(attr_, version_,
@@ -155,6 +157,7 @@ class Synced {
     if (!r.ok()) throw Error(r.status());
     if (r.value()) {
       info_ = *r.value();
+      client_->RecordApplied(info_, live);
       version_.store(info_.version, std::memory_order_release);
     }
   }
