@@ -144,7 +144,9 @@ struct ValueTraits<std::string> {
   static constexpr ValueKind kKind = ValueKind::kString;
   template <class F>
   static auto WithEncoding(const std::string& v, F&& f) {
-    return f(v.size(), [&](std::byte* dst) { std::memcpy(dst, v.data(), v.size()); });
+    return f(v.size(), [&](std::byte* dst) {
+      if (!v.empty()) std::memcpy(dst, v.data(), v.size());  // dst may be null when empty
+    });
   }
   static Status Decode(ByteSpan in, std::string* out) {
     out->assign(reinterpret_cast<const char*>(in.data()), in.size());
