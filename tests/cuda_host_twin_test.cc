@@ -15,7 +15,7 @@ namespace {
 
 TEST(XorDiffHost, XorAndChangeMapPerBlock) {
   std::vector<uint8_t> base(1000, 7), cur = base;
-  cur[0] ^= 1;      // block 0
+  cur[0] ^= 1;       // block 0
   cur[999] ^= 0x80;  // last, partial block
   std::vector<uint8_t> out(1000), changed(NumBlocks(1000, 256));
   XorDiffHost(cur.data(), base.data(), 1000, 256, out.data(), changed.data());

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "encode_util.h"
+
 #include "easysync/easysync.h"
 #include "process_util.h"
 
@@ -11,14 +13,7 @@ namespace {
 
 using std::chrono::seconds;
 
-template <class M>
-std::vector<std::byte> Encode(const M& m) {
-  return ValueTraits<M>::WithEncoding(m, [](size_t n, auto&& enc) {
-    std::vector<std::byte> out(n);
-    enc(out.data());
-    return out;
-  });
-}
+using testing::Encode;
 
 TEST(EigenAdapter, ColumnMajorMatrixTravelsRowMajor) {
   Eigen::MatrixXf m(2, 3);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "encode_util.h"
+
 #include <cstring>
 
 #include "easysync/value_traits.h"
@@ -42,13 +44,7 @@ TEST(Tensor, EmptyTensors) {
   EXPECT_FALSE(t == Tensor(DType::kFloat64, {7, 0}));
 }
 
-std::vector<std::byte> Encode(const Tensor& t) {
-  return ValueTraits<Tensor>::WithEncoding(t, [](size_t n, auto&& enc) {
-    std::vector<std::byte> out(n);
-    enc(out.data());
-    return out;
-  });
-}
+using testing::Encode;
 
 TEST(TensorEncoding, RoundTripsEveryDType) {
   for (DType d : kAllDTypes) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "encode_util.h"
+
 #include <map>
 #include <string>
 #include <vector>
@@ -11,14 +13,7 @@
 namespace easysync {
 namespace {
 
-template <class T>
-std::vector<std::byte> Encode(const T& v) {
-  return ValueTraits<T>::WithEncoding(v, [](size_t n, auto&& enc) {
-    std::vector<std::byte> out(n);
-    enc(out.data());
-    return out;
-  });
-}
+using testing::Encode;
 
 template <class T>
 T RoundTrip(const T& v) {
