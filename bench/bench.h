@@ -1,0 +1,20 @@
+// The suites of easysync-bench and the command-line knobs they share.
+#pragma once
+
+#include <cstdint>
+
+namespace easysync::bench {
+
+// Parsed flags; a negative number means "not given: use the suite's default".
+struct Args {
+  bool json = false;
+  int64_t iters = -1;   // measured samples per configuration (after warm-up)
+  double seconds = -1;  // cap on the measuring time of one configuration
+  int64_t mib = -1;     // shm-throughput: value size
+};
+
+// Each returns the process exit status: 0 on success, 1 when a measurement failed.
+int RunShmLatency(const Args& args);
+int RunShmThroughput(const Args& args);
+
+}  // namespace easysync::bench

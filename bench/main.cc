@@ -1,0 +1,78 @@
+// easysync-bench: dispatches to one suite. See usage() for the flags.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "bench.h"
+
+namespace {
+
+void Usage(std::FILE* out) {
+  std::fputs(
+      "usage: easysync-bench <suite> [flags]\n"
+      "suites:\n"
+      "  shm-latency     one-way latency of a Synced<int64_t> update between two processes,\n"
+      "                  poll and futex wait modes, each against its raw floor\n"
+      "  shm-throughput  publish/read of a float32 Synced<Tensor> against memcpy\n"
+      "flags:\n"
+      "  --json          one JSON object per line per configuration, nothing else on stdout\n"
+      "  --iters N       measured samples per configuration (after warm-up)\n"
+      "  --seconds S     stop measuring a configuration after S seconds\n"
+      "  --mib M         shm-throughput only: tensor size in MiB (default 64)\n",
+      out);
+}
+
+int BadUsage(const std::string& why) {
+  std::fprintf(stderr, "easysync-bench: %s\n", why.c_str());
+  Usage(stderr);
+  return 2;
+}
+
+// A positive number in full, or nothing.
+bool ParsePositive(const char* s, double* out) {
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  if (end == s || *end != '\0' || !(v > 0) || v > 1e12) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return BadUsage("no suite given");
+  const std::string_view suite = argv[1];
+  if (suite == "-h" || suite == "--help" || suite == "help") {
+    Usage(stdout);
+    return 0;
+  }
+  const bool latency = suite == "shm-latency";
+  const bool throughput = suite == "shm-throughput";
+  if (!latency && !throughput) return BadUsage("unknown suite '" + std::string(suite) + "'");
+
+  easysync::bench::Args args;
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    if (flag == "--json") {
+      args.json = true;
+      continue;
+    }
+    const bool integral = flag == "--iters" || flag == "--mib";
+    if (flag != "--iters" && flag != "--seconds" && !(throughput && flag == "--mib")) {
+      return BadUsage("unknown flag '" + std::string(flag) + "' for " + std::string(suite));
+    }
+    double v = 0;
+    if (i + 1 >= argc || !ParsePositive(argv[i + 1], &v) ||
+        (integral && v != static_cast<double>(static_cast<int64_t>(v)))) {
+      return BadUsage(std::string(flag) + " needs a positive " + (integral ? "integer" : "number"));
+    }
+    ++i;
+    if (flag == "--iters") args.iters = static_cast<int64_t>(v);
+    if (flag == "--seconds") args.seconds = v;
+    if (flag == "--mib") args.mib = static_cast<int64_t>(v);
+  }
+  if (args.mib > 65536) return BadUsage("--mib is at most 65536");
+  return latency ? easysync::bench::RunShmLatency(args) : easysync::bench::RunShmThroughput(args);
+}

@@ -1,0 +1,116 @@
+// Two-process plumbing for the bench suites: fork, pinning, anonymous shared memory.
+#pragma once
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "easysync/client.h"
+
+namespace easysync::bench {
+
+// The CPUs this process was allowed to use before the bench pinned anything: pinning the
+// parent narrows what a later child inherits, so every pin starts from this set.
+inline const cpu_set_t& StartupCpus() {
+  static const cpu_set_t cpus = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) CPU_ZERO(&set);
+    return set;
+  }();
+  return cpus;
+}
+
+// Pins the calling process to the nth CPU of StartupCpus() (wrapping around).
+// Best effort: failure (one CPU, a restricted cgroup) only costs measurement quality.
+inline void PinToNthCpu(int nth) {
+  const cpu_set_t& allowed = StartupCpus();
+  const int count = CPU_COUNT(&allowed);
+  if (count < 2) return;
+  int want = nth % count;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    if (want-- == 0) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      (void)sched_setaffinity(0, sizeof(one), &one);
+      return;
+    }
+  }
+}
+
+// Runs fn() in a forked child pinned to the second allowed CPU, and pins the parent to the
+// first. The child leaves with _exit(fn()) (1 on an exception), so it neither flushes the
+// parent's stdio buffers a second time nor runs its atexit handlers. Returns the child's pid,
+// or -1 when fork failed.
+// REQUIRES: the caller has no other threads (fork copies only the calling one).
+template <class Fn>
+pid_t ForkPinned(Fn&& fn) {
+  StartupCpus();  // captured before the first pin
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int rc = 1;
+    try {
+      PinToNthCpu(1);
+      rc = fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "easysync-bench: child: %s\n", e.what());
+    }
+    std::fflush(stderr);
+    _exit(rc);
+  }
+  if (pid > 0) PinToNthCpu(0);
+  return pid;
+}
+
+// Waits for the child; when `kill_first` (the parent gave up on it), kills it first.
+// True when it exited with status 0.
+inline bool JoinChild(pid_t pid, bool kill_first) {
+  if (pid <= 0) return false;
+  if (kill_first) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return false;
+  }
+  return !kill_first && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// An anonymous MAP_SHARED mapping made before fork: both processes see the same bytes.
+// Zero-filled, page-aligned. Unmaps in its destructor.
+class SharedAnon {
+ public:
+  explicit SharedAnon(size_t bytes) : bytes_(bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = p;
+  }
+  ~SharedAnon() { munmap(base_, bytes_); }
+  SharedAnon(const SharedAnon&) = delete;
+  SharedAnon& operator=(const SharedAnon&) = delete;
+  template <class T>
+  T* As() const {
+    return static_cast<T*>(base_);
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+inline double NanosSince(Clock::time_point t0, Clock::time_point t1) {
+  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+}
+
+}  // namespace easysync::bench
