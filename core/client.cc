@@ -45,6 +45,12 @@ std::string Stats::ToString() const {
 
 Client::~Client() { StopCallbacks(); }
 
+size_t Client::ThreadShard() {
+  static std::atomic<size_t> next{0};
+  thread_local const size_t index = next.fetch_add(1, std::memory_order_relaxed) % kCounterShards;
+  return index;
+}
+
 Stats Client::stats() const {
   const auto& c = counters_;
   auto ld = [](const auto& a) { return a.load(std::memory_order_relaxed); };
@@ -53,29 +59,36 @@ Stats Client::stats() const {
   s.latency_last_ms = static_cast<double>(ld(c.latency_last_ns)) / 1e6;
   s.latency_max_ms = static_cast<double>(ld(c.latency_max_ns)) / 1e6;
   s.latency_samples = ld(c.latency_samples);
-  s.bytes_sent = ld(c.bytes_sent);
-  s.bytes_recv = ld(c.bytes_recv);
-  s.packets_sent = ld(c.packets_sent);
-  s.packets_recv = ld(c.packets_recv);
-  s.updates_sent = ld(c.updates_sent);
-  s.updates_applied = ld(c.updates_applied);
-  s.torn_read_retries = ld(c.torn_read_retries);
-  s.dead_writer_recoveries = ld(c.dead_writer_recoveries);
+  for (const CounterShard& sh : c.shards) {
+    s.bytes_sent += ld(sh.bytes_sent);
+    s.bytes_recv += ld(sh.bytes_recv);
+    s.packets_sent += ld(sh.packets_sent);
+    s.packets_recv += ld(sh.packets_recv);
+    s.updates_sent += ld(sh.updates_sent);
+    s.updates_applied += ld(sh.updates_applied);
+    s.torn_read_retries += ld(sh.torn_read_retries);
+    s.dead_writer_recoveries += ld(sh.dead_writer_recoveries);
+  }
   return s;
 }
 
 void Client::RecordApplied(const UpdateInfo& info, bool live) {
+  CounterShard& sh = shard();
+  Count(sh.bytes_recv, info.bytes);
+  Count(sh.packets_recv, 1);
+  Count(sh.updates_applied, 1);
+  if (!live) return;
+  const uint64_t live_applied = sh.live_applied.load(std::memory_order_relaxed);
+  sh.live_applied.store(live_applied + 1, std::memory_order_relaxed);
+  if (live_applied % kLatencySampleEvery != 0) return;
   auto& c = counters_;
   constexpr auto kRelaxed = std::memory_order_relaxed;
-  c.bytes_recv.fetch_add(info.bytes, kRelaxed);
-  c.packets_recv.fetch_add(1, kRelaxed);
-  c.updates_applied.fetch_add(1, kRelaxed);
-  if (!live) return;
   const int64_t lat = std::max<int64_t>(0, MonotonicNanos() - info.write_ns);
   c.latency_last_ns.store(lat, kRelaxed);
   if (lat > c.latency_max_ns.load(kRelaxed)) c.latency_max_ns.store(lat, kRelaxed);
   // Readers of one client race only on the average; a lost sample is harmless.
-  const uint64_t n = c.latency_samples.fetch_add(1, kRelaxed);
+  const uint64_t n = c.latency_samples.load(kRelaxed);
+  c.latency_samples.store(n + 1, kRelaxed);
   const int64_t old = c.latency_ewma_ns.load(kRelaxed);
   c.latency_ewma_ns.store(n == 0 ? lat : old + (lat - old) / 16, kRelaxed);
 }

@@ -202,7 +202,7 @@ Status ShmClient::LockSlot(Slot& slot) {
   if (rc == EOWNERDEAD) {
     // The buffer the dead writer was filling is not the published one: nothing to repair.
     pthread_mutex_consistent(&slot.lock);
-    counters().dead_writer_recoveries.fetch_add(1, kRelaxed);
+    Count(shard().dead_writer_recoveries, 1);
     return Status::Ok();
   }
   return Status::FromErrno("lock of an attribute slot", rc);
@@ -305,10 +305,10 @@ Result<uint64_t> ShmClient::WriteLocked(uint32_t index, Slot& slot, size_t size,
     shm_unlink(seg_->ExtentName(index, old_extent_gen).c_str());
     DropExtent(index, old_extent_gen);
   }
-  auto& c = counters();
-  c.bytes_sent.fetch_add(size, kRelaxed);
-  c.packets_sent.fetch_add(1, kRelaxed);
-  c.updates_sent.fetch_add(1, kRelaxed);
+  CounterShard& c = shard();
+  Count(c.bytes_sent, size);
+  Count(c.packets_sent, 1);
+  Count(c.updates_sent, 1);
   return version;
 }
 
@@ -329,7 +329,7 @@ Result<std::optional<UpdateInfo>> ShmClient::ReadIfNewer(AttrId attr, uint64_t h
   EASYSYNC_ASSIGN_OR_RETURN(Slot * slot, ReadySlot(attr));
   for (uint64_t attempt = 0;; ++attempt) {
     if (attempt > 0) {
-      counters().torn_read_retries.fetch_add(1, kRelaxed);
+      Count(shard().torn_read_retries, 1);
       if (attempt % 64 == 0) std::this_thread::yield();
     }
     const uint64_t p = slot->published.load(kAcquire);
