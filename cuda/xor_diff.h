@@ -26,7 +26,10 @@ void XorDiffHost(const uint8_t* cur, const uint8_t* base, size_t n, size_t block
 bool DeviceAvailable();
 
 // Device version: all pointers are device memory; runs on `stream` (a cudaStream_t, or
-// nullptr for the legacy default stream). Returns Unavailable in a build without CUDA.
+// nullptr for the legacy default stream), asynchronously. InvalidArgument when block_bytes is 0
+// or, for n > 0, a pointer is null; Unavailable in a build without CUDA or without a device.
+// Any n: the kernel loops grid-stride, and uses 16-byte accesses when cur, base and out are
+// 16-byte aligned and block_bytes is a multiple of 16 (same bytes either way).
 Status XorDiffDevice(const uint8_t* cur, const uint8_t* base, size_t n, size_t block_bytes,
                      uint8_t* out, uint8_t* changed, void* stream);
 
