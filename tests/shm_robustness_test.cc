@@ -208,11 +208,11 @@ TEST(ShmRobustness, ScribbledSegmentIsAClearErrorNeverACrash) {
   };
   {
     auto& b = text_slot->buf[text_slot->published.load() & 1];
-    const uint64_t offset = b.offset.load();
-    b.offset = ~uint64_t{0} - 10;
+    const uint64_t offset = b.offset().load();
+    b.offset().store(~uint64_t{0} - 10);
     expect_corrupt([&] { return std::make_unique<Synced<std::string>>(&obj, "text"); },
                    "offset past the end");
-    b.offset = offset;
+    b.offset().store(offset);
     const uint32_t where = b.where.load();
     b.where = 77;
     expect_corrupt([&] { return std::make_unique<Synced<std::string>>(&obj, "text"); },
@@ -224,7 +224,7 @@ TEST(ShmRobustness, ScribbledSegmentIsAClearErrorNeverACrash) {
   }
   {
     auto& b = big_slot->buf[big_slot->published.load() & 1];
-    b.gen = b.gen.load() + 1000;  // an extent that does not exist
+    b.gen().store(b.gen().load() + 1000);  // an extent that does not exist
     expect_corrupt([&] { return std::make_unique<Synced<Tensor>>(&obj, "big"); }, "missing extent");
   }
   {

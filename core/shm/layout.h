@@ -22,7 +22,7 @@ inline constexpr uint32_t kLayoutVersion = 1;
 inline constexpr size_t kMaxClusterName = 64;
 inline constexpr size_t kMaxObjectName = 96;         // including the NUL
 inline constexpr size_t kMaxAttributeName = 96;      // including the NUL
-inline constexpr size_t kInlineBytes = 64;           // values this small live in the slot itself
+inline constexpr size_t kInlineBytes = 80;           // values this small live in the slot itself
 inline constexpr size_t kArenaMaxValue = 64 * 1024;  // larger values get their own extent
 inline constexpr size_t kAlign = 64;
 
@@ -61,6 +61,9 @@ struct alignas(kAlign) SegmentHeader {
 
 // One value buffer. Seqlock: `seq` is odd while a writer fills it, and changes on every
 // fill, so a reader that sees the same even seq before and after copying has a whole value.
+// A value of up to kInlineBytes lives in `payload`, whose first 16 bytes share the first
+// cache line with the fields: a reader of a small scalar touches one line per buffer.
+// A larger value lives in the arena or an extent, and payload holds gen() and offset().
 struct alignas(kAlign) BufferDesc {
   std::atomic<uint64_t> seq;
   std::atomic<uint64_t> version;
@@ -69,9 +72,14 @@ struct alignas(kAlign) BufferDesc {
   std::atomic<int64_t> write_ns;
   std::atomic<uint32_t> writer;
   std::atomic<uint32_t> where;
-  std::atomic<uint64_t> gen;     // extent generation when where == kWhereExtent
-  std::atomic<uint64_t> offset;  // byte offset of the data (arena or extent)
-  std::byte inline_data[kInlineBytes];
+  alignas(8) std::byte payload[kInlineBytes];
+
+  // Extent generation (where == kWhereExtent) and byte offset of the data (arena or extent).
+  std::atomic_ref<uint64_t> gen() { return std::atomic_ref<uint64_t>(*PayloadWord(0)); }
+  std::atomic_ref<uint64_t> offset() { return std::atomic_ref<uint64_t>(*PayloadWord(1)); }
+
+ private:
+  uint64_t* PayloadWord(int i) { return reinterpret_cast<uint64_t*>(payload) + i; }
 };
 
 struct alignas(kAlign) Slot {
@@ -95,6 +103,8 @@ struct alignas(kAlign) Slot {
 };
 
 static_assert(sizeof(BufferDesc) == 2 * kAlign);
+static_assert(offsetof(BufferDesc, payload) == 48, "a small value shares the fields' line");
+static_assert(std::atomic_ref<uint64_t>::required_alignment <= 8);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<uint32_t>) == 4, "the futex word must be 32 bits");

@@ -247,8 +247,8 @@ Result<std::byte*> ShmClient::PrepareRegion(uint32_t index, Slot& slot, int j, s
   }
   const uint64_t offset = (gen == 0 ? slot.region_offset.load(kRelaxed) : 0) + uint64_t(j) * cap;
   BufferDesc& b = slot.buf[j];
-  b.gen.store(gen, kRelaxed);
-  b.offset.store(offset, kRelaxed);
+  b.gen().store(gen, kRelaxed);
+  b.offset().store(offset, kRelaxed);
   if (gen == 0) {
     std::byte* p = seg_->ArenaBytes(offset, size);
     if (p == nullptr)
@@ -280,7 +280,7 @@ Result<uint64_t> ShmClient::WriteLocked(uint32_t index, Slot& slot, size_t size,
   std::atomic_thread_fence(std::memory_order_release);
 
   uint64_t old_extent_gen = 0;
-  std::byte* dst = b.inline_data;
+  std::byte* dst = b.payload;
   if (size > kInlineBytes) {
     EASYSYNC_ASSIGN_OR_RETURN(dst, PrepareRegion(index, slot, j, size, &old_extent_gen));
   } else {
@@ -344,8 +344,6 @@ Result<std::optional<UpdateInfo>> ShmClient::ReadIfNewer(AttrId attr, uint64_t h
     info.write_ns = b.write_ns.load(kRelaxed);
     const uint64_t length = b.length.load(kRelaxed);
     const uint32_t where = b.where.load(kRelaxed);
-    const uint64_t offset = b.offset.load(kRelaxed);
-    const uint64_t gen = b.gen.load(kRelaxed);
     auto unchanged = [&] {
       std::atomic_thread_fence(std::memory_order_acquire);
       return b.seq.load(kRelaxed) == s1;
@@ -354,14 +352,15 @@ Result<std::optional<UpdateInfo>> ShmClient::ReadIfNewer(AttrId attr, uint64_t h
     std::string bad;
     if (where == kWhereInline) {
       if (length <= kInlineBytes)
-        data = b.inline_data;
+        data = b.payload;
       else
         bad = "an inline value longer than the slot";
     } else if (where == kWhereArena) {
-      data = seg_->ArenaBytes(offset, length);
+      data = seg_->ArenaBytes(b.offset().load(kRelaxed), length);
       if (data == nullptr) bad = "a value outside the arena";
     } else if (where == kWhereExtent) {
-      auto m = Extent(attr.index, gen);
+      const uint64_t offset = b.offset().load(kRelaxed);
+      auto m = Extent(attr.index, b.gen().load(kRelaxed));
       if (m.ok() && m.value()->Contains(offset, length)) {
         data = m.value()->base() + offset;
       } else if (m.ok() || m.status().code() == StatusCode::kNotFound) {

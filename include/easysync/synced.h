@@ -18,7 +18,6 @@
 #include <chrono>
 #include <functional>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -63,35 +62,25 @@ class Synced {
  public:
   // Declares the attribute without a value of its own: reads give T{} until someone writes.
   Synced(SyncedObject* owner, std::string_view name, AttrOptions options = {})
-      : Synced(owner, name, std::nullopt, options) {}
-  // Declares the attribute; `initial` is published only if the cluster has no value yet.
-  Synced(SyncedObject* owner, std::string_view name, std::optional<T> initial,
-         AttrOptions options = {})
       : client_(&owner->client()), name_(name), options_(options) {
-    if (initial) {
-      attr_ = Traits::WithEncoding(*initial, [&](size_t size, auto&& encode) {
-        Client::Initial init{size, encode};
-        return ValueOrThrow(client_->Declare(owner->id(), name_, Traits::kKind, &init));
-      });
-    } else {
-      attr_ = ValueOrThrow(client_->Declare(owner->id(), name_, Traits::kKind, nullptr));
-    }
-    Refresh(/*live=*/false);
+    Declare(*owner, nullptr);
   }
+  // Declares the attribute; `initial` is published only if the cluster has no value yet.
   template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                              !std::is_same_v<std::decay_t<U>, AttrOptions> &&
-                                              !std::is_same_v<std::decay_t<U>, std::nullopt_t> &&
-                                              !std::is_same_v<std::decay_t<U>, std::optional<T>>>>
+                                              !std::is_same_v<std::decay_t<U>, AttrOptions>>>
   Synced(SyncedObject* owner, std::string_view name, U&& initial, AttrOptions options = {})
-      : Synced(owner, name, std::optional<T>(T(std::forward<U>(initial))), options) {}
+      : client_(&owner->client()), name_(name), options_(options) {
+    const T value(std::forward<U>(initial));
+    Declare(*owner, &value);
+  }
 
   Synced(const Synced&) = delete;
   Synced& operator=(const Synced&) = delete;
 
   // The newest value visible to this process. Never blocks on other processes.
   T get() const {
-    Refresh();
     std::lock_guard<std::mutex> lock(mu_);
+    RefreshLocked(/*live=*/true);
     return value_;
   }
   operator T() const { return get(); }  // NOLINT: reads like the plain member it replaces
@@ -149,10 +138,27 @@ class Synced {
   AttrOptions options() const { return options_; }
 
  private:
+  void Declare(const SyncedObject& owner, const T* initial) {
+    if (initial != nullptr) {
+      attr_ = Traits::WithEncoding(*initial, [&](size_t size, auto&& encode) {
+        Client::Initial init{size, encode};
+        return ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, &init));
+      });
+    } else {
+      attr_ = ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, nullptr));
+    }
+    Refresh(/*live=*/false);  // the cluster's current value: a snapshot, not a live update
+  }
   void Refresh(bool live = true) const {
     if (client_->LatestVersion(attr_) <= version_.load(std::memory_order_acquire)) return;
     std::lock_guard<std::mutex> lock(mu_);
-    auto r = client_->ReadIfNewer(attr_, version_,
+    RefreshLocked(live);
+  }
+  // REQUIRES: mu_ is held.
+  void RefreshLocked(bool live) const {
+    const uint64_t have = version_.load(std::memory_order_relaxed);
+    if (client_->LatestVersion(attr_) <= have) return;
+    auto r = client_->ReadIfNewer(attr_, have,
                                   [&](ByteSpan bytes) { return Traits::Decode(bytes, &value_); });
     if (!r.ok()) throw Error(r.status());
     if (r.value()) {
