@@ -51,6 +51,8 @@ struct Encoder::Impl {
   Scratch values;  // element-major XOR values of the changes
   Scratch planes;  // dense XOR planes (or planes of a full value)
   Scratch alt;     // the second zstd candidate
+  Scratch zeros;   // a zero block for scans of XOR blocks
+  size_t zeros_bytes = 0;
   internal::StreamHash cur_hash;
   internal::StreamHash base_hash;
 
@@ -73,6 +75,11 @@ struct Encoder::Impl {
   }
 
   Result<size_t> EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info, uint8_t* payload);
+  // Sets up `sink` to collect a sparse form of at most n / 4 bytes per stream.
+  Status StartSparse(size_t n, internal::SparseSink* sink);
+  // Turns a finished sparse scan into the best sparse frame payload; 0 when none beats raw n.
+  Result<size_t> FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n,
+                              FrameInfo* info, uint8_t* payload, size_t* body_size);
   Result<size_t> EncodeDelta(const TensorBytes& cur, const uint8_t* base, size_t n,
                              const EncodeHints& hints, FrameInfo* info, uint8_t* payload);
 };
@@ -160,20 +167,9 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   const bool use_planes = options.allow_planes && esize > 1;
 
   // Pass 1: hashes, and the sparse form until it stops paying off.
-  const size_t stream_cap = n / 4;
   bool sparse = options.allow_sparse;
   internal::SparseSink sink;
-  if (sparse) {
-    const size_t need = kHeadRoom + 2 * (stream_cap + internal::kSparseSinkSlack);
-    if (!body.Reserve(need)) return internal::OutOfMemory(need);
-    if (!values.Reserve(stream_cap + internal::kSparseSinkSlack)) {
-      return internal::OutOfMemory(stream_cap);
-    }
-    sink.pos = body.data() + kHeadRoom;
-    sink.pos_limit = sink.pos + stream_cap;
-    sink.val = values.data();
-    sink.val_limit = values.data() + stream_cap;
-  }
+  if (sparse) EASYSYNC_RETURN_IF_ERROR(StartSparse(n, &sink));
   const bool hash_base = !hints.known_base_hash.has_value();
   cur_hash.Reset();
   base_hash.Reset();
@@ -189,30 +185,14 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   size_t best = n;  // a candidate must beat raw
   bool have = false;
   if (sparse) {
-    const size_t gap_bytes = static_cast<size_t>(sink.pos - (body.data() + kHeadRoom));
-    uint8_t* start = internal::PrependSparseHead(body.data() + kHeadRoom, sink.count, gap_bytes);
-    uint8_t* vals = body.data() + kHeadRoom + gap_bytes;
-    const size_t value_bytes = sink.count * esize;
-    if (use_planes) {
-      internal::SplitPlanes(values.data(), nullptr, sink.count, esize, 0, sink.count, vals);
-    } else if (value_bytes != 0) {
-      std::memcpy(vals, values.data(), value_bytes);
-    }
-    const size_t body_size = static_cast<size_t>(vals + value_bytes - start);
-    const uint8_t chain = kChainXor | kChainSparse | (use_planes ? kChainPlanes : 0);
-    EASYSYNC_ASSIGN_OR_RETURN(size_t z,
-                              Zstd(start, body_size, payload, std::min(body_size, n) - 1));
+    size_t body_size = 0;
+    EASYSYNC_ASSIGN_OR_RETURN(const size_t z,
+                              FinishSparse(sink, esize, n, info, payload, &body_size));
     if (z != 0) {
       best = z;
-      info->chain = chain | kChainZstd;
       have = true;
-    } else if (body_size < n) {
-      std::memcpy(payload, start, body_size);
-      best = body_size;
-      info->chain = chain;
-      have = true;
+      if (body_size <= n / kSparseOnlyDivisor) return best;
     }
-    if (have && body_size <= n / kSparseOnlyDivisor) return best;
   }
 
   // Dense candidate: XOR planes (element-major bytes when planes are off) through zstd.
@@ -242,6 +222,109 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   info->chain = 0;  // nothing beat raw: a full value
   std::memcpy(payload, cur.data, n);
   return n;
+}
+
+Status Encoder::Impl::StartSparse(size_t n, internal::SparseSink* sink) {
+  const size_t stream_cap = n / 4;
+  const size_t need = kHeadRoom + 2 * (stream_cap + internal::kSparseSinkSlack);
+  if (!body.Reserve(need)) return internal::OutOfMemory(need);
+  if (!values.Reserve(stream_cap + internal::kSparseSinkSlack)) {
+    return internal::OutOfMemory(stream_cap);
+  }
+  *sink = internal::SparseSink{};
+  sink->pos = body.data() + kHeadRoom;
+  sink->pos_limit = sink->pos + stream_cap;
+  sink->val = values.data();
+  sink->val_limit = values.data() + stream_cap;
+  return Status::Ok();
+}
+
+Result<size_t> Encoder::Impl::FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n,
+                                           FrameInfo* info, uint8_t* payload, size_t* body_size) {
+  const bool use_planes = options.allow_planes && esize > 1;
+  const size_t gap_bytes = static_cast<size_t>(sink.pos - (body.data() + kHeadRoom));
+  uint8_t* start = internal::PrependSparseHead(body.data() + kHeadRoom, sink.count, gap_bytes);
+  uint8_t* vals = body.data() + kHeadRoom + gap_bytes;
+  const size_t value_bytes = sink.count * esize;
+  if (use_planes) {
+    internal::SplitPlanes(values.data(), nullptr, sink.count, esize, 0, sink.count, vals);
+  } else if (value_bytes != 0) {
+    std::memcpy(vals, values.data(), value_bytes);
+  }
+  *body_size = static_cast<size_t>(vals + value_bytes - start);
+  const uint8_t chain = kChainXor | kChainSparse | (use_planes ? kChainPlanes : 0);
+  EASYSYNC_ASSIGN_OR_RETURN(size_t z,
+                            Zstd(start, *body_size, payload, std::min(*body_size, n) - 1));
+  if (z != 0) {
+    info->chain = chain | kChainZstd;
+    return z;
+  }
+  if (*body_size < n) {
+    std::memcpy(payload, start, *body_size);
+    info->chain = chain;
+    return *body_size;
+  }
+  return size_t{0};
+}
+
+Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_version,
+                                        uint64_t base_hash, uint64_t new_version,
+                                        uint64_t result_hash, std::span<uint8_t> out) {
+  const size_t esize = DTypeSize(blocks.dtype);
+  if (esize == 0) return Status::InvalidArgument("EncodeXorBlocks: invalid dtype");
+  const size_t bound = EncodeBound(blocks.dtype, blocks.element_count);
+  if (bound == 0) return Status::InvalidArgument("EncodeXorBlocks: tensor size overflows");
+  if (out.size() < bound) {
+    return Status::InvalidArgument("EncodeXorBlocks: output buffer below EncodeBound");
+  }
+  const size_t b = blocks.block_bytes;
+  if (b == 0 || b % 8 != 0) {
+    return Status::InvalidArgument("EncodeXorBlocks: block_bytes must be a positive multiple of 8");
+  }
+  const size_t n = bound - format::kHeaderSize;
+  if (blocks.count != 0 && (blocks.ids == nullptr || blocks.bytes == nullptr)) {
+    return Status::InvalidArgument("EncodeXorBlocks: null blocks");
+  }
+  if (!impl_->options.allow_delta || !impl_->options.allow_sparse || n == 0) return size_t{0};
+  internal::SparseSink sink;
+  EASYSYNC_RETURN_IF_ERROR(impl_->StartSparse(n, &sink));
+  // The scan compares against zeros: the blocks already hold cur ^ base.
+  if (!impl_->zeros.Reserve(b)) return internal::OutOfMemory(b);
+  if (impl_->zeros_bytes < b) {
+    std::memset(impl_->zeros.data(), 0, b);
+    impl_->zeros_bytes = b;
+  }
+  for (size_t j = 0, next_id = 0; j < blocks.count; ++j) {
+    const uint64_t id = blocks.ids[j];
+    if (id < next_id || id >= (n + b - 1) / b) {
+      return Status::InvalidArgument(
+          "EncodeXorBlocks: block ids must increase and lie in the tensor");
+    }
+    next_id = id + 1;
+  }
+  for (size_t j = 0; j < blocks.count; ++j) {
+    const uint64_t id = blocks.ids[j];
+    sink.origin = id * b;
+    const size_t len = std::min<size_t>(b, n - id * b);
+    if (!internal::SparseScan(blocks.bytes + j * b, impl_->zeros.data(), 0, len, esize, &sink)) {
+      return size_t{0};  // too dense for a sparse frame
+    }
+  }
+  FrameInfo info;
+  info.dtype = blocks.dtype;
+  info.element_count = blocks.element_count;
+  info.base_version = base_version;
+  info.new_version = new_version;
+  info.base_hash = base_hash;
+  info.result_hash = result_hash;
+  size_t body_size = 0;
+  EASYSYNC_ASSIGN_OR_RETURN(
+      const size_t z,
+      impl_->FinishSparse(sink, esize, n, &info, out.data() + format::kHeaderSize, &body_size));
+  if (z == 0) return size_t{0};
+  info.payload_size = z;
+  internal::WriteHeader(info, out.data());
+  return z + format::kHeaderSize;
 }
 
 }  // namespace easysync::codec

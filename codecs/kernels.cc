@@ -90,6 +90,7 @@ template <size_t E>
   uint8_t* pos = s->pos;
   uint8_t* val = s->val;
   uint64_t next = s->next_pos;
+  const uint64_t origin = s->origin;
   for (size_t chunk = begin; chunk < end; chunk += kChunk) {
     const size_t chunk_end = end - chunk < kChunk ? end : chunk + kChunk;
     uint16_t* w = offsets;
@@ -122,7 +123,7 @@ template <size_t E>
     }
     for (const uint16_t* r = offsets; r < w; ++r) {
       const size_t b = chunk + *r;
-      const uint64_t p = b / E;
+      const uint64_t p = (origin + b) / E;
       pos = PutGap(pos, p - next);
       next = p + 1;
       StoreU64(val, LoadElement<E>(cur + b) ^ LoadElement<E>(base + b));

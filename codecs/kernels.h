@@ -16,6 +16,9 @@ struct SparseSink {
   uint8_t* val_limit = nullptr;  // scan stops once val passes this
   uint64_t next_pos = 0;         // element after the last change (the next gap counts from it)
   uint64_t count = 0;            // changes emitted so far
+  // Tensor byte offset of cur[0] and base[0]: lets a scan run over one compacted block of a
+  // tensor (positions stay tensor-wide). A multiple of the element size.
+  uint64_t origin = 0;
 };
 
 // Bytes the sparse scan may write past pos_limit / val_limit before it notices: both buffers

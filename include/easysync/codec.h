@@ -96,6 +96,18 @@ struct EncodeHints {
   std::optional<uint64_t> known_base_hash;
 };
 
+// The changed blocks of an update, as the device path produces them (cuda/compact.h): for
+// each changed block, in increasing block order, the XOR of cur and base. Block j's bytes
+// start at bytes + j * block_bytes; only the tensor's last block may be shorter.
+struct XorBlocks {
+  DType dtype = DType::kUInt8;
+  size_t element_count = 0;
+  size_t block_bytes = 0;  // a positive multiple of 8
+  const uint32_t* ids = nullptr;
+  size_t count = 0;
+  const uint8_t* bytes = nullptr;
+};
+
 // Reusable encoding context: keeps a zstd compression context and scratch buffers, so that
 // after the first call of a given size Encode does not allocate.
 class Encoder {
@@ -121,6 +133,15 @@ class Encoder {
   Result<size_t> EncodeFull(const TensorBytes& cur, uint64_t new_version, std::span<uint8_t> out) {
     return Encode(cur, nullptr, 0, new_version, out);
   }
+
+  // Encodes a sparse delta from the changed blocks alone, without the full tensors: what a
+  // GPU tensor's update needs, where only changed blocks cross PCIe. The caller supplies the
+  // XXH3-64 hashes of base and cur (it keeps a host copy of the base to hash). Returns the
+  // frame size, or 0 when the update is too dense for a sparse frame to pay off: then encode
+  // from the full tensors with Encode().
+  Result<size_t> EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_version, uint64_t base_hash,
+                                 uint64_t new_version, uint64_t result_hash,
+                                 std::span<uint8_t> out);
 
   const EncoderOptions& options() const;
 

@@ -1,0 +1,167 @@
+// The device delta pipeline (diff, compaction, host shadow, frames from changed blocks), run
+// on the host twins of the kernels, and on a GPU where one exists.
+#include "easysync/device_codec.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#if EASYSYNC_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace easysync::codec {
+namespace {
+
+struct Step {
+  double density;  // fraction of elements changed
+  bool clustered;
+};
+
+// Changes `density` of the elements of t (esize bytes each) by flipping low bits.
+void Mutate(std::vector<uint8_t>& t, size_t esize, double density, bool clustered,
+            std::mt19937_64& rng) {
+  const size_t count = t.size() / esize;
+  const auto changes = static_cast<size_t>(density * static_cast<double>(count));
+  size_t start = count == 0 ? 0 : rng() % count;
+  for (size_t k = 0; k < changes; ++k) {
+    const size_t i = clustered ? (start + k) % count : rng() % count;
+    t[i * esize] ^= static_cast<uint8_t>(1 + rng() % 3);
+  }
+}
+
+// Runs a sequence of updates through a DeviceEncoder whose `upload` puts the tensor into
+// backend memory; a plain Decoder on the receiver side must always reproduce the tensor.
+template <class Upload>
+void RunSequence(DeviceEncoder& enc, DType dtype, size_t count, const std::vector<Step>& steps,
+                 Upload upload) {
+  const size_t esize = DTypeSize(dtype);
+  std::mt19937_64 rng(count * 31 + esize);
+  std::vector<uint8_t> cur(count * esize);
+  for (auto& b : cur) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> receiver(cur.size());
+  std::vector<uint8_t> frame(EncodeBound(dtype, count));
+  Decoder dec;
+  uint64_t version = 1;
+  for (size_t s = 0; s <= steps.size(); ++s) {
+    if (s > 0) Mutate(cur, esize, steps[s - 1].density, steps[s - 1].clustered, rng);
+    const uint64_t before = enc.stats().bytes_to_host;
+    const uint64_t blocks_before = enc.stats().block_frames;
+    auto size = enc.Encode(dtype, count, upload(cur), version, frame);
+    ASSERT_TRUE(size.ok()) << size.status().ToString();
+    auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->new_version, version);
+    if (s == 0) EXPECT_TRUE(info->is_full_value());
+    Status st = dec.Decode(std::span<const uint8_t>(frame.data(), *size), receiver.data(),
+                           receiver.size(), receiver);
+    ASSERT_TRUE(st.ok()) << "step " << s << ": " << st.ToString();
+    ASSERT_EQ(receiver, cur) << "step " << s;
+    if (enc.stats().block_frames > blocks_before) {
+      // Built from the changed blocks: at most half the tensor (plus ids) came back.
+      EXPECT_LE(enc.stats().bytes_to_host - before, cur.size() / 2 + cur.size() / 16 + 8)
+          << "step " << s;
+    }
+    ++version;
+  }
+}
+
+const std::vector<Step> kSteps = {{0.0, false}, {0.0001, false}, {0.01, false},  {0.01, true},
+                                  {0.2, false}, {1.0, false},    {0.0005, true}, {0.0, false}};
+
+TEST(DeviceEncoderHost, EveryDensityDecodesBitExact) {
+  for (DType d : {DType::kBFloat16, DType::kFloat32, DType::kUInt8, DType::kFloat64}) {
+    for (size_t count : {size_t{0}, size_t{1}, size_t{4097}, size_t{300001}}) {
+      DeviceEncoder enc(MakeHostDeltaBackend());
+      RunSequence(enc, d, count, kSteps, [](const std::vector<uint8_t>& t) { return t.data(); });
+      if (count > 100000) {
+        EXPECT_EQ(enc.stats().full_frames, 1u) << DTypeName(d);
+        EXPECT_GE(enc.stats().block_frames, 4u) << DTypeName(d);
+        EXPECT_GE(enc.stats().dense_frames, 1u) << DTypeName(d);
+      }
+    }
+  }
+}
+
+TEST(DeviceEncoderHost, SparseStepCopiesOnlyChangedBlocks) {
+  const size_t count = 1 << 20;  // 2 MiB of bf16
+  DeviceEncoder enc(MakeHostDeltaBackend(), {}, 4096);
+  std::vector<uint8_t> t(count * 2, 0);
+  std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+  ASSERT_TRUE(enc.Encode(DType::kBFloat16, count, t.data(), 1, frame).ok());
+  const uint64_t after_full = enc.stats().bytes_to_host;
+  EXPECT_EQ(after_full, t.size());
+  t[10] ^= 1;            // block 0
+  t[t.size() - 1] ^= 1;  // the last block
+  auto size = enc.Encode(DType::kBFloat16, count, t.data(), 2, frame);
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(enc.stats().bytes_to_host - after_full, 4 + 2 * 4 + 2 * 4096u);
+  EXPECT_LT(*size, 200u);
+}
+
+TEST(DeviceEncoderHost, ResetAndShapeChangeSendFullValues) {
+  DeviceEncoder enc(MakeHostDeltaBackend());
+  std::vector<uint8_t> t(4096, 7);
+  std::vector<uint8_t> frame(EncodeBound(DType::kUInt8, 8192));
+  ASSERT_TRUE(enc.Encode(DType::kUInt8, 4096, t.data(), 1, frame).ok());
+  t[5] = 1;
+  ASSERT_TRUE(enc.Encode(DType::kUInt8, 4096, t.data(), 2, frame).ok());
+  EXPECT_FALSE(PeekFrame(frame)->is_full_value());
+  enc.Reset();
+  ASSERT_TRUE(enc.Encode(DType::kUInt8, 4096, t.data(), 3, frame).ok());
+  EXPECT_TRUE(PeekFrame(frame)->is_full_value());
+  std::vector<uint8_t> bigger(8192, 1);
+  ASSERT_TRUE(enc.Encode(DType::kUInt8, 8192, bigger.data(), 4, frame).ok());
+  EXPECT_TRUE(PeekFrame(frame)->is_full_value());
+  EXPECT_EQ(enc.stats().full_frames, 2u + 1u);
+}
+
+TEST(DeviceEncoderHost, RejectsBadArguments) {
+  DeviceEncoder bad_blocks(MakeHostDeltaBackend(), {}, 12);
+  std::vector<uint8_t> t(64), frame(EncodeBound(DType::kUInt8, 64));
+  EXPECT_EQ(bad_blocks.Encode(DType::kUInt8, 64, t.data(), 1, frame).status().code(),
+            StatusCode::kInvalidArgument);
+  DeviceEncoder enc(MakeHostDeltaBackend());
+  std::vector<uint8_t> small(10);
+  EXPECT_EQ(enc.Encode(DType::kUInt8, 64, t.data(), 1, small).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(EncodeXorBlocks, RejectsIdsOutOfOrderOrRange) {
+  Encoder enc;
+  std::vector<uint8_t> bytes(2 * 64, 1), out(EncodeBound(DType::kUInt8, 256));
+  uint32_t ids[2] = {2, 1};
+  XorBlocks blocks{DType::kUInt8, 256, 64, ids, 2, bytes.data()};
+  EXPECT_EQ(enc.EncodeXorBlocks(blocks, 1, 0, 2, 0, out).status().code(),
+            StatusCode::kInvalidArgument);
+  ids[0] = 1;
+  ids[1] = 4;  // past the 4 blocks of 256 bytes
+  EXPECT_EQ(enc.EncodeXorBlocks(blocks, 1, 0, 2, 0, out).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(DeviceEncoderCuda, MatchesTheHostPipeline) {
+  auto backend = MakeCudaDeltaBackend(nullptr);
+  if (!backend.ok()) GTEST_SKIP() << backend.status().ToString();
+#if EASYSYNC_HAVE_CUDA
+  DeviceEncoder enc(std::move(backend).value());
+  uint8_t* dev = nullptr;
+  size_t dev_bytes = 0;
+  auto upload = [&](const std::vector<uint8_t>& t) {
+    if (dev_bytes < t.size()) {
+      cudaFree(dev);
+      cudaMalloc(reinterpret_cast<void**>(&dev), t.size());
+      dev_bytes = t.size();
+    }
+    cudaMemcpy(dev, t.data(), t.size(), cudaMemcpyHostToDevice);
+    return static_cast<const uint8_t*>(dev);
+  };
+  RunSequence(enc, DType::kBFloat16, 1 << 20, kSteps, upload);
+  EXPECT_GE(enc.stats().block_frames, 4u);
+  cudaFree(dev);
+#endif
+}
+
+}  // namespace
+}  // namespace easysync::codec
