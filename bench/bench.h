@@ -17,4 +17,8 @@ struct Args {
 int RunShmLatency(const Args& args);
 int RunShmThroughput(const Args& args);
 
+// The codec suite parses its own flags, argv[first..argc) (codec_bench.cc); it also returns 2 for
+// bad usage and 3 for --device cuda without a device.
+int RunCodec(int argc, char** argv, int first);
+
 }  // namespace easysync::bench

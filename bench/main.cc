@@ -16,7 +16,10 @@ void Usage(std::FILE* out) {
       "  shm-latency     one-way latency of a Synced<int64_t> update between two processes,\n"
       "                  poll and futex wait modes, each against its raw floor\n"
       "  shm-throughput  publish/read of a float32 Synced<Tensor> against memcpy\n"
-      "flags:\n"
+      "  codec           the tensor delta codec against memcpy and zstd baselines, on files,\n"
+      "                  a directory of steps or a synthetic update (own flags: see\n"
+      "                  easysync-bench codec --help)\n"
+      "flags (shm-*):\n"
       "  --json          one JSON object per line per configuration, nothing else on stdout\n"
       "  --iters N       measured samples per configuration (after warm-up)\n"
       "  --seconds S     stop measuring a configuration after S seconds\n"
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
     Usage(stdout);
     return 0;
   }
+  if (suite == "codec") return easysync::bench::RunCodec(argc, argv, 2);
   const bool latency = suite == "shm-latency";
   const bool throughput = suite == "shm-throughput";
   if (!latency && !throughput) return BadUsage("unknown suite '" + std::string(suite) + "'");
