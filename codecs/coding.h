@@ -22,6 +22,28 @@ inline uint32_t LoadU32(const uint8_t* p) {
 inline void StoreU64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, sizeof v); }
 inline void StoreU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
 
+// The kDiff stage works on E-byte elements as unsigned integers mod 2^(8E).
+template <size_t E>
+inline constexpr uint64_t kElementMask = E == 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * E)) - 1;
+
+// (cur - base) read as a signed E-byte integer, zigzag-mapped (0, -1, 1, -2, ... -> 0, 1, 2,
+// 3, ...): a step of one unit in the last place becomes 1 or 2 whatever its carries.
+template <size_t E>
+inline uint64_t ZigzagDelta(uint64_t cur, uint64_t base) {
+  constexpr uint64_t m = kElementMask<E>;
+  const uint64_t d = (cur - base) & m;
+  const uint64_t negative = (d >> (8 * E - 1)) & 1;
+  return ((d << 1) & m) ^ (negative != 0 ? m : 0);
+}
+
+// base + the delta that z encodes (or base - it, to undo), mod 2^(8E).
+template <size_t E>
+inline uint64_t ApplyZigzag(uint64_t base, uint64_t z, bool undo) {
+  constexpr uint64_t m = kElementMask<E>;
+  const uint64_t d = ((z >> 1) ^ (uint64_t{0} - (z & 1))) & m;
+  return (undo ? base - d : base + d) & m;
+}
+
 // Writes v as LEB128 (7 bits per byte, low first, high bit = more follows) at p.
 // REQUIRES: room for format::kMaxVarintBytes bytes. Returns the end of the written bytes.
 inline uint8_t* PutVarint(uint8_t* p, uint64_t v) {

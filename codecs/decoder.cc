@@ -77,8 +77,9 @@ struct Decoder::Impl {
   }
 
   // Runs the apply step over tensor bytes [off, off + len) of out.
+  // With undo, reverts what the same call without undo did.
   static void ApplyBlock(const FrameInfo& info, const Plan& plan, size_t esize, size_t off,
-                         size_t len, internal::SparseApplier* applier, uint8_t* out);
+                         size_t len, internal::SparseApplier* applier, uint8_t* out, bool undo);
 };
 
 Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
@@ -87,12 +88,15 @@ Decoder::Decoder(Decoder&&) noexcept = default;
 Decoder& Decoder::operator=(Decoder&&) noexcept = default;
 
 void Decoder::Impl::ApplyBlock(const FrameInfo& info, const Plan& plan, size_t esize, size_t off,
-                               size_t len, internal::SparseApplier* applier, uint8_t* out) {
+                               size_t len, internal::SparseApplier* applier, uint8_t* out,
+                               bool undo) {
   const uint8_t chain = info.chain;
   const size_t first = off / esize;
   const size_t last = (off + len) / esize;
   if ((chain & kChainSparse) != 0) {
-    applier->ApplyUntil(last, out);
+    applier->ApplyUntil(last, out, undo);
+  } else if ((chain & kChainDiff) != 0) {
+    internal::MergePlanesDiff(plan.inner, info.element_count, esize, first, last, undo, out);
   } else if ((chain & kChainPlanes) != 0) {
     if ((chain & kChainXor) == 0) std::memset(out + off, 0, len);
     internal::MergePlanesXor(plan.inner, info.element_count, esize, first, last, out);
@@ -174,6 +178,7 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
         internal::ParseSparseBody(plan.inner, plan.inner_size, info.element_count, esize,
                                   (info.chain & kChainPlanes) != 0, &plan.sparse));
     EASYSYNC_RETURN_IF_ERROR(internal::ValidateSparseGaps(plan.sparse, info.element_count));
+    plan.sparse.diff = (info.chain & kChainDiff) != 0;
   } else if (plan.inner_size != n) {
     return Status::Corruption("frame payload holds " + std::to_string(plan.inner_size) +
                               " tensor bytes, its header says " + std::to_string(n));
@@ -197,7 +202,7 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
     const size_t len = std::min(kBlock, n - off);
     if (hash_base) impl_->base_hash.Update(base + off, len);
     if (delta && !in_place) std::memcpy(o + off, base + off, len);
-    Impl::ApplyBlock(info, plan, esize, off, len, &applier, o);
+    Impl::ApplyBlock(info, plan, esize, off, len, &applier, o, /*undo=*/false);
     impl_->result_hash.Update(o + off, len);
   }
 
@@ -212,7 +217,8 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
   if (!failure.ok() && in_place) {
     applier.Rewind();
     for (size_t off = 0; off < n; off += kBlock) {
-      Impl::ApplyBlock(info, plan, esize, off, std::min(kBlock, n - off), &applier, o);
+      Impl::ApplyBlock(info, plan, esize, off, std::min(kBlock, n - off), &applier, o,
+                       /*undo=*/true);
     }
   }
   return failure;

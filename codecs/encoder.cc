@@ -78,7 +78,8 @@ struct Encoder::Impl {
   // Sets up `sink` to collect a sparse form of at most n / 4 bytes per stream.
   Status StartSparse(size_t n, internal::SparseSink* sink);
   // Turns a finished sparse scan into the best sparse frame payload; 0 when none beats raw n.
-  Result<size_t> FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n,
+  // diff: the sink holds ZigzagDelta values (kDiff) rather than XOR bits.
+  Result<size_t> FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n, bool diff,
                               FrameInfo* info, uint8_t* payload, size_t* body_size);
   Result<size_t> EncodeDelta(const TensorBytes& cur, const uint8_t* base, size_t n,
                              const EncodeHints& hints, FrameInfo* info, uint8_t* payload);
@@ -165,6 +166,7 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   const size_t esize = DTypeSize(cur.dtype);
   const size_t count = cur.element_count;
   const bool use_planes = options.allow_planes && esize > 1;
+  const bool use_diff = use_planes && options.allow_diff;
 
   // Pass 1: hashes, and the sparse form until it stops paying off.
   bool sparse = options.allow_sparse;
@@ -177,7 +179,9 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
     const size_t len = std::min(kBlock, n - off);
     cur_hash.Update(cur.data + off, len);
     if (hash_base) base_hash.Update(base + off, len);
-    if (sparse) sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink);
+    if (sparse) {
+      sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink, use_diff);
+    }
   }
   info->result_hash = cur_hash.Digest();
   info->base_hash = hash_base ? base_hash.Digest() : *hints.known_base_hash;
@@ -187,7 +191,7 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   if (sparse) {
     size_t body_size = 0;
     EASYSYNC_ASSIGN_OR_RETURN(const size_t z,
-                              FinishSparse(sink, esize, n, info, payload, &body_size));
+                              FinishSparse(sink, esize, n, use_diff, info, payload, &body_size));
     if (z != 0) {
       best = z;
       have = true;
@@ -197,12 +201,15 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
 
   // Dense candidate: XOR planes (element-major bytes when planes are off) through zstd.
   if (!planes.Reserve(n)) return internal::OutOfMemory(n);
-  if (use_planes) {
+  if (use_diff) {
+    internal::SplitPlanesDiff(cur.data, base, count, esize, 0, count, planes.data());
+  } else if (use_planes) {
     internal::SplitPlanes(cur.data, base, count, esize, 0, count, planes.data());
   } else {
     internal::SplitPlanes(cur.data, base, n, 1, 0, n, planes.data());
   }
-  const uint8_t dense_chain = kChainXor | kChainZstd | (use_planes ? kChainPlanes : 0);
+  const uint8_t dense_chain =
+      kChainXor | kChainZstd | (use_planes ? kChainPlanes : 0) | (use_diff ? kChainDiff : 0);
   if (!have) {
     EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(planes.data(), n, payload, n - 1));
     if (z != 0) {
@@ -240,7 +247,8 @@ Status Encoder::Impl::StartSparse(size_t n, internal::SparseSink* sink) {
 }
 
 Result<size_t> Encoder::Impl::FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n,
-                                           FrameInfo* info, uint8_t* payload, size_t* body_size) {
+                                           bool diff, FrameInfo* info, uint8_t* payload,
+                                           size_t* body_size) {
   const bool use_planes = options.allow_planes && esize > 1;
   const size_t gap_bytes = static_cast<size_t>(sink.pos - (body.data() + kHeadRoom));
   uint8_t* start = internal::PrependSparseHead(body.data() + kHeadRoom, sink.count, gap_bytes);
@@ -252,7 +260,8 @@ Result<size_t> Encoder::Impl::FinishSparse(const internal::SparseSink& sink, siz
     std::memcpy(vals, values.data(), value_bytes);
   }
   *body_size = static_cast<size_t>(vals + value_bytes - start);
-  const uint8_t chain = kChainXor | kChainSparse | (use_planes ? kChainPlanes : 0);
+  const uint8_t chain =
+      kChainXor | kChainSparse | (use_planes ? kChainPlanes : 0) | (diff ? kChainDiff : 0);
   EASYSYNC_ASSIGN_OR_RETURN(size_t z,
                             Zstd(start, *body_size, payload, std::min(*body_size, n) - 1));
   if (z != 0) {
@@ -318,9 +327,9 @@ Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_v
   info.base_hash = base_hash;
   info.result_hash = result_hash;
   size_t body_size = 0;
-  EASYSYNC_ASSIGN_OR_RETURN(
-      const size_t z,
-      impl_->FinishSparse(sink, esize, n, &info, out.data() + format::kHeaderSize, &body_size));
+  EASYSYNC_ASSIGN_OR_RETURN(const size_t z,
+                            impl_->FinishSparse(sink, esize, n, /*diff=*/false, &info,
+                                                out.data() + format::kHeaderSize, &body_size));
   if (z == 0) return size_t{0};
   info.payload_size = z;
   internal::WriteHeader(info, out.data());

@@ -10,7 +10,8 @@
 namespace easysync::codec {
 
 static_assert(kChainXor == format::kXor && kChainSparse == format::kSparse &&
-                  kChainPlanes == format::kPlanes && kChainZstd == format::kZstd,
+                  kChainPlanes == format::kPlanes && kChainZstd == format::kZstd &&
+                  kChainDiff == format::kDiff,
               "public chain bits must equal the wire format's");
 
 namespace internal {
@@ -96,7 +97,7 @@ std::string ChainName(uint8_t chain) {
     if (!name.empty()) name += '+';
     name += stage;
   };
-  add((chain & kChainXor) != 0 ? "xor" : "raw");
+  add((chain & kChainXor) == 0 ? "raw" : (chain & kChainDiff) != 0 ? "diff" : "xor");
   if ((chain & kChainSparse) != 0) add("sparse");
   if ((chain & kChainPlanes) != 0) add("planes");
   if ((chain & kChainZstd) != 0) add("zstd");

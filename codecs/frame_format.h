@@ -43,11 +43,15 @@ inline constexpr uint8_t kSparse = 1u
                                    << 1;  // only changed elements: gap-coded positions + XOR bits
 inline constexpr uint8_t kPlanes = 1u << 2;  // byte b of every element stored together
 inline constexpr uint8_t kZstd = 1u << 3;    // the remaining payload is one zstd frame
-inline constexpr uint8_t kKnownStages = kXor | kSparse | kPlanes | kZstd;
+// With kXor: each changed element is described by its arithmetic difference, not its XOR:
+// zigzag((cur - base) mod 2^(8 esize)), an integer of the element's width. Requires kPlanes.
+inline constexpr uint8_t kDiff = 1u << 4;
+inline constexpr uint8_t kKnownStages = kXor | kSparse | kPlanes | kZstd | kDiff;
 
 constexpr bool IsValidChain(uint8_t chain) {
   if ((chain & ~kKnownStages) != 0) return false;
   if ((chain & kSparse) != 0 && (chain & kXor) == 0) return false;
+  if ((chain & kDiff) != 0 && ((chain & kXor) == 0 || (chain & kPlanes) == 0)) return false;
   return true;
 }
 

@@ -82,7 +82,7 @@ inline uint64_t LoadElement(const uint8_t* p) {
 // branches, not memory, were what bounded the simple per-element loop at 1-10% density.
 constexpr size_t kChunk = 4096;
 
-template <size_t E>
+template <size_t E, bool kDiff>
 [[gnu::always_inline]] inline bool SparseScanBody(const uint8_t* cur, const uint8_t* base,
                                                   size_t begin, size_t end, SparseSink* s) {
   uint16_t offsets[kChunk + 8];  // relative byte offsets; +8: unconditional writes past the last
@@ -126,7 +126,8 @@ template <size_t E>
       const uint64_t p = (origin + b) / E;
       pos = PutGap(pos, p - next);
       next = p + 1;
-      StoreU64(val, LoadElement<E>(cur + b) ^ LoadElement<E>(base + b));
+      const uint64_t c = LoadElement<E>(cur + b), o = LoadElement<E>(base + b);
+      StoreU64(val, kDiff ? ZigzagDelta<E>(c, o) : c ^ o);
       val += E;  // wrote 8, kept E: the sink has slack
     }
     s->count += static_cast<uint64_t>(w - offsets);
@@ -138,32 +139,59 @@ template <size_t E>
   return true;
 }
 
-template <size_t E>
+template <size_t E, bool kDiff>
 bool SparseScanPortable(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end,
                         SparseSink* s) {
-  return SparseScanBody<E>(cur, base, begin, end, s);
+  return SparseScanBody<E, kDiff>(cur, base, begin, end, s);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // The same code with the popcnt instruction (baseline x86-64 lacks it; the library call it
 // would otherwise make per 64 bytes costs a third of the scan).
-template <size_t E>
+template <size_t E, bool kDiff>
 [[gnu::target("popcnt")]] bool SparseScanPopcnt(const uint8_t* cur, const uint8_t* base,
                                                 size_t begin, size_t end, SparseSink* s) {
-  return SparseScanBody<E>(cur, base, begin, end, s);
+  return SparseScanBody<E, kDiff>(cur, base, begin, end, s);
 }
-template <size_t E>
+template <size_t E, bool kDiff>
 bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s) {
   static const bool has_popcnt = __builtin_cpu_supports("popcnt");
-  return has_popcnt ? SparseScanPopcnt<E>(cur, base, begin, end, s)
-                    : SparseScanPortable<E>(cur, base, begin, end, s);
+  return has_popcnt ? SparseScanPopcnt<E, kDiff>(cur, base, begin, end, s)
+                    : SparseScanPortable<E, kDiff>(cur, base, begin, end, s);
 }
 #else
-template <size_t E>
+template <size_t E, bool kDiff>
 bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s) {
-  return SparseScanPortable<E>(cur, base, begin, end, s);
+  return SparseScanPortable<E, kDiff>(cur, base, begin, end, s);
 }
 #endif
+
+template <size_t E>
+bool SparseScanE(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, bool diff,
+                 SparseSink* s) {
+  return diff ? SparseScanT<E, true>(cur, base, begin, end, s)
+              : SparseScanT<E, false>(cur, base, begin, end, s);
+}
+
+template <size_t E>
+void SplitPlanesDiffT(const uint8_t* cur, const uint8_t* base, size_t count, size_t first,
+                      size_t last, uint8_t* planes) {
+  for (size_t i = first; i < last; ++i) {
+    const uint64_t z = ZigzagDelta<E>(LoadElement<E>(cur + i * E), LoadElement<E>(base + i * E));
+    for (size_t b = 0; b < E; ++b) planes[b * count + i] = static_cast<uint8_t>(z >> (8 * b));
+  }
+}
+
+template <size_t E>
+void MergePlanesDiffT(const uint8_t* planes, size_t count, size_t first, size_t last, bool undo,
+                      uint8_t* out) {
+  for (size_t i = first; i < last; ++i) {
+    uint64_t z = 0;
+    for (size_t b = 0; b < E; ++b) z |= uint64_t{planes[b * count + i]} << (8 * b);
+    const uint64_t v = ApplyZigzag<E>(LoadElement<E>(out + i * E), z, undo);
+    std::memcpy(out + i * E, &v, E);  // little-endian: the low E bytes
+  }
+}
 
 template <size_t E>
 void SplitPlanesT(const uint8_t* cur, const uint8_t* base, size_t count, size_t first, size_t last,
@@ -192,18 +220,46 @@ void MergePlanesXorT(const uint8_t* planes, size_t count, size_t first, size_t l
 }  // namespace
 
 bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, size_t esize,
-                SparseSink* sink) {
+                SparseSink* sink, bool diff) {
   switch (esize) {
     case 1:
-      return SparseScanT<1>(cur, base, begin, end, sink);
+      return SparseScanE<1>(cur, base, begin, end, diff, sink);
     case 2:
-      return SparseScanT<2>(cur, base, begin, end, sink);
+      return SparseScanE<2>(cur, base, begin, end, diff, sink);
     case 4:
-      return SparseScanT<4>(cur, base, begin, end, sink);
+      return SparseScanE<4>(cur, base, begin, end, diff, sink);
     case 8:
-      return SparseScanT<8>(cur, base, begin, end, sink);
+      return SparseScanE<8>(cur, base, begin, end, diff, sink);
     default:
       return false;
+  }
+}
+
+void SplitPlanesDiff(const uint8_t* cur, const uint8_t* base, size_t count, size_t esize,
+                     size_t first, size_t last, uint8_t* planes) {
+  switch (esize) {
+    case 2:
+      return SplitPlanesDiffT<2>(cur, base, count, first, last, planes);
+    case 4:
+      return SplitPlanesDiffT<4>(cur, base, count, first, last, planes);
+    case 8:
+      return SplitPlanesDiffT<8>(cur, base, count, first, last, planes);
+    default:
+      return SplitPlanesDiffT<1>(cur, base, count, first, last, planes);
+  }
+}
+
+void MergePlanesDiff(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
+                     bool undo, uint8_t* out) {
+  switch (esize) {
+    case 2:
+      return MergePlanesDiffT<2>(planes, count, first, last, undo, out);
+    case 4:
+      return MergePlanesDiffT<4>(planes, count, first, last, undo, out);
+    case 8:
+      return MergePlanesDiffT<8>(planes, count, first, last, undo, out);
+    default:
+      return MergePlanesDiffT<1>(planes, count, first, last, undo, out);
   }
 }
 

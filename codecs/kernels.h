@@ -30,8 +30,9 @@ inline constexpr size_t kSparseSinkSlack = 16 * 1024;
 // Runs near memory speed: 64 bytes per step, no branch per element (see kernels.cc).
 // REQUIRES: begin and end are multiples of esize; esize in {1, 2, 4, 8}.
 // Returns false (sink contents then meaningless) when a limit was passed.
+// With diff, the values are ZigzagDelta(cur, base) of each changed element instead of XOR bits.
 bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, size_t esize,
-                SparseSink* sink);
+                SparseSink* sink, bool diff = false);
 
 // planes[b * count + i] = cur[i * esize + b] ^ (base ? base[i * esize + b] : 0) for elements
 // [first, last). `count` is the total element count (the plane stride).
@@ -43,6 +44,13 @@ void SplitPlanes(const uint8_t* cur, const uint8_t* base, size_t count, size_t e
 // applies a dense delta. Applying it twice restores out (XOR is an involution).
 void MergePlanesXor(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
                     uint8_t* out);
+
+// The kDiff versions: planes of ZigzagDelta(cur, base) per element, and the inverse applied
+// to out (out += delta, or out -= delta with undo).
+void SplitPlanesDiff(const uint8_t* cur, const uint8_t* base, size_t count, size_t esize,
+                     size_t first, size_t last, uint8_t* planes);
+void MergePlanesDiff(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
+                     bool undo, uint8_t* out);
 
 // The same for element-major data: out[i] ^= src[i] for bytes [first, last).
 void XorInto(const uint8_t* src, size_t first, size_t last, uint8_t* out);

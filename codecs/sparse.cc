@@ -66,8 +66,8 @@ void SparseApplier::Rewind() {
   has_pending_ = false;
 }
 
-template <size_t E, bool kPlanes>
-void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out) {
+template <size_t E, bool kPlanes, bool kDiff>
+void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out, bool undo) {
   const uint8_t* const gend = body_.gaps + body_.gap_bytes;
   const uint8_t* const vals = body_.values;
   const uint64_t n = body_.count;
@@ -80,24 +80,37 @@ void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out) {
     }
     if (pending_ >= end_element) return;
     uint8_t* dst = out + pending_ * E;
-    for (size_t b = 0; b < E; ++b) dst[b] ^= kPlanes ? vals[b * n + k_] : vals[k_ * E + b];
+    if constexpr (kDiff) {
+      uint64_t z = 0, v = 0;
+      for (size_t b = 0; b < E; ++b) {
+        z |= uint64_t{kPlanes ? vals[b * n + k_] : vals[k_ * E + b]} << (8 * b);
+        v |= uint64_t{dst[b]} << (8 * b);
+      }
+      v = ApplyZigzag<E>(v, z, undo);
+      for (size_t b = 0; b < E; ++b) dst[b] = static_cast<uint8_t>(v >> (8 * b));
+    } else {
+      for (size_t b = 0; b < E; ++b) dst[b] ^= kPlanes ? vals[b * n + k_] : vals[k_ * E + b];
+    }
     next_ = pending_ + 1;
     has_pending_ = false;
     ++k_;
   }
 }
 
-void SparseApplier::ApplyUntil(uint64_t end_element, uint8_t* out) {
+void SparseApplier::ApplyUntil(uint64_t end_element, uint8_t* out, bool undo) {
   const bool pl = body_.planes;
   switch (esize_) {
     case 1:
-      return ApplyT<1, false>(end_element, out);  // one plane is element-major too
+      return ApplyP<1, false>(end_element, out, undo);  // one plane is element-major too
     case 2:
-      return pl ? ApplyT<2, true>(end_element, out) : ApplyT<2, false>(end_element, out);
+      return pl ? ApplyP<2, true>(end_element, out, undo)
+                : ApplyP<2, false>(end_element, out, undo);
     case 4:
-      return pl ? ApplyT<4, true>(end_element, out) : ApplyT<4, false>(end_element, out);
+      return pl ? ApplyP<4, true>(end_element, out, undo)
+                : ApplyP<4, false>(end_element, out, undo);
     case 8:
-      return pl ? ApplyT<8, true>(end_element, out) : ApplyT<8, false>(end_element, out);
+      return pl ? ApplyP<8, true>(end_element, out, undo)
+                : ApplyP<8, false>(end_element, out, undo);
     default:
       return;
   }

@@ -21,6 +21,7 @@ struct SparseBody {
   size_t gap_bytes = 0;
   const uint8_t* values = nullptr;
   bool planes = false;
+  bool diff = false;  // values are ZigzagDelta()s (kDiff), not XOR bits
 };
 
 // Writes the two count varints right before `gaps_at` and returns where the body starts.
@@ -38,17 +39,23 @@ Status ParseSparseBody(const uint8_t* body, size_t size, uint64_t element_count,
 Status ValidateSparseGaps(const SparseBody& body, uint64_t element_count);
 
 // Applies a validated sparse body to a tensor in element order, a block at a time:
-// out[position * esize + b] ^= value of byte b. Applying every change twice restores out.
+// out[position * esize + b] ^= value of byte b, or, for a kDiff body, the element plus its
+// delta. Applying with undo reverts an apply (for XOR bodies the two are the same).
 class SparseApplier {
  public:
   SparseApplier(const SparseBody& body, size_t esize) : body_(body), esize_(esize) { Rewind(); }
   void Rewind();
   // Applies the not yet applied changes whose position is < end_element.
-  void ApplyUntil(uint64_t end_element, uint8_t* out);
+  void ApplyUntil(uint64_t end_element, uint8_t* out, bool undo = false);
 
  private:
+  template <size_t E, bool kPlanes, bool kDiff>
+  void ApplyT(uint64_t end_element, uint8_t* out, bool undo);
   template <size_t E, bool kPlanes>
-  void ApplyT(uint64_t end_element, uint8_t* out);
+  void ApplyP(uint64_t end_element, uint8_t* out, bool undo) {
+    return body_.diff ? ApplyT<E, kPlanes, true>(end_element, out, undo)
+                      : ApplyT<E, kPlanes, false>(end_element, out, undo);
+  }
 
   SparseBody body_;
   size_t esize_;

@@ -46,6 +46,7 @@ enum ChainBits : uint8_t {
   kChainSparse = 1u << 1,
   kChainPlanes = 1u << 2,
   kChainZstd = 1u << 3,
+  kChainDiff = 1u << 4,  // with kChainXor: arithmetic differences instead of XOR bits
 };
 
 // A readable name of a chain byte: "raw", "zstd", "planes+zstd", "xor+sparse+planes+zstd", ...
@@ -87,6 +88,10 @@ struct EncoderOptions {
   bool allow_planes = true;  // false: never emit kPlanes
   bool allow_delta = true;   // false: always a full value
   bool allow_zstd = true;    // false: never emit kZstd
+  // Describe changes of elements wider than a byte by their arithmetic difference (kDiff)
+  // rather than their XOR: a training step moves most weights by one unit in the last place,
+  // which is one small number as a difference but a carry-dependent bit pattern as an XOR.
+  bool allow_diff = true;
 };
 
 // Hints that let Encode skip work; each must be true when given.

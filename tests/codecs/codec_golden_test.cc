@@ -73,6 +73,7 @@ struct Golden {
   size_t count;
   unsigned per_mille;  // 0 with full: a full value
   bool full;
+  bool diff = false;  // EncoderOptions::allow_diff
 };
 
 constexpr Golden kGoldens[] = {
@@ -84,6 +85,11 @@ constexpr Golden kGoldens[] = {
     {"delta_sparse_planes_zstd_bfloat16", "xor+sparse+planes+zstd", DType::kBFloat16, 20000, 10,
      false},
     {"delta_dense_planes_zstd_float32", "xor+planes+zstd", DType::kFloat32, 4000, 600, false},
+    {"delta_diff_sparse_bfloat16", "diff+sparse+planes", DType::kBFloat16, 300, 10, false, true},
+    {"delta_diff_sparse_planes_zstd_bfloat16", "diff+sparse+planes+zstd", DType::kBFloat16, 20000,
+     10, false, true},
+    {"delta_diff_dense_planes_zstd_float32", "diff+planes+zstd", DType::kFloat32, 4000, 600, false,
+     true},
 };
 
 std::string Path(const std::string& file) {
@@ -102,10 +108,11 @@ TEST(CodecGolden, FramesMatchCommittedBytes) {
   const std::vector<uint8_t> v = ReadFile(Path("zstd_version.txt"));
   const std::string zstd_then(v.begin(), v.end());
   if (Updating()) std::ofstream(Path("zstd_version.txt")) << zstd_now;
-  Encoder enc(EncoderOptions{3, true, true, true});  // the level is part of what goldens pin
   Decoder dec;
   uint64_t seed = 1;
   for (const Golden& g : kGoldens) {
+    // The level is part of what goldens pin.
+    Encoder enc(EncoderOptions{3, true, true, true, true, g.diff});
     const size_t esize = DTypeSize(g.dtype);
     const std::vector<uint8_t> base = Weights(g.dtype, g.count, ++seed);
     const std::vector<uint8_t> cur = g.full ? base : Step(base, esize, g.per_mille, ++seed);

@@ -41,11 +41,15 @@ std::vector<SmallFrame> MakeFrames() {
       {"raw", DType::kFloat32, 5, 1.0, {}},
       {"raw+zstd", DType::kUInt8, 300, 0.0, {1, true, true, false}},
       {"raw+planes+zstd", DType::kBFloat16, 300, 0.0, {1, true, true, false}},
-      {"xor+sparse+planes", DType::kBFloat16, 300, 0.01, {1, true, true, true, false}},
-      {"xor+sparse+planes+zstd", DType::kFloat32, 3000, 0.02, {}},
+      {"xor+sparse+planes", DType::kBFloat16, 300, 0.01, {1, true, true, true, false, false}},
+      {"xor+sparse+planes+zstd", DType::kFloat32, 3000, 0.02, {1, true, true, true, true, false}},
       {"xor+sparse+zstd", DType::kUInt8, 20000, 0.02, {}},
-      {"xor+planes+zstd", DType::kFloat16, 400, 0.5, {1, false, true, true}},
+      {"xor+planes+zstd", DType::kFloat16, 400, 0.5, {1, false, true, true, true, false}},
       {"xor+zstd", DType::kInt8, 400, 0.5, {1, false, true, true}},
+      {"diff+sparse+planes", DType::kBFloat16, 300, 0.01, {1, true, true, true, false, true}},
+      {"diff+sparse+planes+zstd", DType::kFloat32, 3000, 0.02, {}},
+      {"diff+planes+zstd", DType::kFloat16, 400, 0.5, {1, false, true, true}},
+      {"diff+sparse+planes+zstd", DType::kFloat64, 2000, 0.03, {}},
   };
   std::vector<SmallFrame> frames;
   uint64_t seed = 100;

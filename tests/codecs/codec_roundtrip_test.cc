@@ -120,7 +120,7 @@ TEST(CodecRoundTrip, SparseUpdateIsSmall) {
   Result<size_t> size = enc.Encode(View(DType::kBFloat16, cur), &b, 1, 2, frame);
   ASSERT_TRUE(size.ok());
   EXPECT_GT(static_cast<double>(cur.size()) / static_cast<double>(*size), 80.0);
-  EXPECT_EQ(ChainName(PeekFrame(frame)->chain), "xor+sparse+planes+zstd");
+  EXPECT_EQ(ChainName(PeekFrame(frame)->chain), "diff+sparse+planes+zstd");
 }
 
 TEST(CodecRoundTrip, DenseRandomNeverExceedsRawPlusHeader) {
@@ -220,9 +220,11 @@ TEST(CodecRoundTrip, ChainOptionsAreHonoured) {
     const char* chain;
   };
   const Case cases[] = {
-      {{1, true, true, true}, "xor+sparse+planes+zstd"},
+      {{1, true, true, true}, "diff+sparse+planes+zstd"},
+      {{1, true, true, true, true, false}, "xor+sparse+planes+zstd"},
       {{1, true, false, true}, "xor+sparse+zstd"},
-      {{1, false, true, true}, "xor+planes+zstd"},
+      {{1, false, true, true}, "diff+planes+zstd"},
+      {{1, false, true, true, true, false}, "xor+planes+zstd"},
       {{1, false, false, true}, "xor+zstd"},
       {{1, true, true, false}, "raw+planes+zstd"},
       {{1, true, false, false}, "raw+zstd"},
