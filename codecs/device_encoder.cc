@@ -142,11 +142,16 @@ Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const ui
         ids_host_.data(), staging_.data(), count, n_, block_bytes_, shadow_.data()));
     return EncodeDense(cur, new_version, out);
   }
+  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, result_hash, new_version));
+  ++stats_.block_frames;
+  return size;
+}
+
+Status DeviceEncoder::Adopt(const uint8_t* cur, uint64_t result_hash, uint64_t new_version) {
   EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
   shadow_hash_ = result_hash;
   base_version_ = new_version;
-  ++stats_.block_frames;
-  return size;
+  return Status::Ok();
 }
 
 Result<size_t> DeviceEncoder::EncodeFull(const uint8_t* cur, uint64_t new_version,
@@ -155,10 +160,8 @@ Result<size_t> DeviceEncoder::EncodeFull(const uint8_t* cur, uint64_t new_versio
   stats_.bytes_to_host += n_;
   TensorBytes t{dtype_, count_, shadow_.data()};
   EASYSYNC_ASSIGN_OR_RETURN(const size_t size, encoder_.EncodeFull(t, new_version, out));
-  EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
   EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
-  shadow_hash_ = info.result_hash;
-  base_version_ = new_version;
+  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
   ++stats_.full_frames;
   return size;
 }
@@ -173,11 +176,9 @@ Result<size_t> DeviceEncoder::EncodeDense(const uint8_t* cur, uint64_t new_versi
   hints.known_base_hash = shadow_hash_;
   EASYSYNC_ASSIGN_OR_RETURN(const size_t size,
                             encoder_.Encode(now, &base, base_version_, new_version, out, hints));
-  EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
   EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
   shadow_.swap(staging_);
-  shadow_hash_ = info.result_hash;
-  base_version_ = new_version;
+  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
   ++stats_.dense_frames;
   return size;
 }

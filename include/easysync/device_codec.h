@@ -83,6 +83,8 @@ class DeviceEncoder {
   void FreeAll();
   Result<size_t> EncodeFull(const uint8_t* cur, uint64_t new_version, std::span<uint8_t> out);
   Result<size_t> EncodeDense(const uint8_t* cur, uint64_t new_version, std::span<uint8_t> out);
+  // The receiver now holds cur (whose hash is result_hash) as new_version.
+  Status Adopt(const uint8_t* cur, uint64_t result_hash, uint64_t new_version);
 
   std::unique_ptr<DeltaBackend> backend_;
   Encoder encoder_;
