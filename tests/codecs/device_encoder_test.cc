@@ -53,7 +53,9 @@ void RunSequence(DeviceEncoder& enc, DType dtype, size_t count, const std::vecto
     auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
     ASSERT_TRUE(info.ok());
     EXPECT_EQ(info->new_version, version);
-    if (s == 0) EXPECT_TRUE(info->is_full_value());
+    if (s == 0) {
+      EXPECT_TRUE(info->is_full_value());
+    }
     Status st = dec.Decode(std::span<const uint8_t>(frame.data(), *size), receiver.data(),
                            receiver.size(), receiver);
     ASSERT_TRUE(st.ok()) << "step " << s << ": " << st.ToString();
