@@ -11,7 +11,7 @@ DEBIAN_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   clang libclang-rt-14-dev clang-format
   libgtest-dev libgmock-dev libbenchmark-dev
-  libzstd-dev libxxhash-dev libucx-dev libmsgpack-cxx-dev libeigen3-dev
+  libzstd-dev libxxhash-dev libucx-dev libsodium-dev libmsgpack-cxx-dev libeigen3-dev
   python3 python3-venv
 )
 

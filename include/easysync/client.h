@@ -157,6 +157,9 @@ class Client {
 
  protected:
   Client() = default;
+  // A transport that counts bytes_recv / packets_recv itself, on the wire (network mode),
+  // sets this so RecordApplied does not count the applied value again.
+  bool transport_counts_recv_ = false;
   // Derived destructors call this first, while the transport still works.
   void StopCallbacks();
 

@@ -1,9 +1,11 @@
 // EasySync: keep objects (scalars, strings, nested values, tensors) in sync across
-// processes. Include this header, call shm_connect(), declare a SyncedObject.
+// processes or machines. Include this header, call shm_connect() (or connect() to a hub),
+// declare a SyncedObject.
 #pragma once
 
 #include "easysync/client.h"
 #include "easysync/dtype.h"
+#include "easysync/net.h"
 #include "easysync/stats.h"
 #include "easysync/status.h"
 #include "easysync/synced.h"

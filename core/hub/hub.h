@@ -1,0 +1,87 @@
+// The hub of network mode: authenticates clients, keeps the latest value of every attribute
+// for late joiners, orders writes per attribute and relays them (docs/net_protocol.md).
+//
+// Everything the hub does runs on its UCX progress thread, so its tables need no locks.
+// Thread-safety: Start/Stop/port from the owning thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "net/protocol.h"
+#include "net/ucx_worker.h"
+
+namespace easysync::hub {
+
+struct HubOptions {
+  std::string bind = "127.0.0.1";
+  uint16_t port = 5000;  // 0: any free port (see Hub::port())
+  std::string token;     // REQUIRES: not empty
+  uint64_t max_message_bytes = net::kDefaultMaxMessageBytes;
+  std::string ucx_transports;
+  // A peer that has not authenticated by then is dropped (it holds a connection slot).
+  std::chrono::milliseconds handshake_timeout{10000};
+};
+
+class Hub final : public net::UcxWorker::Handler {
+ public:
+  static Result<std::unique_ptr<Hub>> Start(const HubOptions& options);
+  ~Hub() override;  // stops serving and closes every peer
+
+  uint16_t port() const { return worker_->listen_port(); }
+  const std::string& ucx_description() const { return worker_->description(); }
+
+ private:
+  enum class PeerState { kNew, kChallenged, kReady };
+  struct Peer {
+    uint32_t id = 0;
+    std::string address;
+    PeerState state = PeerState::kNew;
+    int64_t connected_ns = 0;
+    net::Nonce client_nonce{}, hub_nonce{};
+    std::set<uint32_t> declared;  // attribute ids
+  };
+  struct Attr {
+    std::string object, name;
+    ValueKind kind;
+    uint64_t version = 0, clock = 0;
+    uint32_t writer = 0;
+    int64_t write_ns = 0;
+    std::shared_ptr<const net::Frame> frame;  // the UPDATE that carries the value
+    std::set<ucp_ep_h> subscribers;
+  };
+
+  explicit Hub(const HubOptions& options) : options_(options) {}
+  void OnFrame(ucp_ep_h ep, net::Frame frame) override;
+  void OnOversize(ucp_ep_h ep, size_t bytes) override;
+  void OnEndpointError(ucp_ep_h ep, ucs_status_t status) override;
+  void OnConnectRequest(ucp_conn_request_h request) override;
+  int OnIdle() override;
+
+  void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);
+  void HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m);
+  void HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&& frame);
+  void Send(ucp_ep_h ep, net::Frame frame);
+  // Sends a fatal ERROR, logs the rejection and drops the peer once the error went out.
+  void Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why);
+  // Forgets the peer and closes its endpoint.
+  void Drop(ucp_ep_h ep, bool flush);
+
+  HubOptions options_;
+  std::unique_ptr<net::UcxWorker> worker_;
+  std::unordered_map<ucp_ep_h, Peer> peers_;
+  std::map<ucp_ep_h, int64_t> closing_;  // rejected peers: force-closed at this deadline
+  std::vector<Attr> attrs_;
+  std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
+  uint32_t next_peer_id_ = 1;
+  size_t handshaking_ = 0;  // peers not yet authenticated
+  int64_t last_handshake_check_ns_ = 0;
+};
+
+}  // namespace easysync::hub

@@ -1,0 +1,180 @@
+// The network wire protocol: every constant of it, and bounds-checked encoders/decoders.
+//
+// Normative description: docs/net_protocol.md. A frame is one UCX active message: a 16-byte
+// header (magic, protocol version, type, flags, payload length, reserved) and a payload whose
+// layout depends on the type. All integers are little-endian.
+//
+// Decoders never trust their input: every length is checked against what is left of the
+// frame, trailing bytes are rejected, and a bad frame is Status::Corruption, never a crash.
+// Decoded ByteSpans point into the caller's frame.
+//
+// Thread-safety: free functions on caller-owned data.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "easysync/function_ref.h"
+#include "easysync/status.h"
+#include "easysync/value_traits.h"
+
+namespace easysync::net {
+
+inline constexpr uint32_t kMagic = 0x4E595345;  // "ESYN" in memory order
+inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr size_t kHeaderBytes = 16;
+inline constexpr size_t kNonceBytes = 32;
+inline constexpr size_t kMacBytes = 32;  // HMAC-SHA256
+inline constexpr size_t kMaxNameBytes = 255;
+inline constexpr size_t kMaxErrorText = 1024;
+inline constexpr uint64_t kDefaultMaxMessageBytes = 256ull << 20;
+// The one active-message id every frame travels on.
+inline constexpr unsigned kAmId = 17;
+// Direction labels of the challenge-response MACs (see docs/net_protocol.md, "Handshake").
+inline constexpr std::string_view kClientProofLabel = "easysync-v1 client proof";
+inline constexpr std::string_view kHubProofLabel = "easysync-v1 hub proof";
+
+enum class MsgType : uint8_t {
+  kHello = 1,      // client -> hub: protocol version, client nonce
+  kChallenge = 2,  // hub -> client: hub nonce
+  kAuth = 3,       // client -> hub: client proof
+  kWelcome = 4,    // hub -> client: client id, hub time, hub proof
+  kError = 5,      // either way: code, fatal flag, request id, text
+  kDeclare = 6,    // client -> hub: object, attribute, kind, optional initial value
+  kDeclared = 7,   // hub -> client: attribute id and its snapshot
+  kWrite = 8,      // client -> hub: a new value
+  kWritten = 9,    // hub -> client: the version and clock the hub assigned to a write
+  kUpdate = 10,    // hub -> client: a value another client wrote
+};
+inline constexpr uint8_t kMaxMsgType = 10;
+std::string_view MsgTypeName(MsgType t);
+
+enum class ErrorCode : uint16_t {
+  kMalformed = 1,        // a frame that does not decode
+  kVersionMismatch = 2,  // the peer speaks another protocol version
+  kAuthFailed = 3,       // wrong token
+  kTooLarge = 4,         // over the hub's --max-message-bytes
+  kUnexpected = 5,       // a valid message in the wrong state (e.g. DECLARE before AUTH)
+  kTypeMismatch = 6,     // attribute known with another kind (not fatal)
+  kInvalidArgument = 7,  // a bad name (not fatal)
+  kNotFound = 8,         // an attribute id this peer did not declare (not fatal)
+  kShuttingDown = 9,
+};
+// The Status a client reports for an error the hub sent.
+Status ErrorToStatus(ErrorCode code, std::string_view text);
+
+using Nonce = std::array<uint8_t, kNonceBytes>;
+using Mac = std::array<uint8_t, kMacBytes>;
+
+struct Header {
+  uint16_t version = kProtocolVersion;
+  MsgType type = MsgType::kError;
+  uint8_t flags = 0;  // reserved: 0
+  uint32_t payload_bytes = 0;
+};
+struct Hello {
+  uint16_t version = kProtocolVersion;
+  Nonce nonce{};
+};
+struct Challenge {
+  Nonce nonce{};
+};
+struct Auth {
+  Mac mac{};
+};
+struct Welcome {
+  uint32_t client_id = 0;
+  int64_t hub_time_ns = 0;
+  Mac mac{};
+};
+struct ErrorMsg {
+  ErrorCode code = ErrorCode::kMalformed;
+  bool fatal = true;
+  uint32_t request_id = 0;  // 0: about the connection
+  std::string text;
+};
+struct Declare {
+  uint32_t request_id = 0;
+  ValueKind kind = ValueKind::kBool;
+  bool has_initial = false;
+  std::string object, attribute;
+  ByteSpan initial;
+};
+struct Declared {
+  uint32_t request_id = 0;
+  uint32_t attr_id = 0;
+  uint64_t version = 0, clock = 0;  // version 0: no value yet
+  uint32_t writer = 0;
+  int64_t write_ns = 0;  // hub clock domain
+  ByteSpan value;
+};
+struct Write {
+  uint32_t request_id = 0;
+  uint32_t attr_id = 0;
+  uint64_t clock = 0;    // the writer's Lamport clock
+  int64_t write_ns = 0;  // hub clock domain (the writer's estimate)
+  ByteSpan value;
+};
+struct Written {
+  uint32_t request_id = 0;
+  uint32_t attr_id = 0;
+  uint64_t version = 0, clock = 0;
+};
+struct Update {
+  uint32_t attr_id = 0;
+  uint64_t version = 0, clock = 0;
+  uint32_t writer = 0;
+  int64_t write_ns = 0;
+  ByteSpan value;
+};
+
+using Frame = std::vector<std::byte>;
+
+// Checks magic, reserved fields and that the payload length matches the frame exactly, and
+// that the frame is at most max_frame_bytes. The version is returned, not checked: ERROR
+// frames of any version decode (their layout never changes).
+Result<Header> DecodeHeader(ByteSpan frame, uint64_t max_frame_bytes);
+// The payload of a frame whose header decoded.
+inline ByteSpan Payload(ByteSpan frame) { return frame.subspan(kHeaderBytes); }
+
+Frame Encode(const Hello& m);
+Frame Encode(const Challenge& m);
+Frame Encode(const Auth& m);
+Frame Encode(const Welcome& m);
+Frame Encode(const ErrorMsg& m);
+Frame Encode(const Declare& m);
+Frame Encode(const Declared& m);
+Frame Encode(const Written& m);
+Frame Encode(const Update& m);
+Frame Encode(const Write& m);
+// A WRITE whose value (value_size bytes) `fill` writes straight into the frame; m.value is
+// ignored.
+Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill);
+// Where the value starts in a WRITE, UPDATE or DECLARED frame.
+inline constexpr size_t kWriteValueOffset = kHeaderBytes + 24;
+inline constexpr size_t kUpdateValueOffset = kHeaderBytes + 32;
+inline constexpr size_t kDeclaredValueOffset = kHeaderBytes + 36;
+
+Result<Hello> DecodeHello(ByteSpan payload);
+Result<Challenge> DecodeChallenge(ByteSpan payload);
+Result<Auth> DecodeAuth(ByteSpan payload);
+Result<Welcome> DecodeWelcome(ByteSpan payload);
+Result<ErrorMsg> DecodeError(ByteSpan payload);
+Result<Declare> DecodeDeclare(ByteSpan payload);
+Result<Declared> DecodeDeclared(ByteSpan payload);
+Result<Write> DecodeWrite(ByteSpan payload);
+Result<Written> DecodeWritten(ByteSpan payload);
+Result<Update> DecodeUpdate(ByteSpan payload);
+
+// HMAC-SHA256 keyed by the token over label || client nonce || hub nonce.
+Mac ComputeProof(std::string_view token, std::string_view label, const Nonce& client,
+                 const Nonce& hub);
+// Constant-time comparison.
+bool ProofMatches(const Mac& a, const Mac& b);
+Nonce RandomNonce();
+
+}  // namespace easysync::net

@@ -1,0 +1,433 @@
+// UCX context, worker, progress thread, listener and endpoints (see ucx_worker.h).
+#include "net/ucx_worker.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace easysync::net {
+namespace {
+
+constexpr auto kSeqCst = std::memory_order_seq_cst;
+
+// The value UCX resolved for UCX_TLS (the transports it may use).
+std::string ResolvedTransports(ucp_config_t* config) {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  if (f == nullptr) return "?";
+  ucp_config_print(config, f, nullptr, UCS_CONFIG_PRINT_CONFIG);
+  std::fclose(f);
+  std::string all(buf, len);
+  std::free(buf);
+  const auto at = all.find("UCX_TLS=");
+  if (at == std::string::npos) return "?";
+  const auto end = all.find('\n', at);
+  return all.substr(at + 8, end == std::string::npos ? std::string::npos : end - at - 8);
+}
+
+Result<sockaddr_storage> Resolve(const std::string& host, uint16_t port, bool passive,
+                                 socklen_t* len) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (passive) hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  const int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return Status::InvalidArgument("cannot resolve '" + host + "': " + gai_strerror(rc));
+  }
+  sockaddr_storage ss{};
+  std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
+  freeaddrinfo(res);
+  return ss;
+}
+
+std::string FormatAddress(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+  }
+  return std::string(host) + ":" + std::to_string(port);
+}
+
+struct SendCtx {
+  UcxWorker* worker;
+  std::shared_ptr<const Frame> frame;
+  std::function<void(ucs_status_t)> done;
+  std::atomic<int>* inflight;
+};
+
+struct RecvCtx {
+  UcxWorker* worker;
+  ucp_ep_h ep;
+  Frame frame;
+  std::atomic<int>* inflight;
+};
+
+}  // namespace
+
+Status UcxError(ucs_status_t s, const char* what, const char* file, int line) {
+  const char* base = std::strrchr(file, '/');
+  std::string msg = std::string(what) + ": " + ucs_status_string(s) + " (" +
+                    (base ? base + 1 : file) + ":" + std::to_string(line) + ")";
+  switch (s) {
+    case UCS_ERR_NO_DEVICE:
+    case UCS_ERR_UNSUPPORTED:
+    case UCS_ERR_INVALID_PARAM:
+      return Status::InvalidArgument(msg);
+    case UCS_ERR_NO_MEMORY:
+    case UCS_ERR_NO_RESOURCE:
+    case UCS_ERR_EXCEEDS_LIMIT:
+      return Status::ResourceExhausted(msg);
+    case UCS_ERR_TIMED_OUT:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+      return Status::Timeout(msg);
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_REJECTED:
+    case UCS_ERR_BUSY:
+      return Status::Unavailable(msg);
+    default:
+      return Status::IoError(msg);
+  }
+}
+
+Result<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& options, Handler* handler) {
+  std::unique_ptr<UcxWorker> w(new UcxWorker(options, handler));
+  EASYSYNC_RETURN_IF_ERROR(w->Init());
+  return w;
+}
+
+Status UcxWorker::Init() {
+  ucp_config_t* config = nullptr;
+  EASYSYNC_UCX_CHECK(ucp_config_read(nullptr, nullptr, &config));
+  if (!options_.transports.empty()) {
+    const ucs_status_t st = ucp_config_modify(config, "TLS", options_.transports.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return Status::InvalidArgument("UCX transport list '" + options_.transports +
+                                     "' is not valid: " + ucs_status_string(st));
+    }
+  }
+  const std::string transports = ResolvedTransports(config);
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  const ucs_status_t st = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  if (st != UCS_OK) {
+    return Status::InvalidArgument("UCX found no usable transport among '" + transports +
+                                   "': " + ucs_status_string(st) +
+                                   " (see `ucx_info -d` for the devices it sees)");
+  }
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+  EASYSYNC_UCX_CHECK(ucp_worker_create(context_, &wp, &worker_));
+  EASYSYNC_UCX_CHECK(ucp_worker_get_efd(worker_, &worker_fd_));
+  post_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (post_fd_ < 0) return Status::FromErrno("eventfd", errno);
+  ucp_am_handler_param_t hp{};
+  hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                  UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  hp.id = kAmId;
+  hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+  hp.cb = &UcxWorker::OnAm;
+  hp.arg = this;
+  EASYSYNC_UCX_CHECK(ucp_worker_set_am_recv_handler(worker_, &hp));
+  description_ = std::string("UCX ") + ucp_get_version_string() + ", transports " + transports;
+  return Status::Ok();
+}
+
+void UcxWorker::Stop() {
+  if (thread_.joinable()) {
+    stop_.store(true, kSeqCst);
+    const uint64_t one = 1;
+    (void)!write(post_fd_, &one, sizeof(one));
+    thread_.join();
+  }
+}
+
+UcxWorker::~UcxWorker() {
+  Stop();
+  handler_ = nullptr;  // from here on, no callback reaches the handler
+  RunPosted();         // closes the handler queued
+  for (ucp_ep_h ep : std::vector<ucp_ep_h>(endpoints_)) Close(ep, /*flush=*/true);
+  RunPosted();
+  if (worker_ != nullptr) Drain(std::chrono::milliseconds(1000));
+  if (listener_ != nullptr) ucp_listener_destroy(listener_);
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (context_ != nullptr) ucp_cleanup(context_);
+  if (post_fd_ >= 0) close(post_fd_);
+}
+
+void UcxWorker::Drain(std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (inflight_.load() > 0 && std::chrono::steady_clock::now() < until) {
+    ucp_worker_progress(worker_);
+  }
+}
+
+Status UcxWorker::Listen(const std::string& bind, uint16_t port) {
+  socklen_t len = 0;
+  EASYSYNC_ASSIGN_OR_RETURN(sockaddr_storage ss, Resolve(bind, port, true, &len));
+  ucp_listener_params_t lp{};
+  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+  lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&ss);
+  lp.sockaddr.addrlen = len;
+  lp.conn_handler.cb = &UcxWorker::OnConn;
+  lp.conn_handler.arg = this;
+  const ucs_status_t st = ucp_listener_create(worker_, &lp, &listener_);
+  if (st != UCS_OK) {
+    return Status::Unavailable("cannot listen on " + bind + ":" + std::to_string(port) + ": " +
+                               ucs_status_string(st));
+  }
+  ucp_listener_attr_t la{};
+  la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+  EASYSYNC_UCX_CHECK(ucp_listener_query(listener_, &la));
+  listen_port_ = la.sockaddr.ss_family == AF_INET6
+                     ? ntohs(reinterpret_cast<const sockaddr_in6*>(&la.sockaddr)->sin6_port)
+                     : ntohs(reinterpret_cast<const sockaddr_in*>(&la.sockaddr)->sin_port);
+  return Status::Ok();
+}
+
+Result<ucp_ep_h> UcxWorker::Connect(const std::string& host, uint16_t port) {
+  socklen_t len = 0;
+  EASYSYNC_ASSIGN_OR_RETURN(sockaddr_storage ss, Resolve(host, port, false, &len));
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&ss);
+  ep.sockaddr.addrlen = len;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &UcxWorker::OnEpError;
+  ep.err_handler.arg = this;
+  ucp_ep_h h = nullptr;
+  EASYSYNC_UCX_CHECK(ucp_ep_create(worker_, &ep, &h));
+  endpoints_.push_back(h);
+  return h;
+}
+
+Result<ucp_ep_h> UcxWorker::Accept(ucp_conn_request_h request, std::string* peer) {
+  ucp_conn_request_attr_t attr{};
+  attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
+  if (ucp_conn_request_query(request, &attr) == UCS_OK) *peer = FormatAddress(attr.client_address);
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.conn_request = request;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &UcxWorker::OnEpError;
+  ep.err_handler.arg = this;
+  ucp_ep_h h = nullptr;
+  EASYSYNC_UCX_CHECK(ucp_ep_create(worker_, &ep, &h));
+  endpoints_.push_back(h);
+  return h;
+}
+
+void UcxWorker::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void UcxWorker::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  if (sleeping_.load(kSeqCst)) {
+    const uint64_t one = 1;
+    (void)!write(post_fd_, &one, sizeof(one));
+  }
+}
+
+bool UcxWorker::RunPosted() {
+  std::vector<std::function<void()>> work;
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    work.swap(posted_);
+  }
+  for (auto& fn : work) fn();
+  return !work.empty();
+}
+
+void UcxWorker::Send(ucp_ep_h ep, std::shared_ptr<const Frame> frame,
+                     std::function<void(ucs_status_t)> done) {
+  auto* ctx = new SendCtx{this, std::move(frame), std::move(done), &inflight_};
+  ucp_request_param_t p{};
+  p.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_REPLY;
+  p.user_data = ctx;
+  p.cb.send = [](void* request, ucs_status_t status, void* user_data) {
+    auto* c = static_cast<SendCtx*>(user_data);
+    if (c->done && c->worker->handler_ != nullptr) c->done(status);
+    c->inflight->fetch_sub(1);
+    delete c;
+    ucp_request_free(request);
+  };
+  const ucs_status_ptr_t r =
+      ucp_am_send_nbx(ep, kAmId, nullptr, 0, ctx->frame->data(), ctx->frame->size(), &p);
+  if (UCS_PTR_IS_PTR(r)) {
+    inflight_.fetch_add(1);
+    return;
+  }
+  if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
+  delete ctx;
+}
+
+void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
+  auto* ctx = new SendCtx{this, nullptr, std::move(done), &inflight_};
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.user_data = ctx;
+  p.cb.send = [](void* request, ucs_status_t status, void* user_data) {
+    auto* c = static_cast<SendCtx*>(user_data);
+    if (c->done && c->worker->handler_ != nullptr) c->done(status);
+    c->inflight->fetch_sub(1);
+    delete c;
+    ucp_request_free(request);
+  };
+  const ucs_status_ptr_t r = ucp_ep_flush_nbx(ep, &p);
+  if (UCS_PTR_IS_PTR(r)) {
+    inflight_.fetch_add(1);
+    return;
+  }
+  if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
+  delete ctx;
+}
+
+void UcxWorker::Close(ucp_ep_h ep, bool flush) {
+  auto it = std::find(endpoints_.begin(), endpoints_.end(), ep);
+  if (it == endpoints_.end()) return;  // closed already
+  endpoints_.erase(it);
+  // Deferred: UCX callbacks (errors, completions) must not close endpoints themselves.
+  auto close = [this, ep, flush] {
+    ucp_request_param_t p{};
+    p.op_attr_mask =
+        UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.flags = flush ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
+    p.user_data = &inflight_;
+    p.cb.send = [](void* request, ucs_status_t, void* user_data) {
+      static_cast<std::atomic<int>*>(user_data)->fetch_sub(1);
+      ucp_request_free(request);
+    };
+    const ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
+    if (UCS_PTR_IS_PTR(r)) inflight_.fetch_add(1);
+  };
+  std::lock_guard<std::mutex> lock(post_mu_);
+  posted_.push_back(std::move(close));
+}
+
+ucs_status_t UcxWorker::OnAm(void* arg, const void*, size_t header_length, void* data,
+                             size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxWorker*>(arg);
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  Handler* h = self->handler_;
+  if (h == nullptr) return rndv ? UCS_ERR_CANCELED : UCS_OK;  // shutting down
+  ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
+  if (header_length != 0) {  // the protocol sends no AM header: malformed
+    h->OnFrame(ep, Frame());
+    return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
+  }
+  if (length > self->options_.max_frame_bytes) {
+    h->OnOversize(ep, length);
+    return rndv ? UCS_ERR_MESSAGE_TRUNCATED : UCS_OK;
+  }
+  if (!rndv) {
+    const auto* b = static_cast<const std::byte*>(data);
+    h->OnFrame(ep, Frame(b, b + length));
+    return UCS_OK;
+  }
+  auto* ctx = new RecvCtx{self, ep, Frame(length), &self->inflight_};
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.user_data = ctx;
+  p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user_data) {
+    auto* c = static_cast<RecvCtx*>(user_data);
+    Handler* handler = c->worker->handler_;
+    if (status == UCS_OK && handler != nullptr) handler->OnFrame(c->ep, std::move(c->frame));
+    c->inflight->fetch_sub(1);
+    delete c;
+    ucp_request_free(request);
+  };
+  const ucs_status_ptr_t r =
+      ucp_am_recv_data_nbx(self->worker_, data, ctx->frame.data(), length, &p);
+  if (UCS_PTR_IS_PTR(r)) {
+    self->inflight_.fetch_add(1);
+  } else {
+    if (r == nullptr) h->OnFrame(ep, std::move(ctx->frame));
+    delete ctx;
+  }
+  return UCS_INPROGRESS;
+}
+
+void UcxWorker::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  auto* self = static_cast<UcxWorker*>(arg);
+  if (self->handler_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(self->post_mu_);
+  self->posted_.push_back([self, ep, status] {
+    if (self->handler_ != nullptr) self->handler_->OnEndpointError(ep, status);
+  });
+}
+
+void UcxWorker::OnConn(ucp_conn_request_h request, void* arg) {
+  auto* self = static_cast<UcxWorker*>(arg);
+  if (self->handler_ == nullptr) {
+    ucp_listener_reject(self->listener_, request);
+    return;
+  }
+  self->handler_->OnConnectRequest(request);
+}
+
+void UcxWorker::Loop() {
+  auto last = std::chrono::steady_clock::now();
+  while (!stop_.load(std::memory_order_relaxed)) {
+    bool busy = RunPosted();
+    while (ucp_worker_progress(worker_) != 0) busy = true;
+    const int idle_ms = handler_->OnIdle();
+    if (busy) {
+      last = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - last < options_.spin) continue;
+    sleeping_.store(true, kSeqCst);
+    bool pending;
+    {
+      std::lock_guard<std::mutex> lock(post_mu_);
+      pending = !posted_.empty();
+    }
+    if (pending || stop_.load(kSeqCst)) {
+      sleeping_.store(false, kSeqCst);
+      continue;
+    }
+    const ucs_status_t st = ucp_worker_arm(worker_);
+    if (st == UCS_OK) {
+      pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {post_fd_, POLLIN, 0}};
+      poll(fds, 2, idle_ms);
+    }
+    sleeping_.store(false, kSeqCst);
+    uint64_t drained;
+    (void)!read(post_fd_, &drained, sizeof(drained));
+    last = std::chrono::steady_clock::now();
+  }
+}
+
+}  // namespace easysync::net

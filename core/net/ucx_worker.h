@@ -1,0 +1,117 @@
+// The UCX layer: a ucp context + worker driven by one progress thread, endpoints with peer
+// error handling, a listener, and whole-frame active messages.
+//
+// Threading: Create(), Listen() and Connect() run on the caller's thread before Start();
+// after Start() every UCX call happens on the progress thread. Other threads hand work to
+// it with Post(). Handler methods run on the progress thread.
+//
+// Waiting: the thread spins on ucp_worker_progress for `spin` after the last activity, then
+// arms the worker (ucp_worker_arm) and sleeps in poll() on its event fd and on an eventfd
+// that Post() rings, so an idle process costs no CPU and steady traffic no wake-ups.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "easysync/status.h"
+#include "net/protocol.h"
+
+namespace easysync::net {
+
+// A UCX status as a Status naming the call and where it was made.
+Status UcxError(ucs_status_t s, const char* what, const char* file, int line);
+#define EASYSYNC_UCX_CHECK(call)                                                                 \
+  do {                                                                                           \
+    const ucs_status_t _es_ucs = (call);                                                         \
+    if (_es_ucs != UCS_OK) return ::easysync::net::UcxError(_es_ucs, #call, __FILE__, __LINE__); \
+  } while (0)
+
+struct UcxOptions {
+  std::string transports;  // UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's default
+  std::chrono::nanoseconds spin = std::chrono::microseconds(50);
+  uint64_t max_frame_bytes = kDefaultMaxMessageBytes;
+  std::string who = "easysync";  // log prefix
+};
+
+class UcxWorker {
+ public:
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    // A whole frame from ep (nullptr when the sender did not identify itself).
+    virtual void OnFrame(ucp_ep_h ep, Frame frame) = 0;
+    // A frame over max_frame_bytes, refused before its bytes were received.
+    virtual void OnOversize(ucp_ep_h ep, size_t bytes) = 0;
+    virtual void OnEndpointError(ucp_ep_h ep, ucs_status_t status) = 0;
+    virtual void OnConnectRequest(ucp_conn_request_h) {}
+    // After each progress pass; returns how long the thread may sleep (-1: until woken).
+    virtual int OnIdle() { return -1; }
+  };
+
+  static Result<std::unique_ptr<UcxWorker>> Create(const UcxOptions& options, Handler* handler);
+  ~UcxWorker();  // stops the thread, closes endpoints, destroys the worker
+
+  // "UCX 1.13.1, transports tcp" (what UCX resolved, for the startup log).
+  const std::string& description() const { return description_; }
+
+  Status Listen(const std::string& bind, uint16_t port);
+  uint16_t listen_port() const { return listen_port_; }
+  Result<ucp_ep_h> Connect(const std::string& host, uint16_t port);
+
+  void Start();
+  // Stops and joins the progress thread (idempotent). Handler calls after this run only on
+  // the destroying thread, while the destructor closes endpoints.
+  void Stop();
+  // Runs fn on the progress thread. Thread-safe.
+  void Post(std::function<void()> fn);
+  bool OnProgressThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+
+  // Progress-thread only (or before Start):
+  Result<ucp_ep_h> Accept(ucp_conn_request_h request, std::string* peer);
+  void RejectRequest(ucp_conn_request_h request) { ucp_listener_reject(listener_, request); }
+  // Sends a frame; done (optional) gets the completion status.
+  void Send(ucp_ep_h ep, std::shared_ptr<const Frame> frame,
+            std::function<void(ucs_status_t)> done = {});
+  // Calls done once everything sent on ep has reached the peer (or failed).
+  void Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done);
+  // Closes an endpoint: flush delivers what was sent first, force drops it.
+  void Close(ucp_ep_h ep, bool flush);
+
+ private:
+  UcxWorker(const UcxOptions& options, Handler* handler) : options_(options), handler_(handler) {}
+  Status Init();
+  void Loop();
+  bool RunPosted();
+  static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
+                           size_t length, const ucp_am_recv_param_t* param);
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  static void OnConn(ucp_conn_request_h request, void* arg);
+  void Drain(std::chrono::milliseconds limit);
+
+  UcxOptions options_;
+  Handler* handler_;
+  std::string description_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_listener_h listener_ = nullptr;
+  uint16_t listen_port_ = 0;
+  int worker_fd_ = -1;
+  int post_fd_ = -1;
+  std::vector<ucp_ep_h> endpoints_;  // open ones, closed (force) at destruction
+  std::atomic<int> inflight_{0};     // sends, receives and closes UCX still owns
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
+  std::atomic<bool> sleeping_{false};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace easysync::net

@@ -1,0 +1,41 @@
+// Network mode: a client of an easysync-hub, over UCX.
+//
+//   auto client = easysync::connect({.host = "10.0.0.5", .port = 5000, .token = "secret"});
+//   State state(*client);  // the same SyncedObject / Synced<T> as in shared-memory mode
+//
+// The client keeps a local replica of every attribute it declared: reads and LatestVersion
+// never leave the process; a write goes to the hub, which orders it and relays it to every
+// other client that declared the attribute. Protocol: docs/net_protocol.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "easysync/client.h"
+
+namespace easysync {
+
+struct NetOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 5000;
+  // The hub's shared secret; empty: the EASYSYNC_TOKEN environment variable.
+  std::string token;
+  // UCX transport list in UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's choice.
+  std::string ucx_transports;
+  // How long the UCX progress thread and waiting readers spin before they sleep.
+  std::chrono::nanoseconds spin = std::chrono::microseconds(50);
+  std::chrono::milliseconds connect_timeout{10000};
+  // How long Declare and Write wait for the hub's answer.
+  std::chrono::milliseconds request_timeout{10000};
+  uint64_t max_message_bytes = 256ull << 20;
+};
+
+// Connects and authenticates to the hub. PermissionDenied when the hub rejects the token,
+// InvalidArgument on a protocol version mismatch, Unavailable/Timeout when it is not there.
+Result<std::shared_ptr<Client>> TryConnect(const NetOptions& options);
+// As TryConnect, throwing easysync::Error.
+std::shared_ptr<Client> connect(const NetOptions& options);
+
+}  // namespace easysync

@@ -1,0 +1,225 @@
+// The wire protocol: round trips, every truncation, hostile headers and random bytes.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <random>
+
+#include "net/protocol.h"
+
+namespace easysync::net {
+namespace {
+
+ByteSpan Span(const std::string& s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+std::string Str(ByteSpan b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
+
+// Decodes any frame with the decoder of its type (what a receiver does).
+Status DecodeAny(ByteSpan frame) {
+  auto h = DecodeHeader(frame, 1 << 20);
+  if (!h.ok()) return h.status();
+  const ByteSpan p = Payload(frame);
+  switch (h->type) {
+    case MsgType::kHello:
+      return DecodeHello(p).status();
+    case MsgType::kChallenge:
+      return DecodeChallenge(p).status();
+    case MsgType::kAuth:
+      return DecodeAuth(p).status();
+    case MsgType::kWelcome:
+      return DecodeWelcome(p).status();
+    case MsgType::kError:
+      return DecodeError(p).status();
+    case MsgType::kDeclare:
+      return DecodeDeclare(p).status();
+    case MsgType::kDeclared:
+      return DecodeDeclared(p).status();
+    case MsgType::kWrite:
+      return DecodeWrite(p).status();
+    case MsgType::kWritten:
+      return DecodeWritten(p).status();
+    case MsgType::kUpdate:
+      return DecodeUpdate(p).status();
+  }
+  return Status::Internal("unreachable");
+}
+
+// A frame whose header claims `payload` bytes after truncation (so only the payload decoder
+// can notice).
+Frame Truncate(const Frame& f, size_t payload) {
+  Frame t(f.begin(), f.begin() + kHeaderBytes + payload);
+  for (int i = 0; i < 4; ++i) t[8 + i] = std::byte((payload >> (8 * i)) & 0xff);
+  return t;
+}
+
+const std::string kValue = "value-bytes";
+
+std::vector<Frame> AllMessages() {
+  Nonce n{};
+  for (size_t i = 0; i < n.size(); ++i) n[i] = uint8_t(i);
+  Mac m{};
+  m[0] = 9;
+  return {
+      Encode(Hello{kProtocolVersion, n}),
+      Encode(Challenge{n}),
+      Encode(Auth{m}),
+      Encode(Welcome{7, -5, m}),
+      Encode(ErrorMsg{ErrorCode::kAuthFailed, true, 3, "nope"}),
+      Encode(Declare{4, ValueKind::kString, true, "Obj", "attr", Span(kValue)}),
+      Encode(Declared{4, 2, 9, 10, 3, 123, Span(kValue)}),
+      Encode(Write{5, 2, 11, 456, Span(kValue)}),
+      Encode(Written{5, 2, 10, 12}),
+      Encode(Update{2, 10, 12, 3, 456, Span(kValue)}),
+  };
+}
+
+TEST(NetProtocol, EveryMessageRoundTrips) {
+  for (const Frame& f : AllMessages()) EXPECT_TRUE(DecodeAny(f).ok()) << DecodeAny(f).ToString();
+  auto all = AllMessages();
+  auto hello = DecodeHello(Payload(all[0]));
+  ASSERT_TRUE(hello.ok());
+  EXPECT_EQ(hello->version, kProtocolVersion);
+  EXPECT_EQ(hello->nonce[31], 31);
+  auto welcome = DecodeWelcome(Payload(all[3]));
+  ASSERT_TRUE(welcome.ok());
+  EXPECT_EQ(welcome->client_id, 7u);
+  EXPECT_EQ(welcome->hub_time_ns, -5);
+  auto err = DecodeError(Payload(all[4]));
+  ASSERT_TRUE(err.ok());
+  EXPECT_EQ(err->code, ErrorCode::kAuthFailed);
+  EXPECT_TRUE(err->fatal);
+  EXPECT_EQ(err->request_id, 3u);
+  EXPECT_EQ(err->text, "nope");
+  auto d = DecodeDeclare(Payload(all[5]));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->object, "Obj");
+  EXPECT_EQ(d->attribute, "attr");
+  EXPECT_EQ(d->kind, ValueKind::kString);
+  EXPECT_TRUE(d->has_initial);
+  EXPECT_EQ(Str(d->initial), kValue);
+  auto dd = DecodeDeclared(Payload(all[6]));
+  ASSERT_TRUE(dd.ok());
+  EXPECT_EQ(dd->attr_id, 2u);
+  EXPECT_EQ(dd->version, 9u);
+  EXPECT_EQ(dd->clock, 10u);
+  EXPECT_EQ(dd->writer, 3u);
+  EXPECT_EQ(dd->write_ns, 123);
+  EXPECT_EQ(Str(dd->value), kValue);
+  EXPECT_EQ(Str(ByteSpan(all[6]).subspan(kDeclaredValueOffset)), kValue);
+  auto w = DecodeWrite(Payload(all[7]));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->clock, 11u);
+  EXPECT_EQ(Str(w->value), kValue);
+  EXPECT_EQ(Str(ByteSpan(all[7]).subspan(kWriteValueOffset)), kValue);
+  auto u = DecodeUpdate(Payload(all[9]));
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->version, 10u);
+  EXPECT_EQ(u->writer, 3u);
+  EXPECT_EQ(Str(u->value), kValue);
+  EXPECT_EQ(Str(ByteSpan(all[9]).subspan(kUpdateValueOffset)), kValue);
+}
+
+TEST(NetProtocol, EveryTruncationIsCorruptionNotACrash) {
+  for (const Frame& f : AllMessages()) {
+    // Cut anywhere: the header no longer matches the frame.
+    for (size_t n = 0; n < f.size(); ++n) {
+      EXPECT_FALSE(DecodeAny(ByteSpan(f).first(n)).ok()) << "cut at " << n;
+    }
+    // A consistent header over a short payload: only messages with a value tail may accept
+    // a shorter payload, and never one that cuts into their fixed fields.
+    const auto type = static_cast<MsgType>(uint8_t(f[6]));
+    size_t fixed = f.size() - kHeaderBytes;
+    if (type == MsgType::kWrite) fixed = kWriteValueOffset - kHeaderBytes;
+    if (type == MsgType::kUpdate) fixed = kUpdateValueOffset - kHeaderBytes;
+    if (type == MsgType::kDeclared) fixed = kDeclaredValueOffset - kHeaderBytes;
+    if (type == MsgType::kDeclare) fixed = 10 + 3 + 4;  // "Obj", "attr", then the value
+    for (size_t n = 0; n < fixed; ++n) {
+      const Status st = DecodeAny(Truncate(f, n));
+      EXPECT_EQ(st.code(), StatusCode::kCorruption) << MsgTypeName(type) << " payload " << n;
+    }
+  }
+}
+
+TEST(NetProtocol, HostileHeadersAreRejected) {
+  const Frame good = Encode(Auth{});
+  auto with = [&](size_t at, uint8_t v) {
+    Frame f = good;
+    f[at] = std::byte(v);
+    return f;
+  };
+  EXPECT_EQ(DecodeHeader(with(0, 'X'), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(with(6, 0), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(with(6, 200), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(with(7, 1), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(with(12, 1), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(with(8, 0xff), 1 << 20).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(DecodeHeader(good, 20).status().code(), StatusCode::kResourceExhausted);
+  // Another version still decodes as a header: the receiver answers with a clear error.
+  auto v2 = DecodeHeader(with(4, 2), 1 << 20);
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ(v2->version, 2);
+  // Trailing bytes after a fixed-size payload.
+  Frame longer = Encode(Written{1, 1, 1, 1});
+  longer.push_back(std::byte(0));
+  longer[8] = std::byte(25);
+  EXPECT_EQ(DecodeAny(longer).code(), StatusCode::kCorruption);
+}
+
+TEST(NetProtocol, HostileFieldsAreRejected) {
+  auto declare = [](ValueKind kind, std::string obj, std::string attr) {
+    return DecodeAny(Encode(Declare{1, kind, false, std::move(obj), std::move(attr), {}}));
+  };
+  EXPECT_TRUE(declare(ValueKind::kInt64, "O", "a").ok());
+  EXPECT_FALSE(declare(static_cast<ValueKind>(0), "O", "a").ok());
+  EXPECT_FALSE(declare(static_cast<ValueKind>(kMaxValueKind + 1), "O", "a").ok());
+  EXPECT_FALSE(declare(ValueKind::kInt64, "", "a").ok());
+  EXPECT_FALSE(declare(ValueKind::kInt64, "O", std::string("a\0b", 3)).ok());
+  EXPECT_FALSE(declare(ValueKind::kInt64, std::string(256, 'o'), "a").ok());
+  // A value without the has_initial flag.
+  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue)});
+  f[kHeaderBytes + 5] = std::byte(0);
+  EXPECT_FALSE(DecodeAny(f).ok());
+  f[kHeaderBytes + 5] = std::byte(2);
+  EXPECT_FALSE(DecodeAny(f).ok());
+  EXPECT_FALSE(DecodeAny(Encode(Update{1, 0, 1, 1, 1, {}})).ok());  // version 0
+  EXPECT_FALSE(DecodeAny(Encode(Written{1, 1, 0, 1})).ok());
+  EXPECT_FALSE(DecodeAny(Encode(Welcome{0, 1, {}})).ok());  // client id 0
+  EXPECT_FALSE(DecodeAny(Encode(Declared{1, 1, 0, 0, 0, 0, Span(kValue)})).ok());
+}
+
+TEST(NetProtocol, RandomBytesNeverCrash) {
+  std::mt19937_64 rng(42);
+  const auto all = AllMessages();
+  for (int i = 0; i < 20000; ++i) {
+    Frame f;
+    if (i % 2 == 0) {
+      f.resize(rng() % 128);
+      for (auto& b : f) b = std::byte(rng());
+    } else {
+      // A valid frame with a few bytes flipped: reaches the payload decoders.
+      f = all[rng() % all.size()];
+      for (int k = 0; k < 3; ++k) f[rng() % f.size()] = std::byte(rng());
+    }
+    (void)DecodeAny(f);
+  }
+}
+
+TEST(NetProtocol, ProofsBindTokenDirectionAndNonces) {
+  Nonce a = RandomNonce(), b = RandomNonce();
+  EXPECT_NE(a, b);
+  const Mac m = ComputeProof("secret", kClientProofLabel, a, b);
+  EXPECT_TRUE(ProofMatches(m, ComputeProof("secret", kClientProofLabel, a, b)));
+  EXPECT_FALSE(ProofMatches(m, ComputeProof("secreT", kClientProofLabel, a, b)));
+  EXPECT_FALSE(ProofMatches(m, ComputeProof("secret", kHubProofLabel, a, b)));
+  EXPECT_FALSE(ProofMatches(m, ComputeProof("secret", kClientProofLabel, b, a)));
+}
+
+TEST(NetProtocol, ErrorsMapToStatuses) {
+  EXPECT_EQ(ErrorToStatus(ErrorCode::kAuthFailed, "x").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(ErrorToStatus(ErrorCode::kVersionMismatch, "x").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrorToStatus(ErrorCode::kTooLarge, "x").code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrorToStatus(static_cast<ErrorCode>(999), "x").code(), StatusCode::kCorruption);
+}
+
+}  // namespace
+}  // namespace easysync::net
