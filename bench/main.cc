@@ -19,6 +19,11 @@ void Usage(std::FILE* out) {
       "  codec           the tensor delta codec against memcpy and zstd baselines, on files,\n"
       "                  a directory of steps or a synthetic update (own flags: see\n"
       "                  easysync-bench codec --help)\n"
+      "  net-latency     one-way latency of an int64 update client -> hub -> client over UCX\n"
+      "                  against a raw UCX active-message ping-pong; own flags: [--json]\n"
+      "                  [--iters N] [--hub HOST:PORT --token T] [--ucx-transports LIST]\n"
+      "                  [--spin-us N] (default: its own hub on loopback, transports tcp;\n"
+      "                  --spin-us sets the spin of the clients and of its own hub)\n"
       "flags (shm-*):\n"
       "  --json          one JSON object per line per configuration, nothing else on stdout\n"
       "  --iters N       measured samples per configuration (after warm-up)\n"
@@ -52,6 +57,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (suite == "codec") return easysync::bench::RunCodec(argc, argv, 2);
+  if (suite == "net-latency") return easysync::bench::RunNetLatency(argc, argv, 2);
   const bool latency = suite == "shm-latency";
   const bool throughput = suite == "shm-throughput";
   if (!latency && !throughput) return BadUsage("unknown suite '" + std::string(suite) + "'");

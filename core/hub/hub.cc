@@ -28,6 +28,7 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   std::unique_ptr<Hub> hub(new Hub(options));
   net::UcxOptions uo;
   uo.transports = options.ucx_transports;
+  uo.spin = options.spin;
   uo.max_frame_bytes = options.max_message_bytes;
   uo.who = "easysync-hub";
   EASYSYNC_ASSIGN_OR_RETURN(hub->worker_, net::UcxWorker::Create(uo, hub.get()));

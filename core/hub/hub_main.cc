@@ -19,7 +19,8 @@ constexpr char kUsage[] =
     "  --token SECRET         shared secret clients must prove they know (or EASYSYNC_TOKEN)\n"
     "  --max-message-bytes N  largest message accepted (default 268435456)\n"
     "  --ucx-transports LIST  UCX transport list, UCX_TLS syntax (e.g. tcp, shm,tcp, rc,ud)\n"
-    "  --handshake-timeout-ms N  drop peers that have not authenticated by then (10000)\n";
+    "  --handshake-timeout-ms N  drop peers that have not authenticated by then (10000)\n"
+    "  --spin-us N            spin this long after a message before sleeping (default 50)\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   char* end = nullptr;
@@ -58,6 +59,8 @@ int main(int argc, char** argv) {
     } else if (flag == "--handshake-timeout-ms" && ParseU64(value, &n) && n >= 1 &&
                n <= 3'600'000) {
       options.handshake_timeout = std::chrono::milliseconds(n);
+    } else if (flag == "--spin-us" && ParseU64(value, &n) && n <= 1'000'000) {
+      options.spin = std::chrono::microseconds(n);
     } else if (flag == "--ucx-transports") {
       options.ucx_transports = value;
     } else {
