@@ -34,6 +34,7 @@
 #include "easysync/net.h"
 #include "easysync/synced.h"
 #include "hub_process.h"
+#include "net/ucx_worker.h"
 #include "net_raw_ucx.h"
 #include "proc_util.h"
 #include "stats_util.h"
@@ -279,8 +280,9 @@ int RunNetLatency(int argc, char** argv, int first) {
   }
   if (hub && !hub->Stop()) std::fprintf(stderr, "easysync-bench: the hub did not exit cleanly\n");
 
+  // What the clients resolved a negative (automatic) spin to.
   const int64_t spin_us =
-      std::chrono::duration_cast<std::chrono::microseconds>(options.spin).count();
+      std::chrono::duration_cast<std::chrono::microseconds>(net::ResolveSpin(options.spin)).count();
   const double p50 = Percentile(measured, 0.5), p99 = Percentile(measured, 0.99);
   const double raw50 = Percentile(raw, 0.5), raw99 = Percentile(raw, 0.99);
   const double ratio = p50 / (2 * raw50);

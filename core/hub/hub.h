@@ -28,8 +28,8 @@ struct HubOptions {
   // A peer that has not authenticated by then is dropped (it holds a connection slot).
   std::chrono::milliseconds handshake_timeout{10000};
   // How long the progress thread spins after the last message before it sleeps on UCX's
-  // wake-up fd. Spinning pays off when the hub has a core to itself.
-  std::chrono::nanoseconds spin = std::chrono::microseconds(50);
+  // wake-up fd; negative: chosen by the CPUs available (net::ResolveSpin).
+  std::chrono::nanoseconds spin{-1};
 };
 
 class Hub final : public net::UcxWorker::Handler {

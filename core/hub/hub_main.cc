@@ -20,7 +20,8 @@ constexpr char kUsage[] =
     "  --max-message-bytes N  largest message accepted (default 268435456)\n"
     "  --ucx-transports LIST  UCX transport list, UCX_TLS syntax (e.g. tcp, shm,tcp, rc,ud)\n"
     "  --handshake-timeout-ms N  drop peers that have not authenticated by then (10000)\n"
-    "  --spin-us N            spin this long after a message before sleeping (default 50)\n";
+    "  --spin-us N            spin this long after a message before sleeping (default: 50\n"
+    "                         with 4 or more CPUs, else 0)\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   char* end = nullptr;

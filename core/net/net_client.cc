@@ -138,6 +138,7 @@ Status NetClient::Connect() {
   if (options_.token.empty()) {
     return Status::InvalidArgument("no token: set NetOptions::token or EASYSYNC_TOKEN");
   }
+  options_.spin = ResolveSpin(options_.spin);
   UcxOptions uo;
   uo.transports = options_.ucx_transports;
   uo.spin = options_.spin;

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -109,8 +110,17 @@ Status UcxError(ucs_status_t s, const char* what, const char* file, int line) {
   }
 }
 
+std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested) {
+  if (requested.count() >= 0) return requested;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  return cpus >= 4 ? std::chrono::microseconds(50) : std::chrono::nanoseconds(0);
+}
+
 Result<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& options, Handler* handler) {
   std::unique_ptr<UcxWorker> w(new UcxWorker(options, handler));
+  w->options_.spin = ResolveSpin(options.spin);
   EASYSYNC_RETURN_IF_ERROR(w->Init());
   return w;
 }

@@ -24,8 +24,10 @@ struct NetOptions {
   std::string token;
   // UCX transport list in UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's choice.
   std::string ucx_transports;
-  // How long the UCX progress thread and waiting readers spin before they sleep.
-  std::chrono::nanoseconds spin = std::chrono::microseconds(50);
+  // How long the UCX progress thread and waiting readers spin before they sleep. Negative:
+  // 50 us when the process may use 4 or more CPUs, else 0 (spinning threads that share too
+  // few cores starve the one that holds the message).
+  std::chrono::nanoseconds spin{-1};
   std::chrono::milliseconds connect_timeout{10000};
   // How long Declare and Write wait for the hub's answer.
   std::chrono::milliseconds request_timeout{10000};
