@@ -21,8 +21,9 @@ inline constexpr char kTestToken[] = "test-token-0123456789";
 
 class HubProcess {
  public:
-  // Starts the hub; extra flags are appended. port() is 0 if it did not come up.
-  explicit HubProcess(std::vector<std::string> extra = {}) {
+  // Starts the hub; extra flags are appended. port() is 0 if it did not come up. With a
+  // stderr_path, the hub's log (its stderr) goes to that file instead of the test's stderr.
+  explicit HubProcess(std::vector<std::string> extra = {}, const std::string& stderr_path = "") {
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) return;
     std::vector<std::string> args = {EASYSYNC_HUB_PATH, "--port", "0", "--token", kTestToken};
@@ -32,6 +33,10 @@ class HubProcess {
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       dup2(out[1], STDOUT_FILENO);
+      if (!stderr_path.empty()) {
+        const int log = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (log >= 0) dup2(log, STDERR_FILENO);
+      }
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
