@@ -148,8 +148,10 @@ TEST(NetBus, WritesFromTwoProcessesConverge) {
   EXPECT_EQ(WaitChild(child), 0);
   const Stats st = client->stats();
   EXPECT_GT(st.latency_samples, 0u);
-  // Clock offsets are estimated (docs/net_protocol.md): a single sample may read as 0.
-  EXPECT_GT(st.latency_max_ms, 0.0);
+  // Clock offsets are estimated from one handshake round trip (docs/net_protocol.md), whose
+  // error can exceed a loopback hop on a loaded machine: every sample may then read as 0.
+  // Only the bounds are certain.
+  EXPECT_GE(st.latency_max_ms, st.latency_ms);
   EXPECT_LT(st.latency_ms, 10000.0);
   client.reset();
   EXPECT_EQ(hub.Stop(), 0);
