@@ -74,10 +74,6 @@ Stats Client::stats() const {
 
 void Client::RecordApplied(const UpdateInfo& info, bool live) {
   CounterShard& sh = shard();
-  if (!transport_counts_recv_) {
-    Count(sh.bytes_recv, info.bytes);
-    Count(sh.packets_recv, 1);
-  }
   Count(sh.updates_applied, 1);
   if (!live) return;
   const uint64_t live_applied = sh.live_applied.load(std::memory_order_relaxed);

@@ -36,7 +36,6 @@ class NetClient final : public Client, public UcxWorker::Handler {
         cluster_(options.host + ":" + std::to_string(options.port)),
         replicas_(new std::atomic<Replica*>[kMaxAttributes]) {
     for (uint32_t i = 0; i < kMaxAttributes; ++i) replicas_[i].store(nullptr);
-    transport_counts_recv_ = true;  // OnFrame counts every frame as it arrives
   }
   ~NetClient() override {
     StopCallbacks();

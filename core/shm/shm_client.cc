@@ -382,6 +382,9 @@ Result<std::optional<UpdateInfo>> ShmClient::ReadIfNewer(AttrId attr, uint64_t h
     if (!unchanged()) continue;  // torn: the bytes decoded may be a mix of two values
     if (!st.ok()) return st;
     info.bytes = length;
+    CounterShard& c = shard();  // what crossed the segment: one value
+    Count(c.bytes_recv, length);
+    Count(c.packets_recv, 1);
     return std::optional<UpdateInfo>(info);
   }
 }

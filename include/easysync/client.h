@@ -107,7 +107,8 @@ class Client {
   virtual uint64_t LatestVersion(AttrId attr) = 0;
 
   // When the attribute has a version newer than `have`, calls `decode` on its bytes and
-  // returns what was read; otherwise nullopt. The caller records the apply (RecordApplied).
+  // returns what was read; otherwise nullopt. The transport counts what it read
+  // (bytes_recv, packets_recv); the caller records the apply (RecordApplied).
   // `decode` may be called again if a writer overwrote the bytes while it ran; only the last call's
   // result counts. Never blocks.
   virtual Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
@@ -148,7 +149,8 @@ class Client {
   }
   // This thread's shard.
   CounterShard& shard() { return counters_.shards[ThreadShard()]; }
-  // Records one applied update. Its write-to-apply latency counts only for live updates
+  // Records one applied update (each transport counts bytes_recv and packets_recv itself,
+  // as they cross its medium). Its write-to-apply latency counts only for live updates
   // (the snapshot a process reads when it declares an attribute may be old by design), and
   // is sampled on 1 apply in kLatencySampleEvery per thread: a clock read costs ~20 ns on
   // these VMs, a tenth of a whole shared-memory hop.
@@ -157,9 +159,6 @@ class Client {
 
  protected:
   Client() = default;
-  // A transport that counts bytes_recv / packets_recv itself, on the wire (network mode),
-  // sets this so RecordApplied does not count the applied value again.
-  bool transport_counts_recv_ = false;
   // Derived destructors call this first, while the transport still works.
   void StopCallbacks();
 
