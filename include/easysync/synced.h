@@ -80,7 +80,7 @@ class Synced {
   // The newest value visible to this process. Never blocks on other processes.
   T get() const {
     std::lock_guard<std::mutex> lock(mu_);
-    RefreshLocked(/*live=*/true);
+    Refresh(/*live=*/true);
     return value_;
   }
   operator T() const { return get(); }  // NOLINT: reads like the plain member it replaces
@@ -104,14 +104,14 @@ class Synced {
 
   // Version of the value get() returns now (0: none yet).
   uint64_t version() const {
-    Refresh();
     std::lock_guard<std::mutex> lock(mu_);
+    Refresh(/*live=*/true);
     return version_;
   }
   // Metadata of the newest value read (writer, clock, write time).
   UpdateInfo info() const {
-    Refresh();
     std::lock_guard<std::mutex> lock(mu_);
+    Refresh(/*live=*/true);
     return info_;
   }
 
@@ -124,7 +124,10 @@ class Synced {
     }
     auto newer = [&] { return client_->LatestVersion(attr_) > seen; };
     const bool changed = client_->WaitUntil(newer, Clock::now() + timeout);
-    if (changed) Refresh();
+    if (changed) {
+      std::lock_guard<std::mutex> lock(mu_);
+      Refresh(/*live=*/true);
+    }
     return changed;
   }
 
@@ -147,24 +150,19 @@ class Synced {
     } else {
       attr_ = ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, nullptr));
     }
+    std::lock_guard<std::mutex> lock(mu_);
     Refresh(/*live=*/false);  // the cluster's current value: a snapshot, not a live update
   }
-  void Refresh(bool live = true) const {
-    if (client_->LatestVersion(attr_) <= version_.load(std::memory_order_acquire)) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    RefreshLocked(live);
-  }
-  // REQUIRES: mu_ is held.
-  void RefreshLocked(bool live) const {
-    const uint64_t have = version_.load(std::memory_order_relaxed);
-    if (client_->LatestVersion(attr_) <= have) return;
-    auto r = client_->ReadIfNewer(attr_, have,
+  // Reads the cluster's value into the cache when it is newer. REQUIRES: mu_ is held.
+  void Refresh(bool live) const {
+    if (client_->LatestVersion(attr_) <= version_) return;
+    auto r = client_->ReadIfNewer(attr_, version_,
                                   [&](ByteSpan bytes) { return Traits::Decode(bytes, &value_); });
     if (!r.ok()) throw Error(r.status());
     if (r.value()) {
       info_ = *r.value();
       client_->RecordApplied(info_, live);
-      version_.store(info_.version, std::memory_order_release);
+      version_ = info_.version;
     }
   }
 
@@ -172,10 +170,10 @@ class Synced {
   std::string name_;
   AttrOptions options_;
   AttrId attr_;
-  mutable std::mutex mu_;  // guards value_, info_ and writes of version_
+  mutable std::mutex mu_;  // guards the cache: value_, info_, version_
   mutable T value_{};
   mutable UpdateInfo info_{};
-  mutable std::atomic<uint64_t> version_{0};
+  mutable uint64_t version_ = 0;
 };
 
 }  // namespace easysync
