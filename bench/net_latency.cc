@@ -36,6 +36,7 @@
 #include "hub_process.h"
 #include "net/ucx_worker.h"
 #include "net_raw_ucx.h"
+#include "ping_pong.h"
 #include "proc_util.h"
 #include "stats_util.h"
 
@@ -155,12 +156,6 @@ bool RawUcxPingPong(const Flags& f, int64_t warmup, std::vector<double>* one_way
 
 // ---- EasySync: Synced<int64_t> ping (A writes) and pong (B echoes), through the hub.
 
-struct PingPong : SyncedObject {
-  Synced<int64_t> ping{this, "ping"};
-  Synced<int64_t> pong{this, "pong"};
-  PingPong(Client& c, const std::string& name) : SyncedObject(c, name) {}
-};
-
 bool EasySyncPingPong(const Flags& f, const NetOptions& options, const Placement& where,
                       int64_t warmup, std::vector<double>* one_way_us) {
   // Unique per run, so that a shared (--hub) hub's state from an earlier run does not matter.
@@ -168,14 +163,7 @@ bool EasySyncPingPong(const Flags& f, const NetOptions& options, const Placement
   const pid_t pid = ForkPinned([&] {
     PinToCpus(where.b_first, where.b_count);
     auto client = connect(options);
-    PingPong pp(*client, object);
-    pp.pong.set(0);  // ready: A starts pinging when it sees this
-    for (;;) {
-      if (!pp.ping.wait_for_change(kPeerTimeout)) return 1;
-      const int64_t v = pp.ping.get();
-      if (v < 0) return 0;
-      pp.pong.set(v);
-    }
+    return PingPong(*client, object).Echo();
   });
   if (pid < 0) return false;
   PinToCpus(where.a_first, where.a_count);
@@ -183,13 +171,9 @@ bool EasySyncPingPong(const Flags& f, const NetOptions& options, const Placement
   try {
     auto client = connect(options);
     PingPong pp(*client, object);
-    ok = true;
-    while (ok && pp.pong.version() == 0) ok = pp.pong.wait_for_change(kPeerTimeout);
-    ok = ok && Measure(warmup, f.iters, one_way_us, [&](int64_t i) {
-           pp.ping.set(i);
-           return pp.pong.wait_for_change(kPeerTimeout) && pp.pong.get() == i;
-         });
-    pp.ping.set(-1);
+    ok = pp.WaitReady() &&
+         Measure(warmup, f.iters, one_way_us, [&](int64_t i) { return pp.Round(i); });
+    pp.Finish();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "easysync-bench: net-latency: %s\n", e.what());
     ok = false;

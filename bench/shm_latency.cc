@@ -22,6 +22,7 @@
 #include "bench.h"
 #include "easysync/client.h"
 #include "easysync/synced.h"
+#include "ping_pong.h"
 #include "proc_util.h"
 #include "stats_util.h"
 
@@ -151,11 +152,7 @@ bool RawFutexFloor(const Plan& plan, std::vector<double>* one_way) {
 
 // ---- EasySync: Synced<int64_t> ping (parent writes) and pong (child echoes).
 
-struct PingPong : SyncedObject {
-  Synced<int64_t> ping{this, "ping"};
-  Synced<int64_t> pong{this, "pong"};
-  explicit PingPong(Client& c) : SyncedObject(c, "bench_latency") {}
-};
+constexpr char kObject[] = "bench_latency";
 
 ShmOptions OptionsFor(WaitMode mode) {
   ShmOptions options;
@@ -169,27 +166,15 @@ bool EasySyncPingPong(WaitMode mode, const std::string& cluster, const Plan& pla
   const ShmOptions options = OptionsFor(mode);
   const pid_t pid = ForkPinned([&] {
     auto client = shm_connect(cluster, options);
-    PingPong pp(*client);
-    pp.pong.set(0);  // ready: the parent starts pinging when it sees this
-    for (;;) {
-      if (!pp.ping.wait_for_change(kPeerTimeout)) return 1;
-      const int64_t v = pp.ping.get();
-      if (v < 0) return 0;
-      pp.pong.set(v);
-    }
+    return PingPong(*client, kObject).Echo();
   });
   if (pid < 0) return false;
   bool ok = false;
   try {
     auto client = shm_connect(cluster, options);
-    PingPong pp(*client);
-    ok = true;
-    while (ok && pp.pong.version() == 0) ok = pp.pong.wait_for_change(kPeerTimeout);
-    ok = ok && Measure(plan, one_way, [&](int64_t i) {
-           pp.ping.set(i);
-           return pp.pong.wait_for_change(kPeerTimeout) && pp.pong.get() == i;
-         });
-    pp.ping.set(-1);
+    PingPong pp(*client, kObject);
+    ok = pp.WaitReady() && Measure(plan, one_way, [&](int64_t i) { return pp.Round(i); });
+    pp.Finish();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "easysync-bench: shm-latency: %s\n", e.what());
     ok = false;
