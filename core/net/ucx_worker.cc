@@ -222,16 +222,21 @@ Result<ucp_ep_h> UcxWorker::Connect(const std::string& host, uint16_t port) {
   socklen_t len = 0;
   EASYSYNC_ASSIGN_OR_RETURN(sockaddr_storage ss, Resolve(host, port, false, &len));
   ucp_ep_params_t ep{};
-  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                  UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR;
   ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
   ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&ss);
   ep.sockaddr.addrlen = len;
-  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  ep.err_handler.cb = &UcxWorker::OnEpError;
-  ep.err_handler.arg = this;
+  return CreateEndpoint(&ep);
+}
+
+Result<ucp_ep_h> UcxWorker::CreateEndpoint(ucp_ep_params_t* ep) {
+  // Peer error handling: a dead peer is reported to OnEpError, never waited on.
+  ep->field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep->err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep->err_handler.cb = &UcxWorker::OnEpError;
+  ep->err_handler.arg = this;
   ucp_ep_h h = nullptr;
-  EASYSYNC_UCX_CHECK(ucp_ep_create(worker_, &ep, &h));
+  EASYSYNC_UCX_CHECK(ucp_ep_create(worker_, ep, &h));
   endpoints_.push_back(h);
   return h;
 }
@@ -241,16 +246,9 @@ Result<ucp_ep_h> UcxWorker::Accept(ucp_conn_request_h request, std::string* peer
   attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
   if (ucp_conn_request_query(request, &attr) == UCS_OK) *peer = FormatAddress(attr.client_address);
   ucp_ep_params_t ep{};
-  ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST;
   ep.conn_request = request;
-  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  ep.err_handler.cb = &UcxWorker::OnEpError;
-  ep.err_handler.arg = this;
-  ucp_ep_h h = nullptr;
-  EASYSYNC_UCX_CHECK(ucp_ep_create(worker_, &ep, &h));
-  endpoints_.push_back(h);
-  return h;
+  return CreateEndpoint(&ep);
 }
 
 void UcxWorker::Start() {

@@ -101,6 +101,8 @@ class UcxWorker {
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
   static void OnConn(ucp_conn_request_h request, void* arg);
   void Drain(std::chrono::milliseconds limit);
+  // ucp_ep_create with peer error handling added to `ep`; the endpoint is tracked.
+  Result<ucp_ep_h> CreateEndpoint(ucp_ep_params_t* ep);
 
   UcxOptions options_;
   Handler* handler_;
