@@ -29,6 +29,16 @@ std::map<std::string, double> Stats::AsMap() const {
       {"updates_applied", static_cast<double>(updates_applied)},
       {"torn_read_retries", static_cast<double>(torn_read_retries)},
       {"dead_writer_recoveries", static_cast<double>(dead_writer_recoveries)},
+      {"deltas_sent", static_cast<double>(deltas_sent)},
+      {"full_sent", static_cast<double>(full_sent)},
+      {"deltas_recv", static_cast<double>(deltas_recv)},
+      {"full_recv", static_cast<double>(full_recv)},
+      {"codec_raw_bytes", static_cast<double>(codec_raw_bytes)},
+      {"codec_wire_bytes", static_cast<double>(codec_wire_bytes)},
+      {"compression_ratio", compression_ratio},
+      {"resyncs", static_cast<double>(resyncs)},
+      {"reconnects", static_cast<double>(reconnects)},
+      {"rtt_ms", rtt_ms},
   };
 }
 
@@ -68,7 +78,20 @@ Stats Client::stats() const {
     s.updates_applied += ld(sh.updates_applied);
     s.torn_read_retries += ld(sh.torn_read_retries);
     s.dead_writer_recoveries += ld(sh.dead_writer_recoveries);
+    s.deltas_sent += ld(sh.deltas_sent);
+    s.full_sent += ld(sh.full_sent);
+    s.deltas_recv += ld(sh.deltas_recv);
+    s.full_recv += ld(sh.full_recv);
+    s.codec_raw_bytes += ld(sh.codec_raw_bytes);
+    s.codec_wire_bytes += ld(sh.codec_wire_bytes);
+    s.resyncs += ld(sh.resyncs);
+    s.reconnects += ld(sh.reconnects);
   }
+  if (s.codec_wire_bytes > 0) {
+    s.compression_ratio =
+        static_cast<double>(s.codec_raw_bytes) / static_cast<double>(s.codec_wire_bytes);
+  }
+  s.rtt_ms = static_cast<double>(ld(c.rtt_ewma_ns)) / 1e6;
   return s;
 }
 

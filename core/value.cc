@@ -97,7 +97,7 @@ void EncodeTensorHeader(DType dtype, std::span<const int64_t> shape, std::byte* 
   std::memcpy(dst, &h, sizeof(h));
 }
 
-Status ParseTensor(ByteSpan in, TensorBytes* out) {
+Status ParseTensorHeader(ByteSpan in, TensorBytes* out) {
   if (in.size() < kTensorHeaderBytes)
     return Status::Corruption("tensor value shorter than its header");
   TensorHeaderLayout h;
@@ -112,13 +112,22 @@ Status ParseTensor(ByteSpan in, TensorBytes* out) {
   if (!numel.ok())
     return Status::Corruption("tensor value has a bad shape: " + numel.status().message());
   size_t bytes;
-  if (__builtin_mul_overflow(numel.value(), DTypeSize(*dtype), &bytes) || bytes != h.data_bytes ||
-      in.size() - kTensorHeaderBytes != bytes) {
+  if (__builtin_mul_overflow(numel.value(), DTypeSize(*dtype), &bytes) || bytes != h.data_bytes) {
     return Status::Corruption("tensor value size does not match its shape");
   }
   out->dtype = *dtype;
   out->ndim = h.ndim;
   std::memcpy(out->shape, h.dims, sizeof(h.dims));
+  out->data_bytes = bytes;
+  out->data = {};
+  return Status::Ok();
+}
+
+Status ParseTensor(ByteSpan in, TensorBytes* out) {
+  EASYSYNC_RETURN_IF_ERROR(ParseTensorHeader(in, out));
+  if (in.size() - kTensorHeaderBytes != out->data_bytes) {
+    return Status::Corruption("tensor value size does not match its shape");
+  }
   out->data = in.subspan(kTensorHeaderBytes);
   return Status::Ok();
 }

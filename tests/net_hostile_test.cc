@@ -12,8 +12,10 @@
 #include <random>
 
 #include "easysync/net.h"
+#include "easysync/tensor.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
+#include "net/wire_value.h"
 #include "net_test_util.h"
 
 namespace easysync {
@@ -131,15 +133,15 @@ TEST(NetHostile, BadFramesGetAnErrorAndOnlyThatPeerIsDropped) {
   }
   {
     RawPeer p(hub.port());
-    p.Send(net::Encode(net::Declare{1, ValueKind::kInt64, false, "O", "a", {}}));
+    p.Send(net::Encode(net::Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0}));
     p.ExpectRejected(net::ErrorCode::kUnexpected, "DECLARE before authentication");
   }
   {
     RawPeer p(hub.port());
-    Frame v2 = Hello();
-    v2[4] = std::byte(2);  // header version
-    p.Send(v2);
-    p.ExpectRejected(net::ErrorCode::kVersionMismatch, "header of version 2");
+    Frame other = Hello();
+    other[4] = std::byte(net::kProtocolVersion + 1);  // header version
+    p.Send(other);
+    p.ExpectRejected(net::ErrorCode::kVersionMismatch, "header of another version");
   }
   {
     RawPeer p(hub.port());
@@ -153,27 +155,30 @@ TEST(NetHostile, BadFramesGetAnErrorAndOnlyThatPeerIsDropped) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// Authenticates a raw peer with the test token.
+void Login(RawPeer& p) {
+  const net::Nonce mine = net::RandomNonce();
+  p.Send(net::Encode(net::Hello{net::kProtocolVersion, mine}));
+  auto c = p.Next();
+  ASSERT_TRUE(c.has_value());
+  auto challenge = net::DecodeChallenge(net::Payload(*c));
+  ASSERT_TRUE(challenge.ok());
+  p.Send(net::Encode(net::Auth{
+      net::ComputeProof(testing::kTestToken, net::kClientProofLabel, mine, challenge->nonce)}));
+  auto w = p.Next();
+  ASSERT_TRUE(w.has_value());
+  ASSERT_EQ(net::DecodeHeader(*w, 1 << 20)->type, net::MsgType::kWelcome);
+}
+
 TEST(NetHostile, AuthenticatedPeerSendingBadFramesIsDropped) {
   testing::HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto login = [&](RawPeer& p) {
-    const net::Nonce mine = net::RandomNonce();
-    p.Send(net::Encode(net::Hello{net::kProtocolVersion, mine}));
-    auto c = p.Next();
-    ASSERT_TRUE(c.has_value());
-    auto challenge = net::DecodeChallenge(net::Payload(*c));
-    ASSERT_TRUE(challenge.ok());
-    p.Send(net::Encode(net::Auth{
-        net::ComputeProof(testing::kTestToken, net::kClientProofLabel, mine, challenge->nonce)}));
-    auto w = p.Next();
-    ASSERT_TRUE(w.has_value());
-    ASSERT_EQ(net::DecodeHeader(*w, 1 << 20)->type, net::MsgType::kWelcome);
-  };
+  const auto login = [](RawPeer& p) { Login(p); };
   {
     RawPeer p(hub.port());
     login(p);
     // A write to an attribute it never declared: an error, but not fatal.
-    p.Send(net::Encode(net::Write{9, 12345, 1, 0, {}}));
+    p.Send(net::Encode(net::Write{9, 12345, 1, 0, {}, false}));
     auto e = p.Next();
     ASSERT_TRUE(e.has_value());
     auto err = net::DecodeError(net::Payload(*e));
@@ -182,7 +187,7 @@ TEST(NetHostile, AuthenticatedPeerSendingBadFramesIsDropped) {
     EXPECT_FALSE(err->fatal);
     EXPECT_EQ(err->request_id, 9u);
     // A WRITE cut inside its fixed fields: fatal.
-    Frame w = net::Encode(net::Write{10, 0, 1, 0, {}});
+    Frame w = net::Encode(net::Write{10, 0, 1, 0, {}, false});
     w.resize(net::kHeaderBytes + 6);
     w[8] = std::byte(6);
     p.Send(w);
@@ -194,6 +199,98 @@ TEST(NetHostile, AuthenticatedPeerSendingBadFramesIsDropped) {
     p.Send(Hello());  // a second HELLO
     p.ExpectRejected(net::ErrorCode::kUnexpected, "HELLO after authentication");
   }
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// The raw value of a float32 tensor of n elements, element i = i * k.
+std::vector<std::byte> RawTensor(size_t n, float k) {
+  Tensor t(DType::kFloat32, {static_cast<int64_t>(n)});
+  auto* f = reinterpret_cast<float*>(t.mutable_data());
+  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(i) * k;
+  return ValueTraits<Tensor>::WithEncoding(t, [](size_t size, auto&& encode) {
+    std::vector<std::byte> out(size);
+    encode(out.data());
+    return out;
+  });
+}
+
+// A codec WRITE of `cur` against `base` (empty: whole) at base_version.
+Frame CodecWrite(uint32_t request, uint32_t attr, const std::vector<std::byte>& cur,
+                 const std::vector<std::byte>& base, uint64_t base_version) {
+  codec::Encoder enc;
+  std::vector<std::byte> out(net::CodecValueBound(cur));
+  auto e = net::EncodeCodecValue(enc, cur, base, base_version, std::nullopt, base_version + 1, out);
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ(e->delta, !base.empty());
+  out.resize(e->bytes);
+  return net::Encode(net::Write{request, attr, 1, 0, out, /*codec=*/true});
+}
+
+// The next frame, which must be of type t.
+template <class Decoded>
+Decoded Expect(RawPeer& p, net::MsgType t, Result<Decoded> (*decode)(ByteSpan)) {
+  auto f = p.Next();
+  EXPECT_TRUE(f.has_value());
+  if (!f) return Decoded{};
+  auto h = net::DecodeHeader(*f, 1u << 30);
+  EXPECT_TRUE(h.ok());
+  EXPECT_EQ(h->type, t) << "got " << net::MsgTypeName(h->type);
+  if (h->type != t) return Decoded{};
+  auto m = decode(net::Payload(*f));
+  EXPECT_TRUE(m.ok());
+  return m.ok() ? *m : Decoded{};
+}
+
+TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = 8192;  // 32 KiB: travels as a codec value
+  const auto v1 = RawTensor(kN, 1.0f);
+  auto v2 = v1;
+  reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[17] = -1.0f;
+  auto v3 = v2;
+  reinterpret_cast<float*>(v3.data() + detail::kTensorHeaderBytes)[4000] = -2.0f;
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0}));
+  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  EXPECT_EQ(d.version, 0u);
+  // A whole value, then a delta against it: both accepted.
+  p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  p.Send(CodecWrite(3, d.attr_id, v2, v1, 1));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  // A delta against a version the hub no longer holds: refused, not fatal.
+  p.Send(CodecWrite(4, d.attr_id, v3, v1, 1));
+  auto stale = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(stale.code, net::ErrorCode::kStaleBase) << stale.text;
+  EXPECT_FALSE(stale.fatal);
+  EXPECT_EQ(stale.request_id, 4u);
+  // The right base version but bytes that do not verify (one flipped in the payload).
+  Frame bad = CodecWrite(5, d.attr_id, v3, v2, 2);
+  bad.back() ^= std::byte{0x40};
+  p.Send(bad);
+  auto unverified = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(unverified.code, net::ErrorCode::kStaleBase) << unverified.text;
+  EXPECT_FALSE(unverified.fatal);
+  // The hub's value is still exactly v2: a late joiner gets it.
+  {
+    RawPeer q(hub.port());
+    Login(q);
+    q.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0}));
+    auto f = q.Next();
+    ASSERT_TRUE(f.has_value());
+    auto got = net::DecodeDeclared(net::Payload(*f));
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->version, 2u);
+    ASSERT_EQ(got->value.size(), v2.size());
+    EXPECT_TRUE(std::equal(v2.begin(), v2.end(), got->value.begin()));
+  }
+  // A codec flag on bytes that are no codec value: the peer is dropped.
+  std::vector<std::byte> junk(300, std::byte{7});
+  p.Send(net::Encode(net::Write{6, d.attr_id, 1, 0, junk, /*codec=*/true}));
+  p.ExpectRejected(net::ErrorCode::kMalformed, "a WRITE with a bad codec value");
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }

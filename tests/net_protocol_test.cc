@@ -40,6 +40,12 @@ Status DecodeAny(ByteSpan frame) {
       return DecodeWritten(p).status();
     case MsgType::kUpdate:
       return DecodeUpdate(p).status();
+    case MsgType::kResync:
+      return DecodeResync(p).status();
+    case MsgType::kPing:
+      return DecodePing(p).status();
+    case MsgType::kPong:
+      return DecodePong(p).status();
   }
   return Status::Internal("unreachable");
 }
@@ -63,14 +69,68 @@ std::vector<Frame> AllMessages() {
       Encode(Hello{kProtocolVersion, n}),
       Encode(Challenge{n}),
       Encode(Auth{m}),
-      Encode(Welcome{7, -5, m}),
+      Encode(Welcome{7, -5, m, 4096}),
       Encode(ErrorMsg{ErrorCode::kAuthFailed, true, 3, "nope"}),
-      Encode(Declare{4, ValueKind::kString, true, "Obj", "attr", Span(kValue)}),
+      Encode(Declare{4, ValueKind::kString, true, "Obj", "attr", Span(kValue), false, 0, 0}),
       Encode(Declared{4, 2, 9, 10, 3, 123, Span(kValue)}),
-      Encode(Write{5, 2, 11, 456, Span(kValue)}),
+      Encode(Write{5, 2, 11, 456, Span(kValue), false}),
       Encode(Written{5, 2, 10, 12}),
-      Encode(Update{2, 10, 12, 3, 456, Span(kValue)}),
+      Encode(Update{2, 10, 12, 3, 456, Span(kValue), false}),
+      Encode(Resync{6}),
+      Encode(Ping{-77}),
+      Encode(Pong{-77, 88}),
+      Encode(Declare{8, ValueKind::kTensor, true, "O", "t", Span(kValue), true, 41, 42}),
+      Encode(Update{2, 11, 13, 3, 457, Span(kValue), true}),
+      Encode(Write{5, 2, 11, 456, Span(kValue), true}),
   };
+}
+
+TEST(NetProtocol, NewMessagesOfVersion2RoundTrip) {
+  auto all = AllMessages();
+  auto rs = DecodeResync(Payload(all[10]));
+  ASSERT_TRUE(rs.ok());
+  EXPECT_EQ(rs->attr_id, 6u);
+  auto ping = DecodePing(Payload(all[11]));
+  ASSERT_TRUE(ping.ok());
+  EXPECT_EQ(ping->client_ns, -77);
+  auto pong = DecodePong(Payload(all[12]));
+  ASSERT_TRUE(pong.ok());
+  EXPECT_EQ(pong->client_ns, -77);
+  EXPECT_EQ(pong->hub_ns, 88);
+  auto d = DecodeDeclare(Payload(all[13]));
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE(d->has_initial);
+  EXPECT_TRUE(d->resume);
+  EXPECT_EQ(d->version, 41u);
+  EXPECT_EQ(d->clock, 42u);
+  EXPECT_EQ(d->attribute, "t");
+  EXPECT_EQ(Str(d->initial), kValue);
+  // The codec flag travels in the header, on WRITE and UPDATE only.
+  auto h = DecodeHeader(all[14], 1 << 20);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->flags, kFlagCodec);
+  ASSERT_TRUE(DecodeHeader(all[15], 1 << 20).ok());
+  EXPECT_EQ(DecodeHeader(all[15], 1 << 20)->flags, kFlagCodec);
+  EXPECT_EQ(DecodeHeader(all[9], 1 << 20)->flags, 0);
+  Frame flagged = all[10];  // RESYNC with the codec flag
+  flagged[7] = std::byte{kFlagCodec};
+  EXPECT_EQ(DecodeHeader(flagged, 1 << 20).status().code(), StatusCode::kCorruption);
+  Frame other = all[15];  // WRITE with an unknown flag
+  other[7] = std::byte{2};
+  EXPECT_EQ(DecodeHeader(other, 1 << 20).status().code(), StatusCode::kCorruption);
+}
+
+TEST(NetProtocol, DeclareResumeRules) {
+  // Resuming needs a value and a version.
+  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), true, 0, 3});
+  EXPECT_EQ(DecodeAny(f).code(), StatusCode::kCorruption);
+  Frame g = Encode(Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0});
+  g[kHeaderBytes + 5] = std::byte{kDeclareResume};  // the resume flag alone
+  EXPECT_EQ(DecodeAny(g).code(), StatusCode::kCorruption);
+  // A resume flag without the fields it promises.
+  Frame h = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", {}, false, 0, 0});
+  h[kHeaderBytes + 5] = std::byte{kDeclareHasInitial | kDeclareResume};
+  EXPECT_EQ(DecodeAny(h).code(), StatusCode::kCorruption);
 }
 
 TEST(NetProtocol, EveryMessageRoundTrips) {
@@ -167,7 +227,8 @@ TEST(NetProtocol, HostileHeadersAreRejected) {
 
 TEST(NetProtocol, HostileFieldsAreRejected) {
   auto declare = [](ValueKind kind, std::string obj, std::string attr) {
-    return DecodeAny(Encode(Declare{1, kind, false, std::move(obj), std::move(attr), {}}));
+    return DecodeAny(
+        Encode(Declare{1, kind, false, std::move(obj), std::move(attr), {}, false, 0, 0}));
   };
   EXPECT_TRUE(declare(ValueKind::kInt64, "O", "a").ok());
   EXPECT_FALSE(declare(static_cast<ValueKind>(0), "O", "a").ok());
@@ -176,14 +237,15 @@ TEST(NetProtocol, HostileFieldsAreRejected) {
   EXPECT_FALSE(declare(ValueKind::kInt64, "O", std::string("a\0b", 3)).ok());
   EXPECT_FALSE(declare(ValueKind::kInt64, std::string(256, 'o'), "a").ok());
   // A value without the has_initial flag.
-  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue)});
+  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), false, 0, 0});
   f[kHeaderBytes + 5] = std::byte(0);
   EXPECT_FALSE(DecodeAny(f).ok());
   f[kHeaderBytes + 5] = std::byte(2);
   EXPECT_FALSE(DecodeAny(f).ok());
-  EXPECT_FALSE(DecodeAny(Encode(Update{1, 0, 1, 1, 1, {}})).ok());  // version 0
+  EXPECT_FALSE(DecodeAny(Encode(Update{1, 0, 1, 1, 1, {}, false})).ok());  // version 0
   EXPECT_FALSE(DecodeAny(Encode(Written{1, 1, 0, 1})).ok());
-  EXPECT_FALSE(DecodeAny(Encode(Welcome{0, 1, {}})).ok());  // client id 0
+  EXPECT_FALSE(DecodeAny(Encode(Welcome{0, 1, {}, 4096})).ok());  // client id 0
+  EXPECT_FALSE(DecodeAny(Encode(Welcome{1, 1, {}, 1000})).ok());  // a limit under 1024
   EXPECT_FALSE(DecodeAny(Encode(Declared{1, 1, 0, 0, 0, 0, Span(kValue)})).ok());
 }
 

@@ -96,7 +96,8 @@ TEST(NetRobustness, OneGibTensorCrossesTheHubBitExact) {
   // memory: A, the hub and B each hold about two copies (2.2 GB peak RSS, measured).
   constexpr size_t kElements = size_t{1} << 28;
   constexpr uint32_t kSeed = 0x5eed1234;
-  // Values travel whole in protocol version 1: the frame is the value plus a few headers.
+  // The hub relays the tensor as the codec frame it came in (mostly zeros: it compresses), but
+  // a late joiner's snapshot is the raw value: the limit must hold it plus a few headers.
   constexpr uint64_t kLimit = kElements * 4 + (64u << 20);
   HubProcess hub({"--max-message-bytes", std::to_string(kLimit)});
   ASSERT_NE(hub.port(), 0) << "the hub did not start";

@@ -73,6 +73,18 @@ bool WaitFor(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds
   return true;
 }
 
+// The state letter of a process (R, S, T for stopped, ...), from /proc; '?' if unknown.
+inline char ProcessState(pid_t pid) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (f == nullptr) return '?';
+  char buf[512] = {};
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  const std::string stat(buf, n);
+  const size_t paren = stat.rfind(')');  // the command name may contain spaces
+  return paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : '?';
+}
+
 // Names under /dev/shm that belong to a cluster (the segment and its extents).
 inline std::vector<std::string> ClusterFiles(const std::string& cluster) {
   std::vector<std::string> out;

@@ -1,6 +1,8 @@
 // The hub (see hub.h). Runs entirely on the UCX progress thread.
 #include "hub/hub.h"
 
+#include "net/wire_value.h"
+
 #include <time.h>
 
 #include <cstdio>
@@ -160,6 +162,7 @@ void Hub::OnFrame(ucp_ep_h ep, net::Frame frame) {
   if (h->type == net::MsgType::kWrite && it->second.state == PeerState::kReady) {
     auto m = net::DecodeWrite(net::Payload(frame));
     if (!m.ok()) return Reject(ep, net::ErrorCode::kMalformed, m.status().message());
+    m->codec = (h->flags & net::kFlagCodec) != 0;
     return HandleWrite(ep, it->second, *m, std::move(frame));
   }
   Handle(ep, it->second, *h, net::Payload(frame));
@@ -201,9 +204,10 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
       --handshaking_;
       peer.id = next_peer_id_++;
       Log("client " + std::to_string(peer.id) + " (" + peer.address + ") connected");
-      net::Welcome w{peer.id, NowNanos(),
-                     net::ComputeProof(options_.token, net::kHubProofLabel, peer.client_nonce,
-                                       peer.hub_nonce)};
+      net::Welcome w{
+          peer.id, NowNanos(),
+          net::ComputeProof(options_.token, net::kHubProofLabel, peer.client_nonce, peer.hub_nonce),
+          options_.max_message_bytes};
       return Send(ep, net::Encode(w));
     }
     case PeerState::kReady: {
@@ -211,6 +215,16 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
         auto m = net::DecodeDeclare(payload);
         if (!m.ok()) return Reject(ep, net::ErrorCode::kMalformed, m.status().message());
         return HandleDeclare(ep, peer, *m);
+      }
+      if (h.type == MsgType::kResync) {
+        auto m = net::DecodeResync(payload);
+        if (!m.ok()) return Reject(ep, net::ErrorCode::kMalformed, m.status().message());
+        return HandleResync(ep, peer, *m);
+      }
+      if (h.type == MsgType::kPing) {
+        auto m = net::DecodePing(payload);
+        if (!m.ok()) return Reject(ep, net::ErrorCode::kMalformed, m.status().message());
+        return Send(ep, net::Encode(net::Pong{m->client_ns, NowNanos()}));
       }
       if (h.type == MsgType::kError) {
         auto m = net::DecodeError(payload);
@@ -224,11 +238,30 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
   }
 }
 
+void Hub::Refuse(ucp_ep_h ep, uint32_t request_id, net::ErrorCode code, std::string text) {
+  Send(ep, net::Encode(net::ErrorMsg{code, /*fatal=*/false, request_id, std::move(text)}));
+}
+
+bool Hub::Fits(ucp_ep_h ep, uint32_t request_id, const Attr& a, size_t bytes) {
+  const uint64_t after = total_value_bytes_ - a.value().size() + bytes;
+  if (after <= options_.max_total_value_bytes) return true;
+  Refuse(ep, request_id, net::ErrorCode::kHubFull,
+         "the hub keeps at most " + std::to_string(options_.max_total_value_bytes) +
+             " bytes of values (--max-total-value-bytes); " + a.object + "." + a.name + " (" +
+             std::to_string(bytes) + " bytes) does not fit");
+  return false;
+}
+
 void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
   auto key = std::make_pair(m.object, m.attribute);
   auto found = attr_index_.find(key);
   uint32_t id;
   if (found == attr_index_.end()) {
+    if (attrs_.size() >= options_.max_attributes) {
+      return Refuse(ep, m.request_id, net::ErrorCode::kHubFull,
+                    "the hub keeps at most " + std::to_string(options_.max_attributes) +
+                        " attributes (--max-attributes)");
+    }
     id = static_cast<uint32_t>(attrs_.size());
     Attr a;
     a.object = m.object;
@@ -239,49 +272,179 @@ void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
   } else {
     id = found->second;
     if (attrs_[id].kind != m.kind) {
-      net::ErrorMsg err{net::ErrorCode::kTypeMismatch, false, m.request_id,
-                        m.object + "." + m.attribute + " is declared as " +
-                            std::string(ValueKindName(m.kind)) + " here but as " +
-                            std::string(ValueKindName(attrs_[id].kind)) + " in the cluster"};
-      return Send(ep, net::Encode(err));
+      return Refuse(ep, m.request_id, net::ErrorCode::kTypeMismatch,
+                    m.object + "." + m.attribute + " is declared as " +
+                        std::string(ValueKindName(m.kind)) + " here but as " +
+                        std::string(ValueKindName(attrs_[id].kind)) + " in the cluster");
     }
   }
   Attr& a = attrs_[id];
-  if (m.has_initial && a.version == 0) {  // joining never resets: only the first value counts
-    a.version = 1;
-    a.clock = a.clock + 1;
-    a.writer = peer.id;
-    a.write_ns = NowNanos();
-    a.frame = std::make_shared<const net::Frame>(
-        net::Encode(net::Update{id, a.version, a.clock, a.writer, a.write_ns, m.initial}));
-    for (ucp_ep_h s : a.subscribers) worker_->Send(s, a.frame);
+  // Joining never resets: a first value counts only when there is none. A resuming client
+  // (one that held this value before a reconnect, e.g. across a hub restart) brings back
+  // what it had when that is newer than what the hub has.
+  const bool adopt = m.has_initial && (m.resume ? m.version > a.version : a.version == 0);
+  if (adopt && Fits(ep, m.request_id, a, m.initial.size())) {
+    auto holder = std::make_shared<net::Frame>(m.initial.begin(), m.initial.end());
+    const Stamp stamp{m.resume ? m.version : 1, std::max(a.clock, m.clock) + 1, peer.id,
+                      NowNanos()};
+    Publish(id, a, stamp, std::move(holder), 0, std::nullopt, {}, ep);
+  } else if (adopt) {
+    return;  // refused
   }
   a.subscribers.insert(ep);
   peer.declared.insert(id);
-  ByteSpan value;
-  if (a.frame) value = ByteSpan(*a.frame).subspan(net::kUpdateValueOffset);
-  Send(ep, net::Encode(
-               net::Declared{m.request_id, id, a.version, a.clock, a.writer, a.write_ns, value}));
+  Send(ep, net::Encode(net::Declared{m.request_id, id, a.version, a.clock, a.writer, a.write_ns,
+                                     a.value()}));
 }
 
-void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&) {
+void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
+                  size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value,
+                  ucp_ep_h except) {
+  // The previous value stays alive until the relayed UPDATE is built: it may be the base.
+  std::shared_ptr<net::Frame> prev = std::move(a.holder);
+  const ByteSpan prev_value = prev ? ByteSpan(*prev).subspan(a.offset) : ByteSpan();
+  const std::optional<uint64_t> prev_hash = a.data_hash;
+  const uint64_t prev_version = a.version;
+  total_value_bytes_ -= prev_value.size();
+  a.holder = std::move(holder);
+  a.offset = offset;
+  a.data_hash = hash;
+  total_value_bytes_ += a.value().size();
+  a.version = stamp.version;
+  a.clock = stamp.clock;
+  a.writer = stamp.writer;
+  a.write_ns = stamp.write_ns;
+
+  const bool others = a.subscribers.size() > (a.subscribers.count(except) != 0 ? 1u : 0u);
+  if (!others) return;
+  net::Update u{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false};
+  std::shared_ptr<const net::Frame> relay;
+  // A delta goes on as it came: every subscriber holds its base. A whole value is sent as a
+  // delta against the previous one when every subscriber holds that, else as it came.
+  const bool came_as_delta =
+      !codec_value.empty() && !net::PeekCodecValue(codec_value)->frame.is_full_value();
+  if (came_as_delta) {
+    u.codec = true;
+    u.value = codec_value;
+  } else if (net::UseCodec(a.kind, a.value().size()) && prev_version + 1 == a.version &&
+             net::SameTensorHeader(a.value(), prev_value) &&
+             prev_value.size() == a.value().size()) {
+    // A whole value, but every subscriber holds the previous one: send them a delta.
+    u.codec = true;
+    u.value = {};
+    net::Frame f = net::Encode(u);
+    const size_t bound = net::CodecValueBound(a.value());
+    f.resize(net::kUpdateValueOffset + bound);
+    auto enc =
+        net::EncodeCodecValue(encoder_, a.value(), prev_value, prev_version, prev_hash, a.version,
+                              std::span<std::byte>(f).subspan(net::kUpdateValueOffset));
+    if (enc.ok()) {
+      net::ShrinkFrame(&f, net::kUpdateValueOffset + enc->bytes);
+      a.data_hash = enc->result_hash;
+      relay = std::make_shared<const net::Frame>(std::move(f));
+    } else {
+      Log("could not encode a delta of " + a.object + "." + a.name + ": " +
+          enc.status().ToString() + "; sending it whole");
+      u.codec = !codec_value.empty();
+      u.value = u.codec ? codec_value : a.value();
+    }
+  } else if (!codec_value.empty()) {
+    u.codec = true;
+    u.value = codec_value;
+  }
+  if (!relay) relay = std::make_shared<const net::Frame>(net::Encode(u));
+  for (ucp_ep_h s : a.subscribers) {
+    if (s != except) worker_->Send(s, relay);
+  }
+}
+
+bool Hub::DecodeWrite(ucp_ep_h ep, Attr& a, const net::Write& m,
+                      std::shared_ptr<net::Frame>* holder, size_t* offset,
+                      std::optional<uint64_t>* hash, ByteSpan* relay) {
+  auto info = net::PeekCodecValue(m.value);
+  if (!info.ok() || a.kind != ValueKind::kTensor) {
+    Reject(
+        ep, net::ErrorCode::kMalformed,
+        "bad codec value for " + a.object + "." + a.name + ": " +
+            (info.ok() ? std::string("the attribute is not a tensor") : info.status().message()));
+    return false;
+  }
+  if (info->raw_bytes > options_.max_message_bytes) {
+    Reject(ep, net::ErrorCode::kTooLarge,
+           "a tensor of " + std::to_string(info->raw_bytes) + " bytes is over the hub's limit of " +
+               std::to_string(options_.max_message_bytes) + " (--max-message-bytes)");
+    return false;
+  }
+  if (!Fits(ep, m.request_id, a, info->raw_bytes)) return false;
+  const bool delta = !info->frame.is_full_value();
+  const ByteSpan base = a.value();
+  if (delta && (info->frame.base_version != a.version || base.size() != info->raw_bytes)) {
+    Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
+           "the delta is against version " + std::to_string(info->frame.base_version) + " of " +
+               a.object + "." + a.name + " but the hub has version " + std::to_string(a.version) +
+               ": send the whole value");
+    return false;
+  }
+  // In place when no send in flight still reads the current value.
+  const bool in_place = delta && a.holder.use_count() == 1;
+  std::shared_ptr<net::Frame> out;
+  size_t out_offset = 0;
+  if (in_place) {
+    out = a.holder;
+    out_offset = a.offset;
+  } else {
+    out = std::make_shared<net::Frame>();
+    out->resize(info->raw_bytes);
+  }
+  const std::span<std::byte> dst = std::span<std::byte>(*out).subspan(out_offset, info->raw_bytes);
+  Status st = net::DecodeCodecValue(decoder_, m.value, base, a.data_hash, dst);
+  if (!st.ok()) {
+    Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
+           "the value of " + a.object + "." + a.name +
+               " does not verify against the hub's: " + st.message() + "; send the whole value");
+    return false;
+  }
+  *holder = std::move(out);
+  *offset = out_offset;
+  *hash = info->frame.result_hash;
+  *relay = m.value;
+  return true;
+}
+
+void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&& frame) {
   if (m.attr_id >= attrs_.size() || peer.declared.count(m.attr_id) == 0) {
-    net::ErrorMsg err{
-        net::ErrorCode::kNotFound, false, m.request_id,
-        "attribute id " + std::to_string(m.attr_id) + " was not declared by this client"};
-    return Send(ep, net::Encode(err));
+    return Refuse(ep, m.request_id, net::ErrorCode::kNotFound,
+                  "attribute id " + std::to_string(m.attr_id) + " was not declared by this client");
   }
   Attr& a = attrs_[m.attr_id];
-  a.version += 1;
-  a.clock = std::max(a.clock, m.clock) + 1;
-  a.writer = peer.id;
-  a.write_ns = m.write_ns;
-  a.frame = std::make_shared<const net::Frame>(
-      net::Encode(net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, m.value}));
-  Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, a.version, a.clock}));
-  for (ucp_ep_h s : a.subscribers) {
-    if (s != ep) worker_->Send(s, a.frame);
+  std::shared_ptr<net::Frame> holder;
+  size_t offset = 0;
+  std::optional<uint64_t> hash;
+  ByteSpan relay;
+  // Keeps the WRITE frame (and so m.value) alive until the relay is built.
+  auto write = std::make_shared<net::Frame>(std::move(frame));
+  if (m.codec) {
+    if (!DecodeWrite(ep, a, m, &holder, &offset, &hash, &relay)) return;
+  } else {
+    if (!Fits(ep, m.request_id, a, m.value.size())) return;
+    holder = write;
+    offset = net::kWriteValueOffset;
   }
+  const Stamp stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
+  Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, stamp.version, stamp.clock}));
+  Publish(m.attr_id, a, stamp, std::move(holder), offset, hash, relay, ep);
+}
+
+void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
+  if (m.attr_id >= attrs_.size() || peer.declared.count(m.attr_id) == 0) {
+    return Refuse(
+        ep, 0, net::ErrorCode::kNotFound,
+        "RESYNC of attribute id " + std::to_string(m.attr_id) + ", not declared by this client");
+  }
+  const Attr& a = attrs_[m.attr_id];
+  if (a.version == 0) return;
+  Send(ep, net::Encode(
+               net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
 }
 
 }  // namespace easysync::hub

@@ -9,11 +9,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "easysync/codec.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
 
@@ -30,6 +32,10 @@ struct HubOptions {
   // How long the progress thread spins after the last message before it sleeps on UCX's
   // wake-up fd; negative: chosen by the CPUs available (net::ResolveSpin).
   std::chrono::nanoseconds spin{-1};
+  // Bounds on what the hub keeps: the latest values of all attributes together, and the
+  // number of attributes. A declare or write past them is refused (that request only).
+  uint64_t max_total_value_bytes = 16ull << 30;
+  uint32_t max_attributes = 1u << 20;
 };
 
 class Hub final : public net::UcxWorker::Handler {
@@ -56,8 +62,15 @@ class Hub final : public net::UcxWorker::Handler {
     uint64_t version = 0, clock = 0;
     uint32_t writer = 0;
     int64_t write_ns = 0;
-    std::shared_ptr<const net::Frame> frame;  // the UPDATE that carries the value
+    // The latest value, raw: holder's bytes from offset on (version > 0). The holder is the
+    // message that brought it or a buffer the hub decoded it into; a delta is applied in
+    // place when no send still holds it.
+    std::shared_ptr<net::Frame> holder;
+    size_t offset = 0;
+    std::optional<uint64_t> data_hash;  // XXH3-64 of a tensor's data, when verified
     std::set<ucp_ep_h> subscribers;
+
+    ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
 
   explicit Hub(const HubOptions& options) : options_(options) {}
@@ -70,6 +83,24 @@ class Hub final : public net::UcxWorker::Handler {
   void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);
   void HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m);
   void HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&& frame);
+  // The value of a codec WRITE, decoded against the attribute's value; the relayed UPDATE
+  // carries `relay` (the codec value to forward). False when the request was answered.
+  bool DecodeWrite(ucp_ep_h ep, Attr& a, const net::Write& m, std::shared_ptr<net::Frame>* holder,
+                   size_t* offset, std::optional<uint64_t>* hash, ByteSpan* relay);
+  // Installs a new value and sends it to every subscriber but `except`: as `codec_value` when
+  // given, else re-encoded as a delta against the previous value when that pays, else raw.
+  struct Stamp {
+    uint64_t version, clock;
+    uint32_t writer;
+    int64_t write_ns;
+  };
+  void Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
+               size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value, ucp_ep_h except);
+  // Whether `bytes` more of values fit the hub's bound (answers the request when not).
+  bool Fits(ucp_ep_h ep, uint32_t request_id, const Attr& a, size_t bytes);
+  void HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m);
+  // Answers one request with a non-fatal error.
+  void Refuse(ucp_ep_h ep, uint32_t request_id, net::ErrorCode code, std::string text);
   void Send(ucp_ep_h ep, net::Frame frame);
   // Sends a fatal ERROR, logs the rejection and drops the peer once the error went out.
   void Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why);
@@ -82,6 +113,9 @@ class Hub final : public net::UcxWorker::Handler {
   std::map<ucp_ep_h, int64_t> closing_;  // rejected peers: force-closed at this deadline
   std::vector<Attr> attrs_;
   std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
+  uint64_t total_value_bytes_ = 0;
+  codec::Encoder encoder_;
+  codec::Decoder decoder_;
   uint32_t next_peer_id_ = 1;
   size_t handshaking_ = 0;  // peers not yet authenticated
   int64_t last_handshake_check_ns_ = 0;

@@ -13,13 +13,17 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: easysync-hub [--port P] [--bind ADDR] [--token SECRET] [--max-message-bytes N]\n"
-    "                    [--ucx-transports LIST]\n"
+    "                    [--ucx-transports LIST] [--max-total-value-bytes N]\n"
+    "                    [--max-attributes N]\n"
     "  --port P               port to listen on (default 5000; 0: any free port)\n"
     "  --bind ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
     "  --token SECRET         shared secret clients must prove they know (or EASYSYNC_TOKEN)\n"
-    "  --max-message-bytes N  largest message accepted (default 268435456)\n"
+    "  --max-message-bytes N  largest message accepted (default 1074790400: 1 GiB + 1 MiB)\n"
     "  --ucx-transports LIST  UCX transport list, UCX_TLS syntax (e.g. tcp, shm,tcp, rc,ud)\n"
     "  --handshake-timeout-ms N  drop peers that have not authenticated by then (10000)\n"
+    "  --max-total-value-bytes N  bound on the latest values the hub keeps, all together\n"
+    "                         (default 17179869184); writes past it are refused\n"
+    "  --max-attributes N     bound on the attributes the hub keeps (default 1048576)\n"
     "  --spin-us N            spin this long after a message before sleeping (default: 50\n"
     "                         with 4 or more CPUs, else 0)\n";
 
@@ -62,6 +66,10 @@ int main(int argc, char** argv) {
       options.handshake_timeout = std::chrono::milliseconds(n);
     } else if (flag == "--spin-us" && ParseU64(value, &n) && n <= 1'000'000) {
       options.spin = std::chrono::microseconds(n);
+    } else if (flag == "--max-total-value-bytes" && ParseU64(value, &n) && n >= 1024) {
+      options.max_total_value_bytes = n;
+    } else if (flag == "--max-attributes" && ParseU64(value, &n) && n >= 1 && n <= (1u << 31)) {
+      options.max_attributes = static_cast<uint32_t>(n);
     } else if (flag == "--ucx-transports") {
       options.ucx_transports = value;
     } else {
@@ -76,6 +84,9 @@ int main(int argc, char** argv) {
                  "must prove they know it)\n");
     return 2;
   }
+  // A restarted hub takes its port back at once, even while connections of the previous one
+  // linger in TIME_WAIT (SO_REUSEADDR on the listener; UCX reads this before it starts).
+  setenv("UCX_TCP_CM_REUSEADDR", "y", /*overwrite=*/0);
   // Every thread the hub starts inherits this mask: only sigwait below sees the signals.
   sigset_t signals;
   sigemptyset(&signals);

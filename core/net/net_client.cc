@@ -5,15 +5,19 @@
 // rings the bell waiters sleep on. Declare and Write wait for the hub's answer.
 #include "net/net_client.h"
 
+#include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <unordered_map>
 
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
+#include "net/wire_value.h"
 
 namespace easysync::net {
 namespace {
@@ -45,7 +49,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   }
   Status Connect();
 
-  uint32_t id() const override { return id_; }
+  uint32_t id() const override { return id_.load(std::memory_order_relaxed); }
   const std::string& cluster() const override { return cluster_; }
   Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
                          const Initial* initial) override;
@@ -61,62 +65,145 @@ class NetClient final : public Client, public UcxWorker::Handler {
 
   // UcxWorker::Handler, on the progress thread.
   void OnFrame(ucp_ep_h ep, Frame frame) override;
-  void OnOversize(ucp_ep_h, size_t bytes) override {
-    Fail(Status::ResourceExhausted("the hub sent a message of " + std::to_string(bytes) +
+  void OnOversize(ucp_ep_h ep, size_t bytes) override {
+    if (ep != ep_) return;
+    Lost(Status::ResourceExhausted("the hub sent a message of " + std::to_string(bytes) +
                                    " bytes, over max_message_bytes"));
   }
-  void OnEndpointError(ucp_ep_h, ucs_status_t status) override {
-    Fail(Status::Unavailable("connection to the hub at " + cluster_ +
+  void OnEndpointError(ucp_ep_h ep, ucs_status_t status) override {
+    if (ep != ep_) return;  // an endpoint given up already
+    Lost(Status::Unavailable("connection to the hub at " + cluster_ +
                              " failed: " + ucs_status_string(status)));
   }
+  int OnIdle() override;
 
  private:
+  // One attribute's local replica. Its value is raw (what shared-memory mode stores):
+  // holder's bytes from offset on, shared with readers that copy the pointer.
   struct Replica {
-    uint32_t hub_id = 0;
+    ValueKind kind = ValueKind::kBool;
+    std::string object, attribute;  // to declare it again after a reconnect
+    std::atomic<uint32_t> hub_id{0};
     std::atomic<uint64_t> version{0};
-    std::mutex mu;  // guards frame, offset, info
-    std::shared_ptr<const Frame> frame;
+    std::mutex mu;  // guards the fields below
+    std::shared_ptr<Frame> holder;
     size_t offset = 0;
     UpdateInfo info;
+    std::optional<uint64_t> data_hash;  // XXH3-64 of a tensor's data, when verified
+    // Written while disconnected: info.version is provisional, the value not yet sent.
+    bool dirty = false;
+    bool resync_requested = false;  // a whole value was asked for; deltas wait for it
+    std::shared_ptr<Frame> spare;   // a former value buffer, reused for the next one
+
+    ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
   struct Pending {
-    ValueKind kind = ValueKind::kBool;
     bool done = false;
     Status status;
+    bool lost = false;        // the connection went down before the answer
+    bool stale_base = false;  // the hub did not hold the base of a delta
+    // DECLARE: what the replica is; the answer's local index.
+    ValueKind kind = ValueKind::kBool;
+    std::string object, attribute;
     uint32_t local = 0;
+    // WRITE: the answer.
     uint64_t version = 0, clock = 0;
+    // Requests the progress thread makes while resyncing (answered there, never waited on).
+    bool internal = false;
+    std::shared_ptr<Frame> value;  // an internal WRITE's raw value
+    size_t value_offset = 0;
   };
-  enum class State { kConnecting, kReady, kFailed };
+  enum class State { kConnecting, kReady, kReconnecting, kResyncing, kFailed };
 
   Replica* Find(AttrId attr) const {
     return attr.index < kMaxAttributes ? replicas_[attr.index].load(std::memory_order_acquire)
                                        : nullptr;
   }
-  // Installs a value if it is newer than the replica's. Returns whether it was.
-  bool Apply(Replica& r, std::shared_ptr<const Frame> frame, size_t offset, UpdateInfo info);
+  // Installs a value if it is newer than the replica's. Returns whether it was. A value from
+  // the hub (local = false) never replaces a write kept while disconnected: that write is
+  // sent after the resync and wins.
+  bool Apply(Replica& r, std::shared_ptr<Frame> holder, size_t offset, UpdateInfo info,
+             std::optional<uint64_t> hash, bool local = false);
+  // REQUIRES: r.mu held.
+  void Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset, const UpdateInfo& info,
+               std::optional<uint64_t> hash);
+  // A buffer of `bytes` for a new value of r: its spare when free, else a new one.
+  std::shared_ptr<Frame> Buffer(Replica& r, size_t bytes);
+  void OnUpdate(const Update& m, std::shared_ptr<Frame> frame);
+  void RequestResync(Replica& r);  // REQUIRES: r.mu held
+  void OnDeclared(const Declared& m, std::shared_ptr<Frame> frame);
+  void OnWritten(const Written& m);
+  void OnError(const ErrorMsg& m);
+  void OnPong(const Pong& m);
   void Ring();
+  // A failure the client cannot recover from: every pending and later request fails.
   void Fail(Status status);
+  // The connection is gone: reconnect (unless that is off or it never worked).
+  void Lost(Status status);
+  void ScheduleReconnect();
+  void TryReconnect();
+  void StartResync();
+  void FinishResync();
   void SendFrame(std::shared_ptr<const Frame> frame);
   // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
+  // Pending::lost when the connection is down or went down before the answer.
   Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
                           std::string_view what);
-  int64_t ToLocal(int64_t hub_ns) const { return hub_ns - offset_ns_; }
-  int64_t ToHub(int64_t local_ns) const { return local_ns + offset_ns_; }
+  uint32_t NextRequest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return next_request_++;
+  }
+  // Keeps a write made while disconnected; returns its provisional version.
+  uint64_t QueueDirty(Replica& r, std::shared_ptr<Frame> holder, size_t offset, uint64_t clock,
+                      int64_t now);
+  // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
+  // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
+  Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
+                                                         uint64_t clock, int64_t now, bool whole,
+                                                         std::optional<uint64_t>* hash);
+  int64_t ToLocal(int64_t hub_ns) const {
+    return hub_ns - offset_ns_.load(std::memory_order_relaxed);
+  }
+  int64_t ToHub(int64_t local_ns) const {
+    return local_ns + offset_ns_.load(std::memory_order_relaxed);
+  }
 
   NetOptions options_;
   uint16_t version_;
   std::string cluster_;
   std::unique_ptr<UcxWorker> worker_;
-  ucp_ep_h ep_ = nullptr;
-  uint32_t id_ = 0;
-  int64_t offset_ns_ = 0;  // hub clock minus ours, estimated during the handshake
-  int64_t auth_sent_ns_ = 0;
-  Nonce nonce_{}, hub_nonce_{};
+  std::atomic<uint32_t> id_{0};
+  std::atomic<int64_t> offset_ns_{0};                        // hub clock minus ours
+  std::atomic<uint64_t> hub_max_message_bytes_{UINT64_MAX};  // from WELCOME
+  // The largest message both ends accept.
+  uint64_t MaxMessageBytes() const {
+    return std::min<uint64_t>(options_.max_message_bytes, hub_max_message_bytes_.load());
+  }
   std::atomic<uint64_t> clock_{0};
+
+  // Progress thread only:
+  ucp_ep_h ep_ = nullptr;
+  Nonce nonce_{}, hub_nonce_{};
+  int64_t auth_sent_ns_ = 0;
+  int64_t attempt_started_ns_ = 0;  // when the current connection attempt began
+  int64_t next_attempt_ns_ = 0;     // when to try again while reconnecting (0: not scheduled)
+  int attempts_ = 0;                // failed attempts since the connection was lost
+  int64_t last_heard_ns_ = 0;
+  int64_t next_ping_ns_ = 0;
+  int pings_ = 0;
+  int64_t best_rtt_ns_ = 0;  // of the PONG the clock offset was taken from
+  int64_t best_rtt_at_ns_ = 0;
+  size_t resync_outstanding_ = 0;
+  std::unordered_map<uint32_t, uint32_t> by_hub_;
+  codec::Decoder decoder_;
 
   std::unique_ptr<std::atomic<Replica*>[]> replicas_;
   std::atomic<uint32_t> count_{0};
-  std::unordered_map<uint32_t, uint32_t> by_hub_;  // progress thread only
+
+  std::mutex encode_mu_;  // guards encoder_ and scratch_
+  codec::Encoder encoder_;
+  std::unique_ptr<std::byte[]> scratch_;
+  size_t scratch_bytes_ = 0;
 
   std::mutex mu_;  // guards state_, failure_, pending_, next_request_
   std::condition_variable cv_;
@@ -149,8 +236,9 @@ Status NetClient::Connect() {
   });
   EASYSYNC_ASSIGN_OR_RETURN(ep_, worker_->Connect(options_.host, options_.port));
   worker_->Start();
-  nonce_ = RandomNonce();
   worker_->Post([this] {
+    attempt_started_ns_ = last_heard_ns_ = MonotonicNanos();
+    nonce_ = RandomNonce();
     SendFrame(std::make_shared<const Frame>(Encode(Hello{version_, nonce_})));
   });
   std::unique_lock<std::mutex> lock(mu_);
@@ -162,10 +250,11 @@ Status NetClient::Connect() {
 }
 
 void NetClient::SendFrame(std::shared_ptr<const Frame> frame) {
+  if (ep_ == nullptr) return;
   CounterShard& c = shard();
   Count(c.bytes_sent, frame->size());
   Count(c.packets_sent, 1);
-  if (ep_ != nullptr) worker_->Send(ep_, std::move(frame));
+  worker_->Send(ep_, std::move(frame));
 }
 
 void NetClient::Ring() {
@@ -189,49 +278,440 @@ void NetClient::Fail(Status status) {
       }
     }
   }
+  std::fprintf(stderr, "easysync: %s\n", status.ToString().c_str());
   cv_.notify_all();
   if (ep_ != nullptr) worker_->Close(ep_, /*flush=*/false);
   ep_ = nullptr;
+  next_attempt_ns_ = 0;
   Ring();
 }
 
-bool NetClient::Apply(Replica& r, std::shared_ptr<const Frame> frame, size_t offset,
-                      UpdateInfo info) {
+void NetClient::Lost(Status status) {
+  bool reconnect;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ == State::kFailed) return;
+    // The first connection reports its failure to connect()'s caller instead.
+    reconnect = options_.reconnect && state_ != State::kConnecting;
+    if (reconnect) {
+      if (state_ == State::kReady || state_ == State::kResyncing) {
+        std::fprintf(stderr, "easysync: %s; reconnecting\n", status.ToString().c_str());
+      }
+      state_ = State::kReconnecting;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second.internal) {
+          it = pending_.erase(it);
+          continue;
+        }
+        if (!it->second.done) {
+          it->second.done = true;
+          it->second.lost = true;
+          it->second.status = status;
+        }
+        ++it;
+      }
+    }
+  }
+  if (!reconnect) return Fail(status);
+  cv_.notify_all();
+  if (ep_ != nullptr) worker_->Close(ep_, /*flush=*/false);
+  ep_ = nullptr;
+  resync_outstanding_ = 0;
+  by_hub_.clear();
+  ScheduleReconnect();
+}
+
+void NetClient::ScheduleReconnect() {
+  const int64_t min_ns = options_.reconnect_backoff_min.count() * 1'000'000;
+  const int64_t max_ns = std::max(min_ns, options_.reconnect_backoff_max.count() * 1'000'000);
+  int64_t delay = min_ns;
+  for (int i = 0; i < attempts_ && delay < max_ns; ++i) delay *= 2;
+  delay = std::min(delay, max_ns);
+  // +-20% jitter, so that clients of a restarted hub do not all come back at once.
+  const Nonce r = RandomNonce();
+  const double jitter = 0.8 + 0.4 * (static_cast<double>(r[0]) / 255.0);
+  next_attempt_ns_ = MonotonicNanos() + static_cast<int64_t>(static_cast<double>(delay) * jitter);
+  ++attempts_;
+}
+
+void NetClient::TryReconnect() {
+  next_attempt_ns_ = 0;
+  auto ep = worker_->Connect(options_.host, options_.port);
+  if (!ep.ok()) return ScheduleReconnect();
+  ep_ = *ep;
+  attempt_started_ns_ = last_heard_ns_ = MonotonicNanos();
+  nonce_ = RandomNonce();
+  SendFrame(std::make_shared<const Frame>(Encode(Hello{version_, nonce_})));
+}
+
+int NetClient::OnIdle() {
+  const int64_t now = MonotonicNanos();
+  State state;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    state = state_;
+  }
+  int64_t wake = INT64_MAX;
+  if (state == State::kReconnecting) {
+    if (ep_ == nullptr) {
+      if (next_attempt_ns_ != 0 && now >= next_attempt_ns_) TryReconnect();
+      if (next_attempt_ns_ != 0) wake = next_attempt_ns_;
+    } else if (now - attempt_started_ns_ > options_.connect_timeout.count() * 1'000'000) {
+      worker_->Close(ep_, /*flush=*/false);
+      ep_ = nullptr;
+      ScheduleReconnect();
+      wake = next_attempt_ns_;
+    } else {
+      wake = now + 20'000'000;
+    }
+  } else if ((state == State::kReady || state == State::kResyncing) && ep_ != nullptr) {
+    const auto active = worker_->last_activity().time_since_epoch();
+    const int64_t heard = std::max(
+        last_heard_ns_, std::chrono::duration_cast<std::chrono::nanoseconds>(active).count());
+    if (now - heard > options_.keepalive_timeout.count() * 1'000'000) {
+      Lost(Status::Unavailable("the hub at " + cluster_ + " has been silent for " +
+                               std::to_string(options_.keepalive_timeout.count()) + " ms"));
+      return 1;
+    }
+    if (now >= next_ping_ns_) {
+      SendFrame(std::make_shared<const Frame>(Encode(Ping{now})));
+      // A few quick samples first: the clock offset comes from the fastest round trip.
+      next_ping_ns_ = now + (++pings_ < 4 ? int64_t{20'000'000}
+                                          : options_.keepalive_interval.count() * 1'000'000);
+    }
+    wake = next_ping_ns_;
+  } else {
+    return -1;
+  }
+  return static_cast<int>(std::clamp<int64_t>((wake - now) / 1'000'000 + 1, 1, 1000));
+}
+
+std::shared_ptr<Frame> NetClient::Buffer(Replica& r, size_t bytes) {
+  std::shared_ptr<Frame> b;
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    b = std::move(r.spare);
+  }
+  if (b && b.use_count() == 1 && b->size() == bytes) return b;
+  b = std::make_shared<Frame>();
+  b->resize(bytes);
+  return b;
+}
+
+void NetClient::Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
+                        const UpdateInfo& info, std::optional<uint64_t> hash) {
+  if (r.holder && r.offset == 0 && r.holder != holder) r.spare = std::move(r.holder);
+  r.holder = std::move(holder);
+  r.offset = offset;
+  r.info = info;
+  r.info.bytes = r.holder->size() - offset;
+  r.data_hash = hash;
+  r.dirty = false;
+  r.resync_requested = false;
+  r.version.store(info.version, std::memory_order_release);
+}
+
+bool NetClient::Apply(Replica& r, std::shared_ptr<Frame> holder, size_t offset, UpdateInfo info,
+                      std::optional<uint64_t> hash, bool local) {
   uint64_t c = clock_.load(std::memory_order_relaxed);
   while (c < info.clock && !clock_.compare_exchange_weak(c, info.clock)) {
   }
   std::lock_guard<std::mutex> lock(r.mu);
-  if (info.version <= r.info.version) return false;
-  r.frame = std::move(frame);
-  r.offset = offset;
-  info.bytes = r.frame->size() - offset;
-  r.info = info;
-  r.version.store(info.version, std::memory_order_release);
+  if (info.version <= r.info.version || (r.dirty && !local)) return false;
+  Install(r, std::move(holder), offset, info, hash);
   return true;
 }
 
-void NetClient::OnFrame(ucp_ep_h, Frame raw) {
+void NetClient::RequestResync(Replica& r) {
+  if (r.resync_requested) return;
+  r.resync_requested = true;
+  Count(shard().resyncs, 1);
+  SendFrame(std::make_shared<const Frame>(Encode(Resync{r.hub_id.load()})));
+}
+
+void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
+  auto it = by_hub_.find(m.attr_id);
+  if (it == by_hub_.end()) return;  // not declared here (yet)
+  Replica& r = *replicas_[it->second].load();
+  const UpdateInfo info{m.version, m.clock, m.writer, ToLocal(m.write_ns), 0};
+  if (!m.codec) {
+    if (Apply(r, std::move(frame), kUpdateValueOffset, info, std::nullopt)) Ring();
+    return;
+  }
+  CounterShard& c = shard();
+  auto peek = PeekCodecValue(m.value);
+  if (!peek.ok() || r.kind != ValueKind::kTensor) {
+    std::lock_guard<std::mutex> lock(r.mu);
+    return RequestResync(r);
+  }
+  uint64_t c0 = clock_.load(std::memory_order_relaxed);
+  while (c0 < m.clock && !clock_.compare_exchange_weak(c0, m.clock)) {
+  }
+  if (peek->frame.is_full_value()) {
+    auto out = Buffer(r, peek->raw_bytes);
+    if (!DecodeCodecValue(decoder_, m.value, {}, std::nullopt, *out).ok()) {
+      std::lock_guard<std::mutex> lock(r.mu);
+      return RequestResync(r);
+    }
+    Count(c.full_recv, 1);
+    if (Apply(r, std::move(out), 0, info, peek->frame.result_hash)) Ring();
+    return;
+  }
+  // A delta: against exactly the replica's value, or not at all.
+  std::unique_lock<std::mutex> lock(r.mu);
+  if (m.version <= r.info.version) return;
+  if (r.resync_requested) return;  // the whole value is on its way
+  if (r.dirty || peek->frame.base_version != r.info.version ||
+      r.value().size() != peek->raw_bytes) {
+    return RequestResync(r);
+  }
+  Status st;
+  if (r.holder.use_count() == 1) {
+    // No reader holds the value: apply in place (on failure it is left as it was).
+    const auto v = std::span<std::byte>(*r.holder).subspan(r.offset);
+    st = DecodeCodecValue(decoder_, m.value, v, r.data_hash, v);
+    if (st.ok()) Install(r, r.holder, r.offset, info, peek->frame.result_hash);
+  } else {
+    std::shared_ptr<Frame> base = r.holder;
+    const size_t base_offset = r.offset;
+    const std::optional<uint64_t> base_hash = r.data_hash;
+    std::shared_ptr<Frame> out = std::move(r.spare);
+    lock.unlock();
+    if (!out || out.use_count() != 1 || out->size() != peek->raw_bytes) {
+      out = std::make_shared<Frame>();
+      out->resize(peek->raw_bytes);
+    }
+    st = DecodeCodecValue(decoder_, m.value, ByteSpan(*base).subspan(base_offset), base_hash, *out);
+    lock.lock();
+    // Only this thread installs received values, but a local write may have come in between.
+    if (st.ok() && r.info.version == peek->frame.base_version && !r.dirty) {
+      Install(r, std::move(out), 0, info, peek->frame.result_hash);
+    } else if (st.ok()) {
+      return;  // superseded by a local write; the hub orders the two
+    }
+  }
+  if (!st.ok()) return RequestResync(r);
+  Count(c.deltas_recv, 1);
+  lock.unlock();
+  Ring();
+}
+
+void NetClient::OnDeclared(const Declared& m, std::shared_ptr<Frame> frame) {
+  Pending p;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(m.request_id);
+    if (it == pending_.end()) return;  // timed out or lost
+    p = it->second;
+  }
+  uint32_t local;
+  if (p.internal) {
+    local = p.local;  // re-declared after a reconnect: the hub's id may have changed
+  } else if (auto it = by_hub_.find(m.attr_id); it != by_hub_.end()) {
+    local = it->second;
+  } else {
+    local = count_.load();
+    if (local >= kMaxAttributes) {
+      return Fail(Status::ResourceExhausted("more than 65536 attributes declared"));
+    }
+    auto* r = new Replica;
+    r->kind = p.kind;
+    r->object = p.object;
+    r->attribute = p.attribute;
+    replicas_[local].store(r, std::memory_order_release);
+    count_.store(local + 1);
+  }
+  Replica& r = *replicas_[local].load();
+  r.hub_id.store(m.attr_id);
+  by_hub_[m.attr_id] = local;
+  if (m.version > 0 &&
+      Apply(r, std::move(frame), kDeclaredValueOffset,
+            UpdateInfo{m.version, m.clock, m.writer, ToLocal(m.write_ns), 0}, std::nullopt)) {
+    Ring();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(m.request_id);
+    if (it == pending_.end()) return;
+    if (it->second.internal) {
+      pending_.erase(it);
+    } else {
+      it->second.done = true;
+      it->second.local = local;
+    }
+  }
+  if (p.internal) {
+    if (--resync_outstanding_ == 0) FinishResync();
+    return;
+  }
+  cv_.notify_all();
+}
+
+void NetClient::OnWritten(const Written& m) {
+  Pending p;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(m.request_id);
+    if (it == pending_.end()) return;
+    if (!it->second.internal) {
+      it->second.done = true;
+      it->second.version = m.version;
+      it->second.clock = m.clock;
+      cv_.notify_all();
+      return;
+    }
+    p = std::move(it->second);
+    pending_.erase(it);
+  }
+  // A write kept while disconnected, now ordered by the hub.
+  Replica& r = *replicas_[p.local].load();
+  if (Apply(r, std::move(p.value), p.value_offset,
+            UpdateInfo{m.version, m.clock, id(), MonotonicNanos(), 0}, std::nullopt,
+            /*local=*/true)) {
+    Ring();
+  }
+}
+
+void NetClient::OnError(const ErrorMsg& m) {
+  Status st = ErrorToStatus(m.code, m.text);
+  if (m.fatal) {
+    // A hub that rejects our token or protocol will not accept us on a retry either.
+    if (m.code == ErrorCode::kAuthFailed || m.code == ErrorCode::kVersionMismatch) return Fail(st);
+    return Lost(st);
+  }
+  bool internal = false;
+  Pending p;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(m.request_id);
+    if (it == pending_.end()) return;
+    if (it->second.internal) {
+      internal = true;
+      p = std::move(it->second);
+      pending_.erase(it);
+    } else {
+      it->second.done = true;
+      it->second.status = st;
+      it->second.stale_base = m.code == ErrorCode::kStaleBase;
+    }
+  }
+  if (!internal) {
+    cv_.notify_all();
+    return;
+  }
+  std::fprintf(stderr, "easysync: while resyncing with %s: %s\n", cluster_.c_str(),
+               st.ToString().c_str());
+  if (p.value) {
+    // The hub refused a write kept while disconnected: take the hub's value instead.
+    Replica& r = *replicas_[p.local].load();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.dirty = false;
+    r.resync_requested = false;
+    return RequestResync(r);
+  }
+  if (resync_outstanding_ > 0 && --resync_outstanding_ == 0) FinishResync();
+}
+
+void NetClient::OnPong(const Pong& m) {
+  const int64_t now = MonotonicNanos();
+  const int64_t rtt = now - m.client_ns;
+  if (rtt < 0 || m.client_ns == 0) return;
+  auto& c = counters();
+  const int64_t old = c.rtt_ewma_ns.load(std::memory_order_relaxed);
+  c.rtt_ewma_ns.store(old == 0 ? rtt : old + (rtt - old) / 8, std::memory_order_relaxed);
+  // The offset estimate is off by at most half the round trip it came from: keep the one
+  // from the fastest recent round trip (older than a minute, any new one replaces it).
+  if (best_rtt_ns_ == 0 || rtt <= best_rtt_ns_ || now - best_rtt_at_ns_ > 60'000'000'000) {
+    best_rtt_ns_ = rtt;
+    best_rtt_at_ns_ = now;
+    offset_ns_.store(m.hub_ns - (m.client_ns + now) / 2, std::memory_order_relaxed);
+  }
+}
+
+void NetClient::StartResync() {
+  // Re-declare every attribute, bringing back the value held (and any write kept while
+  // disconnected): the hub takes it when it is newer than its own, e.g. after a restart.
+  std::vector<std::pair<uint32_t, Frame>> frames;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint32_t n = count_.load();
+    for (uint32_t i = 0; i < n; ++i) {
+      Replica& r = *replicas_[i].load();
+      const uint32_t request = next_request_++;
+      net::Declare d{request, r.kind, false, r.object, r.attribute, {}, false, 0, 0};
+      std::lock_guard<std::mutex> rl(r.mu);
+      // A write kept while disconnected is resumed at its provisional version too: then the
+      // version the hub assigns when it is sent is above it, so versions never go back.
+      if (r.info.version > 0 && r.value().size() + kHeaderBytes + 1024 <= MaxMessageBytes()) {
+        d.has_initial = d.resume = true;
+        d.version = r.info.version;
+        d.clock = r.info.clock;
+        d.initial = r.value();
+      }
+      Pending p;
+      p.internal = true;
+      p.local = i;
+      pending_.emplace(request, std::move(p));
+      frames.emplace_back(request, Encode(d));
+    }
+    resync_outstanding_ = frames.size();
+  }
+  for (auto& [request, f] : frames) SendFrame(std::make_shared<const Frame>(std::move(f)));
+  if (frames.empty()) FinishResync();
+}
+
+void NetClient::FinishResync() {
+  std::vector<Frame> writes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ != State::kResyncing) return;
+    // Writes kept while disconnected go now: the hub orders them after everything it has,
+    // so the last writer still wins. Under mu_, so a concurrent Write either was kept here
+    // or sees kReady and sends itself.
+    const uint32_t n = count_.load();
+    for (uint32_t i = 0; i < n; ++i) {
+      Replica& r = *replicas_[i].load();
+      std::lock_guard<std::mutex> rl(r.mu);
+      if (!r.dirty) continue;
+      if (r.value().size() + kWriteValueOffset > MaxMessageBytes()) {
+        std::fprintf(stderr,
+                     "easysync: a write of %s.%s kept while disconnected is over the "
+                     "hub's message limit; dropped\n",
+                     r.object.c_str(), r.attribute.c_str());
+        r.dirty = false;
+        continue;
+      }
+      const uint32_t request = next_request_++;
+      writes.push_back(Encode(net::Write{request, r.hub_id.load(), r.info.clock,
+                                         ToHub(r.info.write_ns), r.value(), false}));
+      Pending p;
+      p.internal = true;
+      p.local = i;
+      p.value = r.holder;
+      p.value_offset = r.offset;
+      pending_.emplace(request, std::move(p));
+    }
+    state_ = State::kReady;
+  }
+  cv_.notify_all();
+  for (auto& f : writes) SendFrame(std::make_shared<const Frame>(std::move(f)));
+  Ring();
+}
+
+void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
+  if (ep != ep_ || ep_ == nullptr) return;  // from a connection given up already
+  last_heard_ns_ = MonotonicNanos();
   CounterShard& c = shard();
   Count(c.bytes_recv, raw.size());
   Count(c.packets_recv, 1);
-  auto frame = std::make_shared<const Frame>(std::move(raw));
+  auto frame = std::make_shared<Frame>(std::move(raw));
   auto h = DecodeHeader(*frame, options_.max_message_bytes);
-  if (!h.ok()) return Fail(Status::Corruption("bad message from the hub: " + h.status().message()));
+  if (!h.ok()) return Lost(Status::Corruption("bad message from the hub: " + h.status().message()));
   const ByteSpan payload = Payload(*frame);
   if (h->type == MsgType::kError) {
     auto m = DecodeError(payload);
-    if (!m.ok()) return Fail(m.status());
-    Status st = ErrorToStatus(m->code, m->text);
-    if (m->fatal) return Fail(st);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(m->request_id);
-      if (it == pending_.end()) return;
-      it->second.done = true;
-      it->second.status = st;
-    }
-    cv_.notify_all();
-    return;
+    if (!m.ok()) return Lost(m.status());
+    return OnError(*m);
   }
   if (h->version != kProtocolVersion) {
     return Fail(
@@ -240,10 +720,9 @@ void NetClient::OnFrame(ucp_ep_h, Frame raw) {
   switch (h->type) {
     case MsgType::kChallenge: {
       auto m = DecodeChallenge(payload);
-      if (!m.ok()) return Fail(m.status());
+      if (!m.ok()) return Lost(m.status());
       hub_nonce_ = m->nonce;
-      // The clock offset comes from the AUTH -> WELCOME round trip: the connection is warm
-      // by then, so the round trip (the bound of the estimate's error) is short.
+      // A first clock offset from the AUTH -> WELCOME round trip; PONGs refine it.
       auth_sent_ns_ = MonotonicNanos();
       SendFrame(std::make_shared<const Frame>(
           Encode(Auth{ComputeProof(options_.token, kClientProofLabel, nonce_, hub_nonce_)})));
@@ -251,80 +730,62 @@ void NetClient::OnFrame(ucp_ep_h, Frame raw) {
     }
     case MsgType::kWelcome: {
       auto m = DecodeWelcome(payload);
-      if (!m.ok()) return Fail(m.status());
+      if (!m.ok()) return Lost(m.status());
       if (!ProofMatches(m->mac, ComputeProof(options_.token, kHubProofLabel, nonce_, hub_nonce_))) {
         return Fail(Status::PermissionDenied("the hub at " + cluster_ +
                                              " could not prove it knows the token"));
       }
-      id_ = m->client_id;
-      offset_ns_ = m->hub_time_ns - (auth_sent_ns_ + MonotonicNanos()) / 2;
+      id_.store(m->client_id);
+      hub_max_message_bytes_.store(m->max_message_bytes);
+      const int64_t now = MonotonicNanos();
+      offset_ns_.store(m->hub_time_ns - (auth_sent_ns_ + now) / 2);
+      best_rtt_ns_ = now - auth_sent_ns_;
+      best_rtt_at_ns_ = now;
+      pings_ = 0;
+      next_ping_ns_ = now;
+      attempts_ = 0;
+      bool resync = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (state_ == State::kConnecting) state_ = State::kReady;
+        if (state_ == State::kConnecting) {
+          state_ = State::kReady;
+        } else if (state_ == State::kReconnecting) {
+          state_ = State::kResyncing;
+          resync = true;
+        }
+      }
+      if (resync) {
+        Count(c.reconnects, 1);
+        std::fprintf(stderr, "easysync: reconnected to the hub at %s as client %u\n",
+                     cluster_.c_str(), m->client_id);
+        StartResync();
       }
       cv_.notify_all();
       return;
     }
     case MsgType::kDeclared: {
       auto m = DecodeDeclared(payload);
-      if (!m.ok()) return Fail(m.status());
-      uint32_t local;
-      auto it = by_hub_.find(m->attr_id);
-      if (it != by_hub_.end()) {
-        local = it->second;
-      } else {
-        local = count_.load();
-        if (local >= kMaxAttributes) {
-          return Fail(Status::ResourceExhausted("more than 65536 attributes declared"));
-        }
-        auto* r = new Replica;
-        r->hub_id = m->attr_id;
-        replicas_[local].store(r, std::memory_order_release);
-        count_.store(local + 1);
-        by_hub_.emplace(m->attr_id, local);
-      }
-      if (m->version > 0) {
-        Apply(*replicas_[local].load(), frame, kDeclaredValueOffset,
-              UpdateInfo{m->version, m->clock, m->writer, ToLocal(m->write_ns), 0});
-        Ring();
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        auto p = pending_.find(m->request_id);
-        if (p == pending_.end()) return;
-        p->second.done = true;
-        p->second.local = local;
-      }
-      cv_.notify_all();
-      return;
+      if (!m.ok()) return Lost(m.status());
+      return OnDeclared(*m, std::move(frame));
     }
     case MsgType::kWritten: {
       auto m = DecodeWritten(payload);
-      if (!m.ok()) return Fail(m.status());
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        auto p = pending_.find(m->request_id);
-        if (p == pending_.end()) return;
-        p->second.done = true;
-        p->second.version = m->version;
-        p->second.clock = m->clock;
-      }
-      cv_.notify_all();
-      return;
+      if (!m.ok()) return Lost(m.status());
+      return OnWritten(*m);
     }
     case MsgType::kUpdate: {
       auto m = DecodeUpdate(payload);
-      if (!m.ok()) return Fail(m.status());
-      auto it = by_hub_.find(m->attr_id);
-      if (it == by_hub_.end()) return;  // not declared here (yet)
-      if (Apply(*replicas_[it->second].load(), frame, kUpdateValueOffset,
-                UpdateInfo{m->version, m->clock, m->writer, ToLocal(m->write_ns), 0})) {
-        Ring();
-      }
-      return;
+      if (!m.ok()) return Lost(m.status());
+      m->codec = (h->flags & kFlagCodec) != 0;
+      return OnUpdate(*m, std::move(frame));
+    }
+    case MsgType::kPong: {
+      auto m = DecodePong(payload);
+      if (!m.ok()) return Lost(m.status());
+      return OnPong(*m);
     }
     default:
-      return Fail(Status::Corruption("the hub sent an unexpected " +
+      return Lost(Status::Corruption("the hub sent an unexpected " +
                                      std::string(MsgTypeName(h->type)) + " message"));
   }
 }
@@ -332,23 +793,30 @@ void NetClient::OnFrame(ucp_ep_h, Frame raw) {
 Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
                                               std::shared_ptr<const Frame> frame,
                                               std::string_view what) {
-  if (frame->size() > options_.max_message_bytes) {
-    return Status::ResourceExhausted(std::string(what) + " of " + std::to_string(frame->size()) +
-                                     " bytes is over max_message_bytes");
+  if (frame->size() > MaxMessageBytes()) {
+    return Status::ResourceExhausted(
+        std::string(what) + " of " + std::to_string(frame->size()) +
+        " bytes is over the message limit of " + std::to_string(MaxMessageBytes()) +
+        " (the smaller of NetOptions::max_message_bytes and the hub's --max-message-bytes)");
   }
   std::unique_lock<std::mutex> lock(mu_);
-  if (state_ != State::kReady) return failure_;
-  pending_.emplace(id, p);
+  if (state_ == State::kFailed) return failure_;
+  if (state_ != State::kReady) {
+    p.done = p.lost = true;
+    p.status = Status::Unavailable("not connected to the hub at " + cluster_);
+    return p;
+  }
+  pending_.emplace(id, std::move(p));
   worker_->Post([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
   const bool done =
       cv_.wait_for(lock, options_.request_timeout, [&] { return pending_.at(id).done; });
-  Pending out = pending_.at(id);
+  Pending out = std::move(pending_.at(id));
   pending_.erase(id);
   if (!done) {
     return Status::Timeout("the hub at " + cluster_ + " did not answer " + std::string(what) +
                            " within " + std::to_string(options_.request_timeout.count()) + " ms");
   }
-  if (!out.status.ok()) return out.status;
+  if (!out.status.ok() && !out.lost && !out.stale_base) return out.status;
   return out;
 }
 
@@ -361,37 +829,140 @@ Result<AttrId> NetClient::Declare(std::string_view object, std::string_view attr
     value.resize(initial->size);
     initial->encode(value.data());
   }
-  uint32_t id;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    id = next_request_++;
+  const Deadline deadline = Clock::now() + options_.request_timeout;
+  for (;;) {
+    const uint32_t id = NextRequest();
+    net::Declare m{
+        id, kind, initial != nullptr, std::string(object), std::string(attribute), value, false,
+        0,  0};
+    Pending p;
+    p.kind = kind;
+    p.object = object;
+    p.attribute = attribute;
+    EASYSYNC_ASSIGN_OR_RETURN(
+        Pending done, Request(id, std::move(p), std::make_shared<const Frame>(Encode(m)),
+                              "DECLARE of " + std::string(object) + "." + std::string(attribute)));
+    if (!done.lost) return AttrId{done.local};
+    // Not connected: wait for the reconnect, then declare again.
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_until(lock, deadline,
+                        [&] { return state_ == State::kReady || state_ == State::kFailed; })) {
+      return Status::Unavailable("DECLARE of " + std::string(object) + "." +
+                                 std::string(attribute) + ": " + done.status.message() +
+                                 ", still after " +
+                                 std::to_string(options_.request_timeout.count()) + " ms");
+    }
+    if (state_ == State::kFailed) return failure_;
   }
-  net::Declare m{id, kind, initial != nullptr, std::string(object), std::string(attribute), value};
-  Pending p;
-  p.kind = kind;
-  EASYSYNC_ASSIGN_OR_RETURN(
-      Pending done, Request(id, p, std::make_shared<const Frame>(Encode(m)),
-                            "DECLARE of " + std::string(object) + "." + std::string(attribute)));
-  return AttrId{done.local};
+}
+
+uint64_t NetClient::QueueDirty(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
+                               uint64_t clock, int64_t now) {
+  std::lock_guard<std::mutex> lock(r.mu);
+  UpdateInfo info{r.info.version + 1, clock, id(), now, 0};
+  Install(r, std::move(holder), offset, info, std::nullopt);
+  r.dirty = true;
+  return info.version;
+}
+
+Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, uint32_t request,
+                                                                  ByteSpan raw, uint64_t clock,
+                                                                  int64_t now, bool whole,
+                                                                  std::optional<uint64_t>* hash) {
+  std::shared_ptr<Frame> base;
+  size_t base_offset = 0;
+  uint64_t base_version = 0;
+  std::optional<uint64_t> base_hash;
+  if (!whole) {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.dirty && r.info.version > 0) {
+      base = r.holder;
+      base_offset = r.offset;
+      base_version = r.info.version;
+      base_hash = r.data_hash;
+    }
+  }
+  const ByteSpan base_value = base ? ByteSpan(*base).subspan(base_offset) : ByteSpan();
+  std::lock_guard<std::mutex> lock(encode_mu_);
+  const size_t bound = CodecValueBound(raw);
+  if (bound == 0) return Status::InvalidArgument("not a valid tensor value");
+  if (scratch_bytes_ < bound) {
+    scratch_.reset(new std::byte[bound]);  // uninitialized: Encode writes what it uses
+    scratch_bytes_ = bound;
+  }
+  EASYSYNC_ASSIGN_OR_RETURN(EncodedValue e,
+                            EncodeCodecValue(encoder_, raw, base_value, base_version, base_hash,
+                                             base_version + 1, {scratch_.get(), bound}));
+  CounterShard& c = shard();
+  Count(c.codec_raw_bytes, raw.size());
+  Count(c.codec_wire_bytes, e.bytes);
+  Count(e.delta ? c.deltas_sent : c.full_sent, 1);
+  *hash = e.result_hash;
+  const std::byte* src = scratch_.get();
+  return std::shared_ptr<const Frame>(std::make_shared<Frame>(
+      EncodeWrite(net::Write{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
+                  e.bytes, [&](std::byte* dst) { std::memcpy(dst, src, e.bytes); })));
 }
 
 Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) {
   Replica* r = Find(attr);
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
-  uint32_t id;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    id = next_request_++;
-  }
   const int64_t now = MonotonicNanos();
   const uint64_t clock = clock_.load(std::memory_order_relaxed) + 1;
-  auto frame = std::make_shared<const Frame>(
-      EncodeWrite(net::Write{id, r->hub_id, clock, ToHub(now), {}}, size, encode));
-  EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(id, Pending{}, frame, "WRITE"));
-  Count(shard().updates_sent, 1);
-  if (Apply(*r, frame, kWriteValueOffset, UpdateInfo{done.version, done.clock, id_, now, 0}))
-    Ring();
-  return done.version;
+  const bool codec = UseCodec(r->kind, size);
+  // The value as the replica keeps it: the WRITE frame itself for a raw value, or a buffer
+  // of its own for a tensor (the frame carries a delta).
+  std::shared_ptr<Frame> holder;
+  size_t offset = 0;
+  std::shared_ptr<const Frame> frame;
+  std::optional<uint64_t> hash;
+  uint32_t request = NextRequest();
+  if (codec) {
+    holder = Buffer(*r, size);
+    encode(holder->data());
+  } else {
+    holder = std::make_shared<Frame>(EncodeWrite(
+        net::Write{request, r->hub_id.load(), clock, ToHub(now), {}, false}, size, encode));
+    offset = kWriteValueOffset;
+    frame = holder;
+  }
+  for (bool whole = false;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (state_ == State::kFailed) return failure_;
+      if (state_ != State::kReady) return QueueDirty(*r, std::move(holder), offset, clock, now);
+    }
+    if (codec) {
+      EASYSYNC_ASSIGN_OR_RETURN(frame,
+                                EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash));
+    }
+    EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(request, Pending{}, frame, "WRITE"));
+    if (done.lost) {
+      // Kept, and sent once the connection is back; or, when it is back already, sent again
+      // now (the hub's attribute ids may have changed: the frame is made anew).
+      request = NextRequest();
+      if (!codec) {
+        frame = std::make_shared<const Frame>(
+            Encode(net::Write{request, r->hub_id.load(), clock, ToHub(now),
+                              ByteSpan(*holder).subspan(offset), false}));
+      }
+      continue;
+    }
+    if (done.stale_base && !whole) {
+      // Another write reached the hub first: our base is gone. Send the whole value.
+      Count(shard().resyncs, 1);
+      whole = true;
+      request = NextRequest();
+      continue;
+    }
+    if (!done.status.ok()) return done.status;
+    Count(shard().updates_sent, 1);
+    if (Apply(*r, std::move(holder), offset, UpdateInfo{done.version, done.clock, id(), now, 0},
+              hash, /*local=*/true)) {
+      Ring();
+    }
+    return done.version;
+  }
 }
 
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,
@@ -399,17 +970,17 @@ Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t h
   Replica* r = Find(attr);
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
   if (r->version.load(std::memory_order_acquire) <= have) return std::optional<UpdateInfo>();
-  std::shared_ptr<const Frame> frame;
+  std::shared_ptr<const Frame> holder;
   size_t offset;
   UpdateInfo info;
   {
     std::lock_guard<std::mutex> lock(r->mu);
-    frame = r->frame;
+    holder = r->holder;
     offset = r->offset;
     info = r->info;
   }
-  if (info.version <= have || !frame) return std::optional<UpdateInfo>();
-  EASYSYNC_RETURN_IF_ERROR(decode(ByteSpan(*frame).subspan(offset)));
+  if (info.version <= have || !holder) return std::optional<UpdateInfo>();
+  EASYSYNC_RETURN_IF_ERROR(decode(ByteSpan(*holder).subspan(offset)));
   return std::optional<UpdateInfo>(info);
 }
 

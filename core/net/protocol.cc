@@ -10,12 +10,12 @@ namespace {
 
 class Writer {
  public:
-  Writer(MsgType type, size_t payload_bytes) {
+  Writer(MsgType type, size_t payload_bytes, uint8_t flags = 0) {
     out_.reserve(kHeaderBytes + payload_bytes);
     U32(kMagic);
     U16(kProtocolVersion);
     U8(static_cast<uint8_t>(type));
-    U8(0);
+    U8(flags);
     U32(static_cast<uint32_t>(payload_bytes));
     U32(0);
   }
@@ -118,6 +118,12 @@ std::string_view MsgTypeName(MsgType t) {
       return "WRITTEN";
     case MsgType::kUpdate:
       return "UPDATE";
+    case MsgType::kResync:
+      return "RESYNC";
+    case MsgType::kPing:
+      return "PING";
+    case MsgType::kPong:
+      return "PONG";
   }
   return "UNKNOWN";
 }
@@ -139,6 +145,9 @@ Status ErrorToStatus(ErrorCode code, std::string_view text) {
       return Status::NotFound(msg);
     case ErrorCode::kShuttingDown:
       return Status::Unavailable(msg);
+    case ErrorCode::kHubFull:
+      return Status::ResourceExhausted(msg);
+    case ErrorCode::kStaleBase:
     case ErrorCode::kMalformed:
     case ErrorCode::kUnexpected:
       break;
@@ -163,7 +172,11 @@ Result<Header> DecodeHeader(ByteSpan frame, uint64_t max_frame_bytes) {
   if (type == 0 || type > kMaxMsgType) {
     return Status::Corruption("frame has unknown message type " + std::to_string(type));
   }
-  if (h.flags != 0 || reserved != 0) return Status::Corruption("frame has reserved bits set");
+  const bool may_flag = type == static_cast<uint8_t>(MsgType::kWrite) ||
+                        type == static_cast<uint8_t>(MsgType::kUpdate);
+  if ((h.flags & ~(may_flag ? kFlagCodec : 0)) != 0 || reserved != 0) {
+    return Status::Corruption("frame has reserved bits set");
+  }
   if (payload != frame.size() - kHeaderBytes) {
     return Status::Corruption("frame says its payload has " + std::to_string(payload) +
                               " bytes but carries " + std::to_string(frame.size() - kHeaderBytes));
@@ -191,11 +204,12 @@ Frame Encode(const Auth& m) {
   return w.Take();
 }
 Frame Encode(const Welcome& m) {
-  Writer w(MsgType::kWelcome, 48);
+  Writer w(MsgType::kWelcome, 56);
   w.U32(m.client_id);
   w.U32(0);
   w.U64(static_cast<uint64_t>(m.hub_time_ns));
   w.Raw(m.mac.data(), kMacBytes);
+  w.U64(m.max_message_bytes);
   return w.Take();
 }
 Frame Encode(const ErrorMsg& m) {
@@ -210,15 +224,20 @@ Frame Encode(const ErrorMsg& m) {
   return w.Take();
 }
 Frame Encode(const Declare& m) {
-  const size_t n = 10 + m.object.size() + m.attribute.size() + m.initial.size();
+  const bool resume = m.has_initial && m.resume;
+  const size_t n = 10 + (resume ? 16 : 0) + m.object.size() + m.attribute.size() + m.initial.size();
   Writer w(MsgType::kDeclare, n);
   w.U32(m.request_id);
   w.U8(static_cast<uint8_t>(m.kind));
-  w.U8(m.has_initial ? 1 : 0);
+  w.U8((m.has_initial ? kDeclareHasInitial : 0) | (resume ? kDeclareResume : 0));
   w.U16(static_cast<uint16_t>(m.object.size()));
   w.U16(static_cast<uint16_t>(m.attribute.size()));
   w.Raw(m.object.data(), m.object.size());
   w.Raw(m.attribute.data(), m.attribute.size());
+  if (resume) {
+    w.U64(m.version);
+    w.U64(m.clock);
+  }
   w.Raw(m.initial.data(), m.initial.size());
   return w.Take();
 }
@@ -242,7 +261,8 @@ Frame Encode(const Written& m) {
   return w.Take();
 }
 Frame Encode(const Update& m) {
-  Writer w(MsgType::kUpdate, kUpdateValueOffset - kHeaderBytes + m.value.size());
+  Writer w(MsgType::kUpdate, kUpdateValueOffset - kHeaderBytes + m.value.size(),
+           m.codec ? kFlagCodec : 0);
   w.U32(m.attr_id);
   w.U32(m.writer);
   w.U64(m.version);
@@ -252,7 +272,8 @@ Frame Encode(const Update& m) {
   return w.Take();
 }
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill) {
-  Writer w(MsgType::kWrite, kWriteValueOffset - kHeaderBytes + value_size);
+  Writer w(MsgType::kWrite, kWriteValueOffset - kHeaderBytes + value_size,
+           m.codec ? kFlagCodec : 0);
   w.U32(m.request_id);
   w.U32(m.attr_id);
   w.U64(m.clock);
@@ -266,6 +287,29 @@ Frame Encode(const Write& m) {
   return EncodeWrite(m, m.value.size(), [&](std::byte* p) {
     if (!m.value.empty()) std::memcpy(p, m.value.data(), m.value.size());
   });
+}
+
+Frame Encode(const Resync& m) {
+  Writer w(MsgType::kResync, 4);
+  w.U32(m.attr_id);
+  return w.Take();
+}
+Frame Encode(const Ping& m) {
+  Writer w(MsgType::kPing, 8);
+  w.U64(static_cast<uint64_t>(m.client_ns));
+  return w.Take();
+}
+Frame Encode(const Pong& m) {
+  Writer w(MsgType::kPong, 16);
+  w.U64(static_cast<uint64_t>(m.client_ns));
+  w.U64(static_cast<uint64_t>(m.hub_ns));
+  return w.Take();
+}
+
+void ShrinkFrame(Frame* frame, size_t size) {
+  frame->resize(size);
+  const uint32_t payload = static_cast<uint32_t>(size - kHeaderBytes);
+  for (int i = 0; i < 4; ++i) (*frame)[8 + i] = std::byte((payload >> (8 * i)) & 0xff);
 }
 
 Result<Hello> DecodeHello(ByteSpan payload) {
@@ -298,11 +342,12 @@ Result<Welcome> DecodeWelcome(ByteSpan payload) {
   Welcome m;
   uint32_t reserved = 0;
   if (!r.U32(&m.client_id) || !r.U32(&reserved) || !r.I64(&m.hub_time_ns) ||
-      !r.Raw(m.mac.data(), kMacBytes)) {
+      !r.Raw(m.mac.data(), kMacBytes) || !r.U64(&m.max_message_bytes)) {
     return Truncated("WELCOME");
   }
   if (reserved != 0) return Bad("WELCOME", "reserved bits set");
   if (m.client_id == 0) return Bad("WELCOME", "client id 0");
+  if (m.max_message_bytes < 1024) return Bad("WELCOME", "a message limit under 1024 bytes");
   EASYSYNC_RETURN_IF_ERROR(Finish(r, "WELCOME"));
   return m;
 }
@@ -332,12 +377,20 @@ Result<Declare> DecodeDeclare(ByteSpan payload) {
     return Truncated("DECLARE");
   }
   if (kind == 0 || kind > kMaxValueKind) return Bad("DECLARE", "unknown value kind");
-  if (flags > 1) return Bad("DECLARE", "reserved bits set");
+  if ((flags & ~(kDeclareHasInitial | kDeclareResume)) != 0) {
+    return Bad("DECLARE", "reserved bits set");
+  }
+  if (flags == kDeclareResume) return Bad("DECLARE", "resuming without a value");
   if (!ValidName(m.object) || !ValidName(m.attribute)) {
     return Bad("DECLARE", "names must have 1 to 255 bytes and no NUL");
   }
   m.kind = static_cast<ValueKind>(kind);
-  m.has_initial = flags == 1;
+  m.has_initial = (flags & kDeclareHasInitial) != 0;
+  m.resume = (flags & kDeclareResume) != 0;
+  if (m.resume) {
+    if (!r.U64(&m.version) || !r.U64(&m.clock)) return Truncated("DECLARE");
+    if (m.version == 0) return Bad("DECLARE", "resuming at version 0");
+  }
   m.initial = r.Rest();
   if (!m.has_initial && !m.initial.empty()) return Bad("DECLARE", "a value without the flag");
   return m;
@@ -381,6 +434,28 @@ Result<Update> DecodeUpdate(ByteSpan payload) {
   }
   if (m.version == 0) return Bad("UPDATE", "version 0");
   m.value = r.Rest();
+  return m;
+}
+
+Result<Resync> DecodeResync(ByteSpan payload) {
+  Reader r(payload);
+  Resync m;
+  if (!r.U32(&m.attr_id)) return Truncated("RESYNC");
+  EASYSYNC_RETURN_IF_ERROR(Finish(r, "RESYNC"));
+  return m;
+}
+Result<Ping> DecodePing(ByteSpan payload) {
+  Reader r(payload);
+  Ping m;
+  if (!r.I64(&m.client_ns)) return Truncated("PING");
+  EASYSYNC_RETURN_IF_ERROR(Finish(r, "PING"));
+  return m;
+}
+Result<Pong> DecodePong(ByteSpan payload) {
+  Reader r(payload);
+  Pong m;
+  if (!r.I64(&m.client_ns) || !r.I64(&m.hub_ns)) return Truncated("PONG");
+  EASYSYNC_RETURN_IF_ERROR(Finish(r, "PONG"));
   return m;
 }
 

@@ -25,13 +25,14 @@
 namespace easysync::net {
 
 inline constexpr uint32_t kMagic = 0x4E595345;  // "ESYN" in memory order
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr size_t kHeaderBytes = 16;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;  // HMAC-SHA256
 inline constexpr size_t kMaxNameBytes = 255;
 inline constexpr size_t kMaxErrorText = 1024;
-inline constexpr uint64_t kDefaultMaxMessageBytes = 256ull << 20;
+// 1 GiB of value plus room for the headers: a value of a round size still fits.
+inline constexpr uint64_t kDefaultMaxMessageBytes = (1ull << 30) + (1ull << 20);
 // The one active-message id every frame travels on.
 inline constexpr unsigned kAmId = 17;
 // Direction labels of the challenge-response MACs (see docs/net_protocol.md, "Handshake").
@@ -49,8 +50,19 @@ enum class MsgType : uint8_t {
   kWrite = 8,      // client -> hub: a new value
   kWritten = 9,    // hub -> client: the version and clock the hub assigned to a write
   kUpdate = 10,    // hub -> client: a value another client wrote
+  kResync = 11,    // client -> hub: send me the whole current value of an attribute
+  kPing = 12,      // client -> hub: keep-alive and clock sample
+  kPong = 13,      // hub -> client: the PING's time echoed, with the hub's time
 };
-inline constexpr uint8_t kMaxMsgType = 10;
+inline constexpr uint8_t kMaxMsgType = 13;
+// Header flag of WRITE and UPDATE: the value is a codec value (tensor header + codec frame,
+// net/wire_value.h), not the raw value.
+inline constexpr uint8_t kFlagCodec = 1;
+// DECLARE flags.
+inline constexpr uint8_t kDeclareHasInitial = 1;
+// With kDeclareHasInitial: the value is one the client already held at a version and clock
+// of this cluster (a client resuming after a reconnect), not a first value.
+inline constexpr uint8_t kDeclareResume = 2;
 std::string_view MsgTypeName(MsgType t);
 
 enum class ErrorCode : uint16_t {
@@ -63,6 +75,8 @@ enum class ErrorCode : uint16_t {
   kInvalidArgument = 7,  // a bad name (not fatal)
   kNotFound = 8,         // an attribute id this peer did not declare (not fatal)
   kShuttingDown = 9,
+  kStaleBase = 10,  // a delta WRITE whose base is not the hub's current value: send it whole
+  kHubFull = 11,    // over the hub's bound on attributes or value bytes (not fatal)
 };
 // The Status a client reports for an error the hub sent.
 Status ErrorToStatus(ErrorCode code, std::string_view text);
@@ -90,6 +104,7 @@ struct Welcome {
   uint32_t client_id = 0;
   int64_t hub_time_ns = 0;
   Mac mac{};
+  uint64_t max_message_bytes = 0;  // the largest message the hub accepts (>= 1024)
 };
 struct ErrorMsg {
   ErrorCode code = ErrorCode::kMalformed;
@@ -103,6 +118,8 @@ struct Declare {
   bool has_initial = false;
   std::string object, attribute;
   ByteSpan initial;
+  bool resume = false;              // REQUIRES has_initial; version and clock are sent
+  uint64_t version = 0, clock = 0;  // of the initial value, when resuming
 };
 struct Declared {
   uint32_t request_id = 0;
@@ -118,6 +135,7 @@ struct Write {
   uint64_t clock = 0;    // the writer's Lamport clock
   int64_t write_ns = 0;  // hub clock domain (the writer's estimate)
   ByteSpan value;
+  bool codec = false;  // header flag kFlagCodec
 };
 struct Written {
   uint32_t request_id = 0;
@@ -130,13 +148,25 @@ struct Update {
   uint32_t writer = 0;
   int64_t write_ns = 0;
   ByteSpan value;
+  bool codec = false;  // header flag kFlagCodec
+};
+
+struct Resync {
+  uint32_t attr_id = 0;
+};
+struct Ping {
+  int64_t client_ns = 0;  // the client's clock
+};
+struct Pong {
+  int64_t client_ns = 0;  // echoed
+  int64_t hub_ns = 0;     // the hub's clock when it answered
 };
 
 using Frame = std::vector<std::byte>;
 
-// Checks magic, reserved fields and that the payload length matches the frame exactly, and
-// that the frame is at most max_frame_bytes. The version is returned, not checked: ERROR
-// frames of any version decode (their layout never changes).
+// Checks magic, reserved fields (flags: only kFlagCodec, on WRITE and UPDATE) and that the payload
+// length matches the frame exactly, and that the frame is at most max_frame_bytes. The version is
+// returned, not checked: ERROR frames of any version decode (their layout never changes).
 Result<Header> DecodeHeader(ByteSpan frame, uint64_t max_frame_bytes);
 // The payload of a frame whose header decoded.
 inline ByteSpan Payload(ByteSpan frame) { return frame.subspan(kHeaderBytes); }
@@ -151,6 +181,12 @@ Frame Encode(const Declared& m);
 Frame Encode(const Written& m);
 Frame Encode(const Update& m);
 Frame Encode(const Write& m);
+Frame Encode(const Resync& m);
+Frame Encode(const Ping& m);
+Frame Encode(const Pong& m);
+// Cuts a frame (made with room to spare) to `size` bytes and fixes its payload length.
+// REQUIRES: kHeaderBytes <= size <= frame->size().
+void ShrinkFrame(Frame* frame, size_t size);
 // A WRITE whose value (value_size bytes) `fill` writes straight into the frame; m.value is
 // ignored.
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill);
@@ -169,6 +205,9 @@ Result<Declared> DecodeDeclared(ByteSpan payload);
 Result<Write> DecodeWrite(ByteSpan payload);
 Result<Written> DecodeWritten(ByteSpan payload);
 Result<Update> DecodeUpdate(ByteSpan payload);
+Result<Resync> DecodeResync(ByteSpan payload);
+Result<Ping> DecodePing(ByteSpan payload);
+Result<Pong> DecodePong(ByteSpan payload);
 
 // HMAC-SHA256 keyed by the token over label || client nonce || hub nonce.
 Mac ComputeProof(std::string_view token, std::string_view label, const Nonce& client,

@@ -413,6 +413,7 @@ void UcxWorker::Loop() {
     const int idle_ms = handler_->OnIdle();
     if (busy) {
       last = std::chrono::steady_clock::now();
+      last_activity_ = last;
       continue;
     }
     if (std::chrono::steady_clock::now() - last < options_.spin) continue;

@@ -79,6 +79,9 @@ class UcxWorker {
   // Runs fn on the progress thread. Thread-safe.
   void Post(std::function<void()> fn);
   bool OnProgressThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  // When UCX last made progress (bytes moved, a message or completion). Progress thread only:
+  // a large message still arriving counts as a live peer before any frame completes.
+  std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
 
   // Progress-thread only (or before Start):
   Result<ucp_ep_h> Accept(ucp_conn_request_h request, std::string* peer);
@@ -117,6 +120,7 @@ class UcxWorker {
   std::atomic<int> inflight_{0};     // sends, receives and closes UCX still owns
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
+  std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
   std::atomic<bool> sleeping_{false};
   std::atomic<bool> stop_{false};
   std::thread thread_;

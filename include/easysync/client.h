@@ -136,6 +136,8 @@ class Client {
     std::atomic<uint64_t> bytes_sent{0}, bytes_recv{0}, packets_sent{0}, packets_recv{0};
     std::atomic<uint64_t> updates_sent{0}, updates_applied{0}, torn_read_retries{0};
     std::atomic<uint64_t> dead_writer_recoveries{0};
+    std::atomic<uint64_t> deltas_sent{0}, full_sent{0}, deltas_recv{0}, full_recv{0};
+    std::atomic<uint64_t> codec_raw_bytes{0}, codec_wire_bytes{0}, resyncs{0}, reconnects{0};
     std::atomic<uint64_t> live_applied{0};  // picks the latency samples
   };
   struct Counters {
@@ -143,12 +145,14 @@ class Client {
     // Write-to-apply latency, sampled (see RecordApplied); approximate by nature.
     std::atomic<uint64_t> latency_samples{0};
     std::atomic<int64_t> latency_ewma_ns{0}, latency_last_ns{0}, latency_max_ns{0};
+    std::atomic<int64_t> rtt_ewma_ns{0};  // network mode: set by the progress thread
   };
   static void Count(std::atomic<uint64_t>& c, uint64_t n) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
   // This thread's shard.
   CounterShard& shard() { return counters_.shards[ThreadShard()]; }
+  Counters& counters() { return counters_; }
   // Records one applied update (each transport counts bytes_recv and packets_recv itself,
   // as they cross its medium). Its write-to-apply latency counts only for live updates
   // (the snapshot a process reads when it declares an attribute may be old by design), and

@@ -5,7 +5,12 @@
 //
 // The client keeps a local replica of every attribute it declared: reads and LatestVersion
 // never leave the process; a write goes to the hub, which orders it and relays it to every
-// other client that declared the attribute. Protocol: docs/net_protocol.md.
+// other client that declared the attribute. Tensors travel as verified deltas against the
+// value the hub acknowledged. Protocol: docs/net_protocol.md.
+//
+// While the connection is down (the hub restarts, the link drops), reads keep returning the
+// last values and writes are kept and return a provisional version; the client reconnects,
+// resyncs, and then sends them (see NetOptions::reconnect).
 #pragma once
 
 #include <chrono>
@@ -31,7 +36,21 @@ struct NetOptions {
   std::chrono::milliseconds connect_timeout{10000};
   // How long Declare and Write wait for the hub's answer.
   std::chrono::milliseconds request_timeout{10000};
-  uint64_t max_message_bytes = 256ull << 20;
+  // The largest message this client sends or accepts (the hub has its own limit, and the
+  // smaller of the two applies to writes). Default: 1 GiB of value plus headers.
+  uint64_t max_message_bytes = (1ull << 30) + (1ull << 20);
+  // Keep-alive: a PING this often (its PONG also measures the round trip and keeps the clock
+  // offset to the hub fresh); a hub silent for keepalive_timeout, with nothing arriving, is
+  // taken for dead.
+  std::chrono::milliseconds keepalive_interval{1000};
+  std::chrono::milliseconds keepalive_timeout{10000};
+  // After a lost connection: reconnect with exponential backoff between these bounds
+  // (with jitter), authenticate again, re-declare every attribute and converge on the hub's
+  // state. Writes made meanwhile are kept (the latest per attribute) and sent once the
+  // connection is back. false: a lost connection fails every later call.
+  bool reconnect = true;
+  std::chrono::milliseconds reconnect_backoff_min{50};
+  std::chrono::milliseconds reconnect_backoff_max{2000};
 };
 
 // Connects and authenticates to the hub. PermissionDenied when the hub rejects the token,

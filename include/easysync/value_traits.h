@@ -91,9 +91,12 @@ struct TensorBytes {
   DType dtype;
   size_t ndim;
   int64_t shape[kMaxTensorDims];
+  size_t data_bytes;
   ByteSpan data;
 };
 Status ParseTensor(ByteSpan in, TensorBytes* out);
+// Validates only the header (the first kTensorHeaderBytes of `in`); data stays empty.
+Status ParseTensorHeader(ByteSpan in, TensorBytes* out);
 }  // namespace detail
 
 template <class T, class Enable = void>

@@ -1,0 +1,66 @@
+// Tensor values on the wire as deltas: the attribute's 128-byte tensor header, then a codec
+// frame (docs/wire_format.md) of the data, full or against the receiver's current value.
+// Messages that carry such a value have kFlagCodec set (docs/net_protocol.md, "Tensor values").
+//
+// A "raw value" below is what the shared-memory mode stores: tensor header + data.
+//
+// Thread-safety: free functions; an Encoder/Decoder is used by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "easysync/codec.h"
+#include "easysync/status.h"
+#include "easysync/value_traits.h"
+#include "net/protocol.h"
+
+namespace easysync::net {
+
+// Tensors with fewer data bytes go raw: the 64-byte codec header and two hashes do not pay
+// off below this.
+inline constexpr size_t kCodecMinDataBytes = 4096;
+
+// Whether a value of this kind and raw size travels as a codec value.
+inline bool UseCodec(ValueKind kind, size_t raw_bytes) {
+  return kind == ValueKind::kTensor && raw_bytes >= detail::kTensorHeaderBytes + kCodecMinDataBytes;
+}
+
+// The largest codec value a raw value of raw_bytes can become (0: not a tensor value).
+size_t CodecValueBound(ByteSpan raw_value);
+
+struct CodecValueInfo {
+  codec::FrameInfo frame;
+  size_t raw_bytes = 0;  // size of the decoded value: header + data
+};
+// Checks a codec value's tensor header and codec frame header and that they agree (dtype,
+// element count). Corruption otherwise.
+Result<CodecValueInfo> PeekCodecValue(ByteSpan wire);
+
+// Whether two raw tensor values have the same header (dtype and shape): a delta between them
+// is possible.
+bool SameTensorHeader(ByteSpan a, ByteSpan b);
+
+struct EncodedValue {
+  size_t bytes = 0;          // of the codec value written to out
+  bool delta = false;        // false: the frame carries the whole value
+  uint64_t result_hash = 0;  // XXH3-64 of the data, as the frame states it
+};
+// Encodes the raw value `cur` into out (at least CodecValueBound(cur) bytes), as a delta
+// against `base` (a raw value at base_version) when base has the same header and a delta is
+// smaller. base may be empty. new_version is advisory (receivers take the message's version).
+Result<EncodedValue> EncodeCodecValue(codec::Encoder& enc, ByteSpan cur, ByteSpan base,
+                                      uint64_t base_version, std::optional<uint64_t> base_hash,
+                                      uint64_t new_version, std::span<std::byte> out);
+
+// Decodes a codec value into `out`, which must have exactly PeekCodecValue(wire)->raw_bytes
+// bytes. A delta needs `base`: the receiver's raw value, at the frame's base version (checked
+// by the caller) and with the frame's base hash (checked here). out may be base itself for
+// a delta (in place); then on error it still holds the base. Corruption when the frame is bad, the
+// base does not match, or the result does not verify.
+Status DecodeCodecValue(codec::Decoder& dec, ByteSpan wire, ByteSpan base,
+                        std::optional<uint64_t> base_hash, std::span<std::byte> out);
+
+}  // namespace easysync::net

@@ -1,0 +1,266 @@
+// Network mode keeping state in sync: tensor deltas on the wire (checked through stats), the
+// hub killed and restarted, a hub that stops answering, clock and round-trip telemetry.
+// A real easysync-hub process; clients in child processes or in the test process.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "easysync/easysync.h"
+#include "easysync/net.h"
+#include "net_test_util.h"
+
+namespace easysync {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testing::Gate;
+using testing::HubProcess;
+using testing::kTestToken;
+using testing::Spawn;
+using testing::WaitChild;
+using testing::WaitFor;
+
+NetOptions Options(uint16_t port) {
+  NetOptions o;
+  o.port = port;
+  o.token = kTestToken;
+  o.ucx_transports = "tcp";  // a killed hub is seen at once
+  o.request_timeout = milliseconds(60000);
+  o.reconnect_backoff_min = milliseconds(20);
+  o.reconnect_backoff_max = milliseconds(200);
+  return o;
+}
+
+// SplitMix64: a fast, seeded source of test data.
+uint64_t Mix(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// bfloat16 weights of magnitude around 0.01-0.1, random signs and mantissas.
+Tensor Weights(size_t n, uint64_t seed) {
+  Tensor t(DType::kBFloat16, {static_cast<int64_t>(n)});
+  auto* w = reinterpret_cast<uint16_t*>(t.mutable_data());
+  for (size_t i = 0; i < n; i += 4) {
+    const uint64_t r = Mix(seed);
+    for (size_t k = 0; k < 4 && i + k < n; ++k) {
+      const uint16_t bits = static_cast<uint16_t>(r >> (16 * k));
+      // sign, exponent 0x78..0x7B (2^-7 .. 2^-4), 7 random mantissa bits
+      w[i + k] = static_cast<uint16_t>((bits & 0x8000) | ((0x78 + ((bits >> 7) & 3)) << 7) |
+                                       (bits & 0x7f));
+    }
+  }
+  return t;
+}
+
+// What a low learning-rate step does: `permille`/1000 of the weights move by one unit in the
+// last place, at random positions.
+void Step(Tensor& t, uint32_t permille, uint64_t seed) {
+  auto* w = reinterpret_cast<uint16_t*>(t.mutable_data());
+  const size_t n = t.numel();
+  const size_t changes = n / 1000 * permille;
+  for (size_t c = 0; c < changes; ++c) {
+    const uint64_t r = Mix(seed);
+    const size_t i = static_cast<size_t>(r % n);
+    w[i] = static_cast<uint16_t>((r >> 63) != 0 && (w[i] & 0x7f) != 0x7f ? w[i] + 1 : w[i] - 1);
+  }
+}
+
+struct Model : SyncedObject {
+  Synced<Tensor> w{this, "w"};
+  explicit Model(Client& c) : SyncedObject(c, "Model") {}
+};
+
+TEST(NetDelta, OnePercentOf256MibBf16ArrivesAsADelta) {
+  constexpr size_t kElements = size_t{128} << 20;  // 256 MiB of bfloat16
+  constexpr uint64_t kRaw = kElements * 2;
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  const uint16_t port = hub.port();
+  Gate has_v1, v2_sent, done;
+  int bytes_pipe[2];
+  ASSERT_EQ(pipe(bytes_pipe), 0);
+  const pid_t a = Spawn([&] {
+    auto c = connect(Options(port));
+    Model m(*c);
+    Tensor t = Weights(kElements, 1);
+    m.w = t;
+    if (!has_v1.Wait(seconds(120))) return 2;
+    Step(t, 10, 2);
+    const Stats before = c->stats();
+    m.w = t;
+    const Stats after = c->stats();
+    const uint64_t sent = after.bytes_sent - before.bytes_sent;
+    std::fprintf(stderr, "A: 1%% step of %llu MiB sent as %llu bytes (%.2f%%), ratio %.1f\n",
+                 static_cast<unsigned long long>(kRaw >> 20), static_cast<unsigned long long>(sent),
+                 100.0 * sent / kRaw, after.compression_ratio);
+    if (write(bytes_pipe[1], &sent, sizeof(sent)) != sizeof(sent)) return 3;
+    if (after.deltas_sent != before.deltas_sent + 1 || before.full_sent != 1) return 4;
+    v2_sent.Open();
+    return done.Wait(seconds(120)) ? 0 : 5;
+  });
+  const pid_t b = Spawn([&] {
+    auto c = connect(Options(port));
+    Model m(*c);
+    if (!c->WaitUntil([&] { return m.w.version() >= 1; }, Clock::now() + seconds(120))) return 2;
+    Tensor expect = Weights(kElements, 1);
+    if (!(m.w.get() == expect)) return 3;
+    const Stats before = c->stats();
+    has_v1.Open();
+    if (!c->WaitUntil([&] { return m.w.version() >= 2; }, Clock::now() + seconds(120))) return 4;
+    Step(expect, 10, 2);
+    const bool exact = m.w.get() == expect;
+    const Stats after = c->stats();
+    const uint64_t recv = after.bytes_recv - before.bytes_recv;
+    std::fprintf(stderr, "B: received the step as %llu bytes, bit-exact: %d\n",
+                 static_cast<unsigned long long>(recv), exact);
+    done.Open();
+    if (!exact) return 5;
+    if (after.deltas_recv != before.deltas_recv + 1) return 6;
+    // About the share of weights that changed: a 1% step costs under 3% of the bytes.
+    return recv < kRaw * 3 / 100 ? 0 : 7;
+  });
+  EXPECT_EQ(WaitChild(b, seconds(300)), 0);
+  EXPECT_EQ(WaitChild(a, seconds(60)), 0);
+  close(bytes_pipe[1]);
+  uint64_t sent = 0;
+  ASSERT_EQ(read(bytes_pipe[0], &sent, sizeof(sent)), static_cast<ssize_t>(sizeof(sent)));
+  close(bytes_pipe[0]);
+  EXPECT_GT(sent, kRaw / 1000);     // the changes are in there
+  EXPECT_LT(sent, kRaw * 3 / 100);  // and little else
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+struct Game : SyncedObject {
+  Synced<int64_t> score{this, "score", int64_t{0}};
+  Synced<std::string> name{this, "name", std::string("start")};
+  Synced<Tensor> board{this, "board"};
+  explicit Game(Client& c) : SyncedObject(c, "Game") {}
+};
+
+Tensor Board(int64_t fill) {
+  Tensor t(DType::kInt64, {64, 64});  // 32 KiB: a codec value
+  auto* p = reinterpret_cast<int64_t*>(t.mutable_data());
+  for (int64_t i = 0; i < 64 * 64; ++i) p[i] = i == fill ? -1 : i;
+  return t;
+}
+
+TEST(NetReconnect, HubKilledAndRestartedClientsReconnectAndConverge) {
+  auto hub = std::make_unique<HubProcess>();
+  ASSERT_NE(hub->port(), 0);
+  const uint16_t port = hub->port();
+  auto ca = connect(Options(port));
+  auto cb = connect(Options(port));
+  Game a(*ca), b(*cb);
+  a.score = 5;
+  a.board = Board(1);
+  ASSERT_TRUE(WaitFor([&] { return b.score.get() == 5 && b.board.get() == Board(1); }));
+  const uint64_t v_before = b.score.version();
+
+  // The hub dies without a word.
+  ASSERT_EQ(kill(hub->pid(), SIGKILL), 0);
+  EXPECT_EQ(hub->Stop(), 128 + SIGKILL);
+  // Writes made while it is gone are kept and return at once.
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t provisional = a.score.set(6);
+  a.name = "while down";
+  a.board = Board(2);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, seconds(5));
+  EXPECT_GT(provisional, 0u);
+  EXPECT_EQ(a.score.get(), 6);  // the writer sees its own write
+  EXPECT_EQ(b.score.get(), 5);  // the other keeps its last value
+
+  // A new hub on the same port: both clients come back and converge on the last writes.
+  hub = std::make_unique<HubProcess>(std::vector<std::string>{"--port", std::to_string(port)});
+  ASSERT_EQ(hub->port(), port) << "could not restart the hub on port " << port;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return b.score.get() == 6 && b.name.get() == "while down" && b.board.get() == Board(2);
+      },
+      seconds(30)))
+      << "b: score " << b.score.get() << ", name " << b.name.get();
+  EXPECT_GE(ca->stats().reconnects, 1u);
+  EXPECT_GE(cb->stats().reconnects, 1u);
+  // Versions never go back across the restart.
+  EXPECT_GT(b.score.version(), v_before);
+  EXPECT_GE(a.score.version(), provisional);
+
+  // The restarted hub holds the state again: a newcomer gets it, and later writes flow both
+  // ways (tensors as deltas against the resynced values).
+  auto cc = connect(Options(port));
+  Game c(*cc);
+  EXPECT_EQ(c.score.get(), 6);
+  EXPECT_EQ(c.name.get(), "while down");
+  EXPECT_TRUE(c.board.get() == Board(2));
+  b.board = Board(3);
+  ASSERT_TRUE(WaitFor([&] { return a.board.get() == Board(3) && c.board.get() == Board(3); }));
+  EXPECT_GE(cb->stats().deltas_sent, 1u);
+  a.score = 7;
+  ASSERT_TRUE(WaitFor([&] { return b.score.get() == 7 && c.score.get() == 7; }));
+  EXPECT_EQ(hub->Stop(), 0);
+}
+
+TEST(NetReconnect, SilentHubIsDetectedByKeepAliveAndWritesAreKept) {
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  NetOptions o = Options(hub.port());
+  o.keepalive_interval = milliseconds(100);
+  o.keepalive_timeout = milliseconds(1000);
+  auto ca = connect(o);
+  auto cb = connect(Options(hub.port()));
+  Game a(*ca), b(*cb);
+  a.score = 1;
+  ASSERT_TRUE(WaitFor([&] { return b.score.get() == 1; }));
+  // The hub stops answering but its connections stay open: only keep-alives can tell.
+  ASSERT_EQ(kill(hub.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitFor([&] { return testing::ProcessState(hub.pid()) == 'T'; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  a.score = 2;  // waits for an answer until the keep-alive gives up, then is kept
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_LT(waited, seconds(10));
+  EXPECT_EQ(a.score.get(), 2);
+  ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
+  // (The hub may still apply the WRITE that sat in its socket while it was stopped; the
+  // client resends it after reconnecting, which changes nothing.)
+  ASSERT_TRUE(WaitFor([&] { return b.score.get() == 2; }, seconds(30)));
+  EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)));
+  a.score = 3;  // the new connection works
+  EXPECT_TRUE(WaitFor([&] { return b.score.get() == 3; }, seconds(30)));
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+TEST(NetStats, RoundTripAndWriteToApplyLatencyAreMeasured) {
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  NetOptions o = Options(hub.port());
+  o.keepalive_interval = milliseconds(50);
+  auto ca = connect(o);
+  auto cb = connect(o);
+  Game a(*ca), b(*cb);
+  ASSERT_TRUE(WaitFor([&] { return ca->stats().rtt_ms > 0 && cb->stats().rtt_ms > 0; }));
+  for (int64_t i = 1; i <= 64; ++i) {
+    a.score = i;
+    ASSERT_TRUE(WaitFor([&] { return b.score.get() == i; }));
+  }
+  const Stats s = cb->stats();
+  EXPECT_GT(s.latency_samples, 0u);
+  // Loopback: well under 100 ms either way, and the one-way figure under the round trip's
+  // bound (the clock offset comes from the fastest PING round trip).
+  EXPECT_GT(s.rtt_ms, 0);
+  EXPECT_LT(s.rtt_ms, 100);
+  EXPECT_LT(s.latency_ms, 100);
+  EXPECT_GT(s.packets_recv, 64u);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+}  // namespace
+}  // namespace easysync
