@@ -20,6 +20,9 @@ int RunShmThroughput(const Args& args);
 // net-latency parses its own flags, argv[first..argc) (net_latency.cc); 2 for bad usage.
 int RunNetLatency(int argc, char** argv, int first);
 
+// net-tensor likewise (net_tensor.cc).
+int RunNetTensor(int argc, char** argv, int first);
+
 // The codec suite parses its own flags, argv[first..argc) (codec_bench.cc); it also returns 2 for
 // bad usage and 3 for --device cuda without a device.
 int RunCodec(int argc, char** argv, int first);

@@ -33,6 +33,66 @@ Record& Record::Put(Field f) {
   return *this;
 }
 
+std::optional<DType> ParseDType(std::string_view name) {
+  for (DType t : kAllDTypes) {
+    if (DTypeName(t) == name) return t;
+  }
+  static constexpr std::pair<std::string_view, DType> kAliases[] = {
+      {"f32", DType::kFloat32},
+      {"f16", DType::kFloat16},
+      {"bf16", DType::kBFloat16},
+      {"f64", DType::kFloat64},
+      {"i8", DType::kInt8},
+      {"i16", DType::kInt16},
+      {"i32", DType::kInt32},
+      {"i64", DType::kInt64},
+      {"u8", DType::kUInt8},
+      {"fp8_e4m3", DType::kFloat8E4M3},
+      {"fp8_e5m2", DType::kFloat8E5M2},
+  };
+  for (const auto& [alias, t] : kAliases) {
+    if (alias == name) return t;
+  }
+  return std::nullopt;
+}
+
+bool ReadFile(const std::filesystem::path& path, std::vector<uint8_t>* out, std::string* error) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) {
+    *error = "cannot open " + path.string();
+    return false;
+  }
+  const std::streamoff size = in.tellg();
+  out->resize(static_cast<size_t>(size));
+  in.seekg(0);
+  if (size > 0 && !in.read(reinterpret_cast<char*>(out->data()), size)) {
+    *error = "cannot read " + path.string();
+    return false;
+  }
+  return true;
+}
+
+bool ListSteps(const std::string& dir, std::vector<std::filesystem::path>* files,
+               std::string* error) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.size() > 4 && name.ends_with(".bin")) {
+      files->push_back(entry.path());
+    }
+  }
+  if (ec) {
+    *error = "cannot list " + dir + ": " + ec.message();
+    return false;
+  }
+  std::sort(files->begin(), files->end());
+  if (files->size() < 2) {
+    *error = dir + " has " + std::to_string(files->size()) + " *.bin files; a pair needs two";
+    return false;
+  }
+  return true;
+}
+
 namespace {
 
 constexpr size_t kDefaultDeviceBlockBytes = 256;
@@ -69,29 +129,6 @@ int BadUsage(const std::string& why) {
 int Fail(const std::string& why) {
   std::fprintf(stderr, "easysync-bench codec: %s\n", why.c_str());
   return 1;
-}
-
-std::optional<DType> ParseDType(std::string_view name) {
-  for (DType t : kAllDTypes) {
-    if (DTypeName(t) == name) return t;
-  }
-  static constexpr std::pair<std::string_view, DType> kAliases[] = {
-      {"f32", DType::kFloat32},
-      {"f16", DType::kFloat16},
-      {"bf16", DType::kBFloat16},
-      {"f64", DType::kFloat64},
-      {"i8", DType::kInt8},
-      {"i16", DType::kInt16},
-      {"i32", DType::kInt32},
-      {"i64", DType::kInt64},
-      {"u8", DType::kUInt8},
-      {"fp8_e4m3", DType::kFloat8E4M3},
-      {"fp8_e5m2", DType::kFloat8E5M2},
-  };
-  for (const auto& [alias, t] : kAliases) {
-    if (alias == name) return t;
-  }
-  return std::nullopt;
 }
 
 struct CodecArgs {
@@ -169,44 +206,6 @@ std::optional<int> ParseArgs(int argc, char** argv, int first, CodecArgs* a) {
   if (!a->synthetic.empty() && a->dtype) return BadUsage("--dtype does not apply to --synthetic");
   if (a->synthetic.empty() && !a->dtype) return BadUsage("--dtype is required");
   return std::nullopt;
-}
-
-bool ReadFile(const std::filesystem::path& path, std::vector<uint8_t>* out, std::string* error) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) {
-    *error = "cannot open " + path.string();
-    return false;
-  }
-  const std::streamoff size = in.tellg();
-  out->resize(static_cast<size_t>(size));
-  in.seekg(0);
-  if (size > 0 && !in.read(reinterpret_cast<char*>(out->data()), size)) {
-    *error = "cannot read " + path.string();
-    return false;
-  }
-  return true;
-}
-
-// The regular *.bin files of dir, sorted by name.
-bool ListSteps(const std::string& dir, std::vector<std::filesystem::path>* files,
-               std::string* error) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_regular_file() && name.size() > 4 && name.ends_with(".bin")) {
-      files->push_back(entry.path());
-    }
-  }
-  if (ec) {
-    *error = "cannot list " + dir + ": " + ec.message();
-    return false;
-  }
-  std::sort(files->begin(), files->end());
-  if (files->size() < 2) {
-    *error = dir + " has " + std::to_string(files->size()) + " *.bin files; a pair needs two";
-    return false;
-  }
-  return true;
 }
 
 // The median line of a series: the median of every numeric field, the most frequent value of

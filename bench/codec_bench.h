@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,8 +78,21 @@ bool MeasureDevicePair(const TensorPair& pair, const Reps& reps, size_t block_by
 // Names of the synthetic pairs, for the usage text.
 inline constexpr const char* kSyntheticNames[] = {"rl-bf16", "dense-f32"};
 
-// Fills *pair with the synthetic pair `name` (fixed seed: the same bytes on every run);
-// false when the name is unknown.
-bool MakeSyntheticPair(std::string_view name, TensorPair* pair);
+// The size of a synthetic pair unless the caller asks for another.
+inline constexpr size_t kSyntheticBytes = size_t{64} << 20;
+
+// Fills *pair with the synthetic pair `name`, `bytes` long (rounded down to whole elements;
+// fixed seeds: the same bytes on every run, and a longer pair starts with a shorter one's
+// bytes); false when the name is unknown.
+bool MakeSyntheticPair(std::string_view name, TensorPair* pair, size_t bytes = kSyntheticBytes);
+
+// Snapshot files (codec_bench.cc), shared with net-tensor's --steps.
+// A dtype by its name (DTypeName) or a short alias (bf16, f32, ...).
+std::optional<DType> ParseDType(std::string_view name);
+// Reads a whole file into *out; false with *error set when it cannot.
+bool ReadFile(const std::filesystem::path& path, std::vector<uint8_t>* out, std::string* error);
+// The regular *.bin files of dir, sorted by name; false (with *error) when fewer than two.
+bool ListSteps(const std::string& dir, std::vector<std::filesystem::path>* files,
+               std::string* error);
 
 }  // namespace easysync::bench

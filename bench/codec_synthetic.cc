@@ -1,13 +1,16 @@
-// Synthetic tensor pairs for the codec suite, so that it runs without snapshot files (CI smoke,
-// README). Fixed seeds: every run builds the same bytes.
+// Synthetic tensor pairs for the codec and net-tensor suites, so that they run without snapshot
+// files (CI smoke, README). Fixed seeds: every run builds the same bytes.
 //
-//   rl-bf16    64 MiB of bfloat16 weights drawn from normal(0, 0.02); 1.5% of the elements,
-//              at independent random positions, move by one unit in the last place (up or
-//              down at random): what a low learning-rate RL fine-tuning step does to bf16
-//              exports of fp32 master weights.
-//   dense-f32  64 MiB of float32 weights drawn from normal(0, 0.02); every element is scaled
-//              by (1 + r), r drawn from normal(0, 1e-3) (an element the scaling leaves
-//              unchanged gets its lowest bit flipped): a dense update such as pretraining.
+//   rl-bf16    bfloat16 weights drawn from normal(0, 0.02); 1.5% of the elements, at
+//              independent random positions, move by one unit in the last place (up or down
+//              at random): what a low learning-rate RL fine-tuning step does to bf16 exports
+//              of fp32 master weights.
+//   dense-f32  float32 weights drawn from normal(0, 0.02); every element is scaled by
+//              (1 + r), r drawn from normal(0, 1e-3) (an element the scaling leaves unchanged
+//              gets its lowest bit flipped): a dense update such as pretraining.
+//
+// 64 MiB (the codec suite) unless the caller asks for another size (net-tensor: 256 MiB).
+// Elements are drawn in order, so a pair of any size starts with the bytes of every shorter one.
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -16,8 +19,6 @@
 
 namespace easysync::bench {
 namespace {
-
-constexpr size_t kSyntheticBytes = size_t{64} << 20;
 
 // SplitMix64: small, fast and good enough to scatter changes and draw weights.
 class Rng {
@@ -68,16 +69,15 @@ uint16_t ToBf16(float f) {
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-void MakeRlBf16(TensorPair* pair) {
-  constexpr size_t kCount = kSyntheticBytes / 2;
+void MakeRlBf16(TensorPair* pair, size_t count) {
   // P(change) = 1.5%, as a threshold on 32 random bits.
   constexpr uint64_t kChangeBelow = static_cast<uint64_t>(0.015 * 4294967296.0);
   pair->dtype = DType::kBFloat16;
-  pair->base.resize(kSyntheticBytes);
-  pair->cur.resize(kSyntheticBytes);
+  pair->base.resize(2 * count);
+  pair->cur.resize(2 * count);
   Rng weights(0x5EED0001);
   Rng changes(0x5EED0002);
-  for (size_t i = 0; i < kCount; ++i) {
+  for (size_t i = 0; i < count; ++i) {
     const uint16_t b = ToBf16(static_cast<float>(0.02 * weights.Normal()));
     uint16_t c = b;
     const uint64_t draw = changes.Next();
@@ -91,14 +91,13 @@ void MakeRlBf16(TensorPair* pair) {
   }
 }
 
-void MakeDenseF32(TensorPair* pair) {
-  constexpr size_t kCount = kSyntheticBytes / 4;
+void MakeDenseF32(TensorPair* pair, size_t count) {
   pair->dtype = DType::kFloat32;
-  pair->base.resize(kSyntheticBytes);
-  pair->cur.resize(kSyntheticBytes);
+  pair->base.resize(4 * count);
+  pair->cur.resize(4 * count);
   Rng weights(0x5EED0003);
   Rng steps(0x5EED0004);
-  for (size_t i = 0; i < kCount; ++i) {
+  for (size_t i = 0; i < count; ++i) {
     const float b = static_cast<float>(0.02 * weights.Normal());
     float c = static_cast<float>(b * (1.0 + 1e-3 * steps.Normal()));
     if (FloatBits(c) == FloatBits(b)) c = BitsFloat(FloatBits(b) ^ 1u);
@@ -109,11 +108,11 @@ void MakeDenseF32(TensorPair* pair) {
 
 }  // namespace
 
-bool MakeSyntheticPair(std::string_view name, TensorPair* pair) {
+bool MakeSyntheticPair(std::string_view name, TensorPair* pair, size_t bytes) {
   if (name == "rl-bf16") {
-    MakeRlBf16(pair);
+    MakeRlBf16(pair, bytes / 2);
   } else if (name == "dense-f32") {
-    MakeDenseF32(pair);
+    MakeDenseF32(pair, bytes / 4);
   } else {
     return false;
   }

@@ -14,21 +14,33 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "easysync/net.h"
+#include "proc_util.h"
+
 namespace easysync::bench {
+
+// The directory of the running bench binary; empty when /proc does not say.
+inline std::string BenchBinaryDir() {
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "";
+  std::string dir(self, static_cast<size_t>(n));
+  dir.resize(dir.rfind('/'));
+  return dir;
+}
 
 // EASYSYNC_HUB if set, else easysync-hub next to the bench's build or install location:
 // <bench dir>/../core/easysync-hub (build tree), then <bench dir>/easysync-hub (installed).
 inline std::string FindHubBinary() {
   if (const char* env = std::getenv("EASYSYNC_HUB"); env != nullptr && *env != '\0') return env;
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return "easysync-hub";
-  std::string dir(self, static_cast<size_t>(n));
-  dir.resize(dir.rfind('/'));
+  const std::string dir = BenchBinaryDir();
+  if (dir.empty()) return "easysync-hub";
   for (const std::string& c : {dir + "/../core/easysync-hub", dir + "/easysync-hub"}) {
     if (access(c.c_str(), X_OK) == 0) return c;
   }
@@ -43,30 +55,38 @@ inline std::string RandomToken() {
   return t;
 }
 
+// Parses --hub's HOST:PORT; false when it is not that.
+inline bool ParseHubAddress(const std::string& value, std::string* host, uint16_t* port) {
+  const auto colon = value.rfind(':');
+  const int p = colon == std::string::npos ? 0 : std::atoi(value.c_str() + colon + 1);
+  if (colon == 0 || p <= 0 || p > 65535) return false;
+  *host = value.substr(0, colon);
+  *port = static_cast<uint16_t>(p);
+  return true;
+}
+
 class HubProcess {
  public:
   // Starts `binary`, run by a child that first calls pin(); port() is 0 when it did not come
   // up within 30 s.
   template <class Pin>
-  // spin_us >= 0 sets the hub's --spin-us.
+  // spin_us >= 0 sets the hub's --spin-us; extra_args go last (e.g. --max-message-bytes N).
   HubProcess(const std::string& binary, const std::string& token, const std::string& transports,
-             int64_t spin_us, Pin&& pin) {
+             int64_t spin_us, Pin&& pin, const std::vector<std::string>& extra_args = {}) {
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) return;
     std::vector<std::string> args = {binary, "--port", "0", "--token", token};
     if (!transports.empty()) args.insert(args.end(), {"--ucx-transports", transports});
     if (spin_us >= 0) args.insert(args.end(), {"--spin-us", std::to_string(spin_us)});
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::fflush(nullptr);
     pid_ = fork();
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       pin();
       dup2(out[1], STDOUT_FILENO);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execvp(argv[0], argv.data());
-      std::fprintf(stderr, "easysync-bench: cannot run %s (set EASYSYNC_HUB)\n", argv[0]);
+      ExecArgs(args);
+      std::fprintf(stderr, "easysync-bench: cannot run %s (set EASYSYNC_HUB)\n", binary.c_str());
       _exit(127);
     }
     close(out[1]);
@@ -117,5 +137,25 @@ class HubProcess {
   pid_t pid_ = -1;
   uint16_t port_ = 0;
 };
+
+// Points options (ucx_transports already set) at the hub the clients use: the --hub given
+// (host non-empty), or one started here with a fresh token (into *hub, as HubProcess does with
+// the other arguments). False when that one did not start.
+template <class Pin>
+bool UseHub(const std::string& host, uint16_t port, const std::string& token, int64_t spin_us,
+            Pin&& pin, NetOptions* options, std::unique_ptr<HubProcess>* hub,
+            const std::vector<std::string>& extra_args = {}) {
+  if (!host.empty()) {
+    options->host = host;
+    options->port = port;
+    options->token = token;
+    return true;
+  }
+  options->token = RandomToken();
+  *hub = std::make_unique<HubProcess>(FindHubBinary(), options->token, options->ucx_transports,
+                                      spin_us, std::forward<Pin>(pin), extra_args);
+  options->port = (*hub)->port();
+  return options->port != 0;
+}
 
 }  // namespace easysync::bench

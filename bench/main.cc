@@ -24,6 +24,16 @@ void Usage(std::FILE* out) {
       "                  [--iters N] [--hub HOST:PORT --token T] [--ucx-transports LIST]\n"
       "                  [--spin-us N] (default: its own hub on loopback, transports tcp;\n"
       "                  --spin-us sets the spin of the clients and of its own hub)\n"
+      "  net-tensor      one training step's update of a 256 MiB bfloat16 tensor synced\n"
+      "                  A -> hub -> B (delta_s), the whole tensor synced (full_s) and a\n"
+      "                  torch.distributed gloo broadcast of it (gloo_broadcast_s), on\n"
+      "                  loopback and on loopback shaped to 10 and 1 Gbit/s (tc in a network\n"
+      "                  namespace: root only); own flags: [--json] [--reps N (3)]\n"
+      "                  [--mib N (256)] [--steps DIR [--dtype NAME (bf16)]]\n"
+      "                  [--python PATH (python3)] [--links loopback,10gbit,1gbit]\n"
+      "                  [--hub HOST:PORT --token T] [--ucx-transports LIST (tcp)]\n"
+      "                  (default step: synthetic rl-bf16, 1.5% of elements move by 1 ULP;\n"
+      "                  --steps: snapshot pairs as in codec, tiled to the size)\n"
       "flags (shm-*):\n"
       "  --json          one JSON object per line per configuration, nothing else on stdout\n"
       "  --iters N       measured samples per configuration (after warm-up)\n"
@@ -58,6 +68,7 @@ int main(int argc, char** argv) {
   }
   if (suite == "codec") return easysync::bench::RunCodec(argc, argv, 2);
   if (suite == "net-latency") return easysync::bench::RunNetLatency(argc, argv, 2);
+  if (suite == "net-tensor") return easysync::bench::RunNetTensor(argc, argv, 2);
   const bool latency = suite == "shm-latency";
   const bool throughput = suite == "shm-throughput";
   if (!latency && !throughput) return BadUsage("unknown suite '" + std::string(suite) + "'");

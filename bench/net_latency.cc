@@ -13,8 +13,6 @@
 // the same transports), an 8-byte active message each way, both sides busy-polling
 // ucp_worker_progress. One EasySync hop needs two such messages: ratio_vs_two_raw_hops =
 // p50 / (2 * raw_ucx_p50). Goal: <= 2.5.
-#include <sched.h>
-
 #include <poll.h>
 
 #include <algorithm>
@@ -57,36 +55,6 @@ struct Flags {
   int64_t spin_us =
       -1;  // spin of both clients (NetOptions::spin) and of its own hub (--spin-us); < 0: defaults
 };
-
-// Where the three processes run. Each client has two busy threads (the caller and the UCX
-// progress thread), so a client gets two CPUs when there are enough; with two CPUs the hub
-// floats over both, with one nothing is pinned.
-struct Placement {
-  int a_first, a_count, b_first, b_count, hub_first;
-  const char* name;
-};
-
-Placement ChoosePlacement() {
-  const int n = CPU_COUNT(&StartupCpus());
-  if (n >= 5) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
-  if (n >= 3) return {0, 1, 1, 1, 2, "A:1cpu,B:1cpu,hub:1cpu"};
-  if (n == 2) return {0, 1, 1, 1, -1, "A:1cpu,B:1cpu,hub:shared"};
-  return {-1, 0, -1, 0, -1, "unpinned"};
-}
-
-// Restricts the caller to CPUs [first, first + count) of StartupCpus(); first < 0: all of them.
-void PinToCpus(int first, int count) {
-  const cpu_set_t& allowed = StartupCpus();
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  int nth = 0;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (!CPU_ISSET(cpu, &allowed)) continue;
-    if (first < 0 || (nth >= first && nth < first + count)) CPU_SET(cpu, &set);
-    ++nth;
-  }
-  if (CPU_COUNT(&set) > 0) (void)sched_setaffinity(0, sizeof(set), &set);
-}
 
 // Runs round_trip(i) for i = 1, 2, ...: `warmup` untimed, then timed until `iters` samples or
 // kSecondsCap. Stores round trip / 2 in microseconds.
@@ -209,11 +177,7 @@ int RunNetLatency(int argc, char** argv, int first) {
       if (*end != '\0' || n < 1 || n > 100000000) return BadUsage("--iters needs 1..1e8");
       f.iters = n;
     } else if (flag == "--hub") {
-      const auto colon = value.rfind(':');
-      const int port = colon == std::string::npos ? 0 : std::atoi(value.c_str() + colon + 1);
-      if (colon == 0 || port <= 0 || port > 65535) return BadUsage("--hub needs HOST:PORT");
-      f.host = value.substr(0, colon);
-      f.port = static_cast<uint16_t>(port);
+      if (!ParseHubAddress(value, &f.host, &f.port)) return BadUsage("--hub needs HOST:PORT");
     } else if (flag == "--token") {
       f.token = value;
     } else if (flag == "--spin-us") {
@@ -238,19 +202,11 @@ int RunNetLatency(int argc, char** argv, int first) {
   options.ucx_transports = f.transports;
   if (f.spin_us >= 0) options.spin = std::chrono::microseconds(f.spin_us);
   std::unique_ptr<HubProcess> hub;
-  if (f.host.empty()) {
-    options.token = RandomToken();
-    hub = std::make_unique<HubProcess>(FindHubBinary(), options.token, f.transports, f.spin_us,
-                                       [&] { PinToCpus(where.hub_first, 1); });
-    if (hub->port() == 0) {
-      std::fprintf(stderr, "easysync-bench: net-latency: the hub did not start\n");
-      return 1;
-    }
-    options.port = hub->port();
-  } else {
-    options.host = f.host;
-    options.port = f.port;
-    options.token = f.token;
+  if (!UseHub(
+          f.host, f.port, f.token, f.spin_us, [&] { PinToCpus(where.hub_first, 1); }, &options,
+          &hub)) {
+    std::fprintf(stderr, "easysync-bench: net-latency: the hub did not start\n");
+    return 1;
   }
 
   std::vector<double> raw, measured;

@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "easysync/client.h"
 
@@ -47,6 +49,36 @@ inline void PinToNthCpu(int nth) {
       return;
     }
   }
+}
+
+// Restricts the caller to CPUs [first, first + count) of StartupCpus(); first < 0: all of them.
+inline void PinToCpus(int first, int count) {
+  const cpu_set_t& allowed = StartupCpus();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int nth = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    if (first < 0 || (nth >= first && nth < first + count)) CPU_SET(cpu, &set);
+    ++nth;
+  }
+  if (CPU_COUNT(&set) > 0) (void)sched_setaffinity(0, sizeof(set), &set);
+}
+
+// Where the network suites' three processes run (CPU indices into StartupCpus()). Each client
+// has two busy threads (the caller and the UCX progress thread), so a client gets two CPUs
+// when there are enough; with two CPUs the hub floats over both, with one nothing is pinned.
+struct Placement {
+  int a_first, a_count, b_first, b_count, hub_first;
+  const char* name;
+};
+
+inline Placement ChoosePlacement() {
+  const int n = CPU_COUNT(&StartupCpus());
+  if (n >= 5) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
+  if (n >= 3) return {0, 1, 1, 1, 2, "A:1cpu,B:1cpu,hub:1cpu"};
+  if (n == 2) return {0, 1, 1, 1, -1, "A:1cpu,B:1cpu,hub:shared"};
+  return {-1, 0, -1, 0, -1, "unpinned"};
 }
 
 // Runs fn() in a forked child pinned to the second allowed CPU, and pins the parent to the
@@ -85,6 +117,14 @@ inline bool JoinChild(pid_t pid, bool kill_first) {
     if (errno != EINTR) return false;
   }
   return !kill_first && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// execvp(args[0], args); returns only when that failed.
+inline void ExecArgs(std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
 }
 
 // An anonymous MAP_SHARED mapping made before fork: both processes see the same bytes.
