@@ -267,15 +267,16 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   EXPECT_EQ(stale.code, net::ErrorCode::kStaleBase) << stale.text;
   EXPECT_FALSE(stale.fatal);
   EXPECT_EQ(stale.request_id, 4u);
-  // The right base version but bytes that do not verify (one flipped in the payload).
+  // The right base but bytes that do not verify (one flipped in the payload). The hub knows
+  // the base's hash, so it relays the delta before applying it: it answers WRITTEN, finds
+  // the delta bad, keeps its value and publishes it again at a newer version to everyone.
   Frame bad = CodecWrite(5, d.attr_id, v3, v2, 2);
   bad.back() ^= std::byte{0x40};
   p.Send(bad);
-  auto unverified = Expect(p, net::MsgType::kError, &net::DecodeError);
-  EXPECT_EQ(unverified.code, net::ErrorCode::kStaleBase) << unverified.text;
-  EXPECT_FALSE(unverified.fatal);
-  // The hub's value is still exactly v2: a late joiner gets it.
-  {
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 3u);
+  EXPECT_EQ(Expect(p, net::MsgType::kUpdate, &net::DecodeUpdate).version, 4u);
+  // What a late joiner gets: exactly the value the hub kept.
+  const auto joiner_sees = [&](uint64_t version, const std::vector<std::byte>& value) {
     RawPeer q(hub.port());
     Login(q);
     q.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0}));
@@ -283,13 +284,26 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
     ASSERT_TRUE(f.has_value());
     auto got = net::DecodeDeclared(net::Payload(*f));
     ASSERT_TRUE(got.ok());
-    EXPECT_EQ(got->version, 2u);
-    ASSERT_EQ(got->value.size(), v2.size());
-    EXPECT_TRUE(std::equal(v2.begin(), v2.end(), got->value.begin()));
-  }
+    EXPECT_EQ(got->version, version);
+    ASSERT_EQ(got->value.size(), value.size());
+    EXPECT_TRUE(std::equal(value.begin(), value.end(), got->value.begin()));
+  };
+  joiner_sees(4, v2);
+  // After a raw write the hub has no verified hash: a bad delta is applied first, found bad
+  // and refused (not fatal); the value stays.
+  p.Send(net::Encode(net::Write{6, d.attr_id, 1, 0, v1, false}));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 5u);
+  Frame bad2 = CodecWrite(7, d.attr_id, v2, v1, 5);
+  bad2.back() ^= std::byte{0x40};
+  p.Send(bad2);
+  auto unverified = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(unverified.code, net::ErrorCode::kStaleBase) << unverified.text;
+  EXPECT_FALSE(unverified.fatal);
+  EXPECT_EQ(unverified.request_id, 7u);
+  joiner_sees(5, v1);
   // A codec flag on bytes that are no codec value: the peer is dropped.
   std::vector<std::byte> junk(300, std::byte{7});
-  p.Send(net::Encode(net::Write{6, d.attr_id, 1, 0, junk, /*codec=*/true}));
+  p.Send(net::Encode(net::Write{8, d.attr_id, 1, 0, junk, /*codec=*/true}));
   p.ExpectRejected(net::ErrorCode::kMalformed, "a WRITE with a bad codec value");
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);

@@ -315,6 +315,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   a.writer = stamp.writer;
   a.write_ns = stamp.write_ns;
 
+  if (except == kEveryone) return;  // relayed already
   const bool others = a.subscribers.size() > (a.subscribers.count(except) != 0 ? 1u : 0u);
   if (!others) return;
   net::Update u{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false};
@@ -358,35 +359,39 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   }
 }
 
-bool Hub::DecodeWrite(ucp_ep_h ep, Attr& a, const net::Write& m,
-                      std::shared_ptr<net::Frame>* holder, size_t* offset,
-                      std::optional<uint64_t>* hash, ByteSpan* relay) {
+std::optional<net::CodecValueInfo> Hub::CheckCodecWrite(ucp_ep_h ep, const Attr& a,
+                                                        const net::Write& m) {
   auto info = net::PeekCodecValue(m.value);
   if (!info.ok() || a.kind != ValueKind::kTensor) {
     Reject(
         ep, net::ErrorCode::kMalformed,
         "bad codec value for " + a.object + "." + a.name + ": " +
             (info.ok() ? std::string("the attribute is not a tensor") : info.status().message()));
-    return false;
+    return std::nullopt;
   }
   if (info->raw_bytes > options_.max_message_bytes) {
     Reject(ep, net::ErrorCode::kTooLarge,
            "a tensor of " + std::to_string(info->raw_bytes) + " bytes is over the hub's limit of " +
                std::to_string(options_.max_message_bytes) + " (--max-message-bytes)");
-    return false;
+    return std::nullopt;
   }
-  if (!Fits(ep, m.request_id, a, info->raw_bytes)) return false;
-  const bool delta = !info->frame.is_full_value();
-  const ByteSpan base = a.value();
-  if (delta && (info->frame.base_version != a.version || base.size() != info->raw_bytes)) {
+  if (!Fits(ep, m.request_id, a, info->raw_bytes)) return std::nullopt;
+  if (!info->frame.is_full_value() &&
+      (info->frame.base_version != a.version || a.value().size() != info->raw_bytes)) {
     Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
            "the delta is against version " + std::to_string(info->frame.base_version) + " of " +
                a.object + "." + a.name + " but the hub has version " + std::to_string(a.version) +
                ": send the whole value");
-    return false;
+    return std::nullopt;
   }
-  // In place when no send in flight still reads the current value.
-  const bool in_place = delta && a.holder.use_count() == 1;
+  return *info;
+}
+
+Status Hub::DecodeInto(const Attr& a, ByteSpan wire, const net::CodecValueInfo& info,
+                       std::shared_ptr<net::Frame>* holder, size_t* offset) {
+  // A delta in place when no send in flight still reads the current value; on failure the
+  // value is left as it was.
+  const bool in_place = !info.frame.is_full_value() && a.holder.use_count() == 1;
   std::shared_ptr<net::Frame> out;
   size_t out_offset = 0;
   if (in_place) {
@@ -394,21 +399,13 @@ bool Hub::DecodeWrite(ucp_ep_h ep, Attr& a, const net::Write& m,
     out_offset = a.offset;
   } else {
     out = std::make_shared<net::Frame>();
-    out->resize(info->raw_bytes);
+    out->resize(info.raw_bytes);
   }
-  const std::span<std::byte> dst = std::span<std::byte>(*out).subspan(out_offset, info->raw_bytes);
-  Status st = net::DecodeCodecValue(decoder_, m.value, base, a.data_hash, dst);
-  if (!st.ok()) {
-    Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
-           "the value of " + a.object + "." + a.name +
-               " does not verify against the hub's: " + st.message() + "; send the whole value");
-    return false;
-  }
+  const std::span<std::byte> dst = std::span<std::byte>(*out).subspan(out_offset, info.raw_bytes);
+  EASYSYNC_RETURN_IF_ERROR(net::DecodeCodecValue(decoder_, wire, a.value(), a.data_hash, dst));
   *holder = std::move(out);
   *offset = out_offset;
-  *hash = info->frame.result_hash;
-  *relay = m.value;
-  return true;
+  return Status::Ok();
 }
 
 void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&& frame) {
@@ -417,22 +414,62 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
                   "attribute id " + std::to_string(m.attr_id) + " was not declared by this client");
   }
   Attr& a = attrs_[m.attr_id];
-  std::shared_ptr<net::Frame> holder;
-  size_t offset = 0;
-  std::optional<uint64_t> hash;
-  ByteSpan relay;
+  const Stamp stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
+  const auto written = [&] {
+    Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, stamp.version, stamp.clock}));
+  };
   // Keeps the WRITE frame (and so m.value) alive until the relay is built.
   auto write = std::make_shared<net::Frame>(std::move(frame));
-  if (m.codec) {
-    if (!DecodeWrite(ep, a, m, &holder, &offset, &hash, &relay)) return;
-  } else {
+  if (!m.codec) {
     if (!Fits(ep, m.request_id, a, m.value.size())) return;
-    holder = write;
-    offset = net::kWriteValueOffset;
+    written();
+    return Publish(m.attr_id, a, stamp, std::move(write), net::kWriteValueOffset, std::nullopt, {},
+                   ep);
   }
-  const Stamp stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
-  Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, stamp.version, stamp.clock}));
-  Publish(m.attr_id, a, stamp, std::move(holder), offset, hash, relay, ep);
+  const auto info = CheckCodecWrite(ep, a, m);
+  if (!info) return;
+  const bool delta = !info->frame.is_full_value();
+  // Cut through: a delta against exactly the value the hub holds (same version, same
+  // verified hash) goes on to the subscribers before the hub applies it, so applying it is
+  // off the path from writer to readers. Each receiver verifies the result itself.
+  const bool cut_through = delta && a.data_hash && *a.data_hash == info->frame.base_hash;
+  if (cut_through) {
+    written();
+    net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
+                  stamp.write_ns, m.value,       /*codec=*/true};
+    auto relay = std::make_shared<const net::Frame>(net::Encode(u));
+    for (ucp_ep_h s : a.subscribers) {
+      if (s != ep) worker_->Send(s, relay);
+    }
+  }
+  std::shared_ptr<net::Frame> holder;
+  size_t offset = 0;
+  Status st = DecodeInto(a, m.value, *info, &holder, &offset);
+  if (!st.ok() && !cut_through) {
+    return Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
+                  "the value of " + a.object + "." + a.name +
+                      " does not verify against the hub's: " + st.message() +
+                      "; send the whole value");
+  }
+  if (!st.ok()) {
+    // Already relayed: its receivers drop it (it does not verify for them either). Publish
+    // the value the hub kept at a newer version, so that everyone, the writer too, converges.
+    Log("a delta of " + a.object + "." + a.name + " from client " + std::to_string(peer.id) +
+        " did not verify after it was relayed (" + st.message() + "); republishing version " +
+        std::to_string(a.version) + "'s value");
+    const Stamp again{stamp.version + 1, stamp.clock + 1, a.writer, NowNanos()};
+    a.version = again.version;
+    a.clock = again.clock;
+    a.write_ns = again.write_ns;
+    auto relay = std::make_shared<const net::Frame>(net::Encode(
+        net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
+    for (ucp_ep_h s : a.subscribers) worker_->Send(s, relay);
+    return;
+  }
+  if (!cut_through) written();
+  // A relayed delta is not sent again (codec value empty and no re-encode: see Publish).
+  Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash,
+          cut_through ? ByteSpan() : m.value, cut_through ? kEveryone : ep);
 }
 
 void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {

@@ -18,6 +18,7 @@
 #include "easysync/codec.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
+#include "net/wire_value.h"
 
 namespace easysync::hub {
 
@@ -83,12 +84,17 @@ class Hub final : public net::UcxWorker::Handler {
   void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);
   void HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m);
   void HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&& frame);
-  // The value of a codec WRITE, decoded against the attribute's value; the relayed UPDATE
-  // carries `relay` (the codec value to forward). False when the request was answered.
-  bool DecodeWrite(ucp_ep_h ep, Attr& a, const net::Write& m, std::shared_ptr<net::Frame>* holder,
-                   size_t* offset, std::optional<uint64_t>* hash, ByteSpan* relay);
-  // Installs a new value and sends it to every subscriber but `except`: as `codec_value` when
-  // given, else re-encoded as a delta against the previous value when that pays, else raw.
+  // The header of a codec WRITE's value, when it may be applied (else the request, or the
+  // peer, was answered).
+  std::optional<net::CodecValueInfo> CheckCodecWrite(ucp_ep_h ep, const Attr& a,
+                                                     const net::Write& m);
+  // Decodes a checked codec value against the attribute's value: in place when possible.
+  Status DecodeInto(const Attr& a, ByteSpan wire, const net::CodecValueInfo& info,
+                    std::shared_ptr<net::Frame>* holder, size_t* offset);
+  // Installs a new value and sends it to every subscriber but `except` (kEveryone: to no
+  // one, it was relayed already): as `codec_value` when that is a delta, else re-encoded as
+  // a delta against the previous value when that pays, else as it came.
+  static inline const ucp_ep_h kEveryone = reinterpret_cast<ucp_ep_h>(~uintptr_t{0});
   struct Stamp {
     uint64_t version, clock;
     uint32_t writer;
