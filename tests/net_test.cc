@@ -8,6 +8,7 @@
 #include "easysync/net.h"
 #include "net/net_client.h"
 #include "net/protocol.h"
+#include "net/ucx_worker.h"
 #include "net_test_util.h"
 
 namespace easysync {
@@ -236,6 +237,26 @@ TEST(NetAuth, OtherProtocolVersionIsRejected) {
       std::string::npos)
       << r.status().ToString();
   EXPECT_TRUE(TryConnect(Options(hub.port())).ok());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+TEST(NetTransports, ATransportWithoutADeviceNamesWhatUcxFound) {
+  // No RDMA NIC here (and if there were one, "rc" would simply work: then there is nothing
+  // to check). The client's error lists what UCX does have, tcp among it.
+  const std::string found = net::AvailableTransports();
+  ASSERT_NE(found.find("tcp"), std::string::npos) << found;
+  if (found.find("rc") != std::string::npos) GTEST_SKIP() << "this machine has rc: " << found;
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto r = TryConnect(Options(hub.port(), "rc"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("'rc'"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("tcp ("), std::string::npos) << r.status().ToString();
+  // The hub refuses to start the same way, with the same words.
+  HubProcess rdma_hub({"--ucx-transports", "rc"});
+  EXPECT_EQ(rdma_hub.port(), 0);
+  EXPECT_EQ(rdma_hub.Stop(), 1);
   EXPECT_EQ(hub.Stop(), 0);
 }
 

@@ -1,6 +1,8 @@
 // UCX context, worker, progress thread, listener and endpoints (see ucx_worker.h).
 #include "net/ucx_worker.h"
 
+#include <uct/api/uct.h>
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
@@ -12,6 +14,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <set>
 
 namespace easysync::net {
 namespace {
@@ -110,6 +114,50 @@ Status UcxError(ucs_status_t s, const char* what, const char* file, int line) {
   }
 }
 
+std::string AvailableTransports() {
+  // UCT is below UCP: its components (tcp, posix, ib, ...) list the transports of each device.
+  uct_component_h* components = nullptr;
+  unsigned n = 0;
+  if (uct_query_components(&components, &n) != UCS_OK) return "?";
+  std::map<std::string, std::set<std::string>> found;  // transport -> devices
+  for (unsigned c = 0; c < n; ++c) {
+    uct_component_attr_t attr{};
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
+    if (uct_component_query(components[c], &attr) != UCS_OK) continue;
+    std::vector<uct_md_resource_desc_t> mds(attr.md_resource_count);
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
+    attr.md_resources = mds.data();
+    if (uct_component_query(components[c], &attr) != UCS_OK) continue;
+    for (const auto& md_desc : mds) {
+      uct_md_config_t* config = nullptr;
+      if (uct_md_config_read(components[c], nullptr, nullptr, &config) != UCS_OK) continue;
+      uct_md_h md = nullptr;
+      const ucs_status_t st = uct_md_open(components[c], md_desc.md_name, config, &md);
+      uct_config_release(config);
+      if (st != UCS_OK) continue;
+      uct_tl_resource_desc_t* tls = nullptr;
+      unsigned count = 0;
+      if (uct_md_query_tl_resources(md, &tls, &count) == UCS_OK) {
+        for (unsigned i = 0; i < count; ++i) found[tls[i].tl_name].insert(tls[i].dev_name);
+        uct_release_tl_resource_list(tls);
+      }
+      uct_md_close(md);
+    }
+  }
+  uct_release_component_list(components);
+  std::string out;
+  for (const auto& [tl, devices] : found) {
+    out += (out.empty() ? "" : ", ") + tl + " (";
+    bool first = true;
+    for (const auto& d : devices) {
+      out += (first ? "" : " ") + d;
+      first = false;
+    }
+    out += ")";
+  }
+  return out.empty() ? "none" : out;
+}
+
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested) {
   if (requested.count() >= 0) return requested;
   cpu_set_t set;
@@ -143,9 +191,9 @@ Status UcxWorker::Init() {
   const ucs_status_t st = ucp_init(&params, config, &context_);
   ucp_config_release(config);
   if (st != UCS_OK) {
-    return Status::InvalidArgument("UCX found no usable transport among '" + transports +
-                                   "': " + ucs_status_string(st) +
-                                   " (see `ucx_info -d` for the devices it sees)");
+    return Status::InvalidArgument("UCX has no device for the transports '" + transports + "' (" +
+                                   ucs_status_string(st) +
+                                   "); this machine has: " + AvailableTransports());
   }
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;

@@ -34,6 +34,9 @@ Status UcxError(ucs_status_t s, const char* what, const char* file, int line);
     if (_es_ucs != UCS_OK) return ::easysync::net::UcxError(_es_ucs, #call, __FILE__, __LINE__); \
   } while (0)
 
+// What UCX can use on this machine: "tcp (eth0 lo), posix (memory), ...", for error messages.
+std::string AvailableTransports();
+
 // A negative spin means: choose. Spinning pays off only when the spinning threads have cores
 // of their own; with fewer than 4 CPUs a client's caller and progress thread and a hub on the
 // same machine starve each other (measured on 2 CPUs: 187 us one-way with a 50 us spin, 55 us
