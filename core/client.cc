@@ -3,9 +3,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
+#include <vector>
 
 #include "easysync/client.h"
+#include "easysync/device_codec.h"
+#include "easysync/value_traits.h"
 
 namespace easysync {
 
@@ -54,6 +58,25 @@ std::string Stats::ToString() const {
 }
 
 Client::~Client() { StopCallbacks(); }
+
+Result<uint64_t> Client::WriteTensor(AttrId attr, const TensorView& view) {
+  if (view.shape.size() > kMaxTensorDims) return Status::InvalidArgument("too many dims");
+  EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(view.shape));
+  const size_t bytes = numel * DTypeSize(view.dtype);
+  const std::byte* src = static_cast<const std::byte*>(view.data);
+  std::vector<std::byte> host;
+  if (view.device == DeviceType::kCUDA && bytes != 0) {
+    // Copied first: a device that fails mid-copy publishes nothing.
+    EASYSYNC_ASSIGN_OR_RETURN(auto cuda, codec::MakeCudaDeltaBackend(view.stream));
+    host.resize(bytes);
+    EASYSYNC_RETURN_IF_ERROR(cuda->ToHost(host.data(), view.data, bytes));
+    src = host.data();
+  }
+  return Write(attr, detail::EncodedTensorSize(view.dtype, bytes), [&](std::byte* dst) {
+    detail::EncodeTensorHeader(view.dtype, view.shape, dst);
+    if (bytes != 0) std::memcpy(dst + detail::kTensorHeaderBytes, src, bytes);
+  });
+}
 
 size_t Client::ThreadShard() {
   static std::atomic<size_t> next{0};

@@ -15,6 +15,7 @@
 #include <optional>
 #include <unordered_map>
 
+#include "easysync/device_codec.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
 #include "net/wire_value.h"
@@ -54,6 +55,9 @@ class NetClient final : public Client, public UcxWorker::Handler {
   Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
                          const Initial* initial) override;
   Result<uint64_t> Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) override;
+  Result<uint64_t> WriteTensor(AttrId attr, const TensorView& view) override;
+  // Tests: host tensors take the device path too, on the kernels' host twins.
+  void set_device_path_for_host_tensors(bool on) { device_path_for_host_ = on; }
   uint64_t LatestVersion(AttrId attr) override {
     Replica* r = Find(attr);
     return r == nullptr ? 0 : r->version.load(std::memory_order_acquire);
@@ -94,6 +98,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
     bool dirty = false;
     bool resync_requested = false;  // a whole value was asked for; deltas wait for it
     std::shared_ptr<Frame> spare;   // a former value buffer, reused for the next one
+    // Writes of device tensors: the delta is computed where the tensor lives.
+    std::mutex device_mu;  // guards device, device_acked; taken before mu
+    std::unique_ptr<codec::DeviceEncoder> device;
+    uint64_t device_acked = 0;  // the hub's version of the device encoder's base
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
@@ -200,10 +208,19 @@ class NetClient final : public Client, public UcxWorker::Handler {
   std::unique_ptr<std::atomic<Replica*>[]> replicas_;
   std::atomic<uint32_t> count_{0};
 
+  std::atomic<bool> device_path_for_host_{false};
   std::mutex encode_mu_;  // guards encoder_ and scratch_
   codec::Encoder encoder_;
   std::unique_ptr<std::byte[]> scratch_;
   size_t scratch_bytes_ = 0;
+  // The scratch buffer, at least `bytes` long. REQUIRES: encode_mu_ held.
+  std::byte* Scratch(size_t bytes) {
+    if (scratch_bytes_ < bytes) {
+      scratch_.reset(new std::byte[bytes]);  // uninitialized: encoders write what they use
+      scratch_bytes_ = bytes;
+    }
+    return scratch_.get();
+  }
 
   std::mutex mu_;  // guards state_, failure_, pending_, next_request_
   std::condition_variable cv_;
@@ -886,13 +903,9 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
   std::lock_guard<std::mutex> lock(encode_mu_);
   const size_t bound = CodecValueBound(raw);
   if (bound == 0) return Status::InvalidArgument("not a valid tensor value");
-  if (scratch_bytes_ < bound) {
-    scratch_.reset(new std::byte[bound]);  // uninitialized: Encode writes what it uses
-    scratch_bytes_ = bound;
-  }
   EASYSYNC_ASSIGN_OR_RETURN(EncodedValue e,
                             EncodeCodecValue(encoder_, raw, base_value, base_version, base_hash,
-                                             base_version + 1, {scratch_.get(), bound}));
+                                             base_version + 1, {Scratch(bound), bound}));
   CounterShard& c = shard();
   Count(c.codec_raw_bytes, raw.size());
   Count(c.codec_wire_bytes, e.bytes);
@@ -965,6 +978,103 @@ Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std
   }
 }
 
+Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
+  Replica* r = Find(attr);
+  if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
+  const bool device = view.device == DeviceType::kCUDA || device_path_for_host_.load();
+  if (!device || r->kind != ValueKind::kTensor || view.shape.size() > kMaxTensorDims) {
+    return Client::WriteTensor(attr, view);
+  }
+  EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(view.shape));
+  const size_t bytes = numel * DTypeSize(view.dtype);
+  const size_t raw = detail::EncodedTensorSize(view.dtype, bytes);
+  if (!UseCodec(r->kind, raw)) return Client::WriteTensor(attr, view);
+  std::lock_guard<std::mutex> device_lock(r->device_mu);
+  if (!r->device) {
+    std::unique_ptr<codec::DeltaBackend> backend;
+    if (view.device == DeviceType::kCUDA) {
+      EASYSYNC_ASSIGN_OR_RETURN(backend, codec::MakeCudaDeltaBackend(view.stream));
+    } else {
+      backend = codec::MakeHostDeltaBackend();
+    }
+    r->device = std::make_unique<codec::DeviceEncoder>(std::move(backend));
+  }
+  codec::DeviceEncoder& dev = *r->device;
+  const int64_t now = MonotonicNanos();
+  const uint64_t clock = clock_.load(std::memory_order_relaxed) + 1;
+  for (bool whole = false;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (state_ == State::kFailed) return failure_;
+    }
+    uint64_t base_version;
+    {
+      std::lock_guard<std::mutex> lock(r->mu);
+      // The encoder's base is what this client last wrote; anything since (another writer, a
+      // resync) makes the next frame whole.
+      if (whole || r->dirty || r->info.version != r->device_acked) dev.Reset();
+      base_version = r->info.version;
+    }
+    const uint32_t request = NextRequest();
+    std::shared_ptr<const Frame> frame;
+    {
+      std::lock_guard<std::mutex> lock(encode_mu_);
+      const size_t bound = detail::kTensorHeaderBytes + codec::EncodeBound(view.dtype, numel);
+      std::byte* out = Scratch(bound);
+      detail::EncodeTensorHeader(view.dtype, view.shape, out);
+      auto n =
+          dev.Encode(view.dtype, numel, static_cast<const uint8_t*>(view.data), base_version + 1,
+                     {reinterpret_cast<uint8_t*>(out) + detail::kTensorHeaderBytes,
+                      bound - detail::kTensorHeaderBytes});
+      if (!n.ok()) {
+        dev.Reset();
+        return n.status();
+      }
+      const size_t value_bytes = detail::kTensorHeaderBytes + *n;
+      auto info = PeekCodecValue({out, value_bytes});
+      if (!info.ok()) return info.status();
+      CounterShard& c = shard();
+      Count(c.codec_raw_bytes, raw);
+      Count(c.codec_wire_bytes, value_bytes);
+      Count(info->frame.is_full_value() ? c.full_sent : c.deltas_sent, 1);
+      frame = std::make_shared<const Frame>(
+          EncodeWrite(net::Write{request, r->hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
+                      value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+    }
+    EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(request, Pending{}, frame, "WRITE"));
+    if (done.lost || (done.stale_base && !whole)) {
+      dev.Reset();
+      if (done.stale_base) Count(shard().resyncs, 1);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (state_ != State::kReady) {
+        lock.unlock();
+        // Disconnected: kept on the host like any write, sent after the reconnect.
+        return Client::WriteTensor(attr, view);
+      }
+      whole = true;
+      continue;
+    }
+    if (!done.status.ok()) {
+      dev.Reset();
+      return done.status;
+    }
+    Count(shard().updates_sent, 1);
+    dev.Acknowledge(done.version);
+    r->device_acked = done.version;
+    // The replica keeps the value on the host: the encoder's shadow is exactly it.
+    auto holder = Buffer(*r, raw);
+    detail::EncodeTensorHeader(view.dtype, view.shape, holder->data());
+    if (bytes != 0) {
+      std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
+    }
+    if (Apply(*r, std::move(holder), 0, UpdateInfo{done.version, done.clock, id(), now, 0},
+              dev.shadow_hash(), /*local=*/true)) {
+      Ring();
+    }
+    return done.version;
+  }
+}
+
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,
                                                          FunctionRef<Status(ByteSpan)> decode) {
   Replica* r = Find(attr);
@@ -1003,6 +1113,10 @@ bool NetClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
 }
 
 }  // namespace
+
+void SetDevicePathForHostTensors(Client& client, bool on) {
+  if (auto* c = dynamic_cast<NetClient*>(&client)) c->set_device_path_for_host_tensors(on);
+}
 
 Result<std::shared_ptr<Client>> TryConnectWithVersion(const NetOptions& options, uint16_t version) {
   auto client = std::make_shared<NetClient>(options, version);

@@ -10,4 +10,8 @@ namespace easysync::net {
 // TryConnect speaking protocol `version` (tests check that a hub rejects other versions).
 Result<std::shared_ptr<Client>> TryConnectWithVersion(const NetOptions& options, uint16_t version);
 
+// Routes WriteTensor of host tensors through the device-delta path, on the CUDA kernels' host
+// twins (how that path is tested without a GPU). No effect on other clients.
+void SetDevicePathForHostTensors(Client& client, bool on);
+
 }  // namespace easysync::net

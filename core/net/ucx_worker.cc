@@ -210,7 +210,13 @@ Status UcxWorker::Init() {
   hp.cb = &UcxWorker::OnAm;
   hp.arg = this;
   EASYSYNC_UCX_CHECK(ucp_worker_set_am_recv_handler(worker_, &hp));
-  description_ = std::string("UCX ") + ucp_get_version_string() + ", transports " + transports;
+  ucp_context_attr_t ca{};
+  ca.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+  if (ucp_context_query(context_, &ca) == UCS_OK) {
+    cuda_memory_ = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+  }
+  description_ = std::string("UCX ") + ucp_get_version_string() + ", transports " + transports +
+                 ", CUDA memory " + (cuda_memory_ ? "yes" : "no");
   return Status::Ok();
 }
 

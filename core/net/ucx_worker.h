@@ -68,8 +68,10 @@ class UcxWorker {
   static Result<std::unique_ptr<UcxWorker>> Create(const UcxOptions& options, Handler* handler);
   ~UcxWorker();  // stops the thread, closes endpoints, destroys the worker
 
-  // "UCX 1.13.1, transports tcp" (what UCX resolved, for the startup log).
+  // "UCX 1.13.1, transports tcp, CUDA memory no" (what UCX resolved, for the startup log).
   const std::string& description() const { return description_; }
+  // Whether this UCX build moves CUDA device memory itself (run-time feature detection).
+  bool cuda_memory() const { return cuda_memory_; }
 
   Status Listen(const std::string& bind, uint16_t port);
   uint16_t listen_port() const { return listen_port_; }
@@ -113,6 +115,7 @@ class UcxWorker {
   UcxOptions options_;
   Handler* handler_;
   std::string description_;
+  bool cuda_memory_ = false;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   ucp_listener_h listener_ = nullptr;

@@ -23,6 +23,7 @@
 #include "easysync/function_ref.h"
 #include "easysync/stats.h"
 #include "easysync/status.h"
+#include "easysync/tensor.h"
 #include "easysync/value_traits.h"
 
 namespace easysync {
@@ -102,6 +103,12 @@ class Client {
   // Publishes a value of `size` bytes written by `encode`; returns its version.
   virtual Result<uint64_t> Write(AttrId attr, size_t size,
                                  FunctionRef<void(std::byte*)> encode) = 0;
+
+  // Publishes a tensor attribute's value from a view, which may point to GPU memory
+  // (view.device == kCUDA; the copy or the delta work runs on view.stream). Network mode
+  // computes the delta on the device and only the changed blocks cross PCIe; otherwise the
+  // tensor is copied to the host and written as by Write. Returns the new version.
+  virtual Result<uint64_t> WriteTensor(AttrId attr, const TensorView& view);
 
   // The newest version of the attribute (0: no value yet). Never blocks.
   virtual uint64_t LatestVersion(AttrId attr) = 0;

@@ -76,6 +76,14 @@ class DeviceEncoder {
                         std::span<uint8_t> out);
   // The receiver lost track (it asked for a full value): the next frame is a full value.
   void Reset() { base_version_ = 0; }
+  // The receiver holds what the last call encoded, as `version` (where another party, e.g.
+  // a hub, assigns versions): the next delta names that version as its base.
+  void Acknowledge(uint64_t version) {
+    if (base_version_ != 0) base_version_ = version;
+  }
+  // A host copy of what the last call encoded (the receiver's base), and its XXH3-64.
+  std::span<const uint8_t> shadow() const { return shadow_; }
+  uint64_t shadow_hash() const { return shadow_hash_; }
   const DeviceEncoderStats& stats() const { return stats_; }
 
  private:
