@@ -51,6 +51,7 @@ struct Encoder::Impl {
   Scratch values;  // element-major XOR values of the changes
   Scratch planes;  // dense XOR planes (or planes of a full value)
   Scratch alt;     // the second zstd candidate
+  Scratch sample;  // compressed samples (SampleCompresses)
   Scratch zeros;   // a zero block for scans of XOR blocks
   size_t zeros_bytes = 0;
   internal::StreamHash cur_hash;
@@ -66,12 +67,34 @@ struct Encoder::Impl {
       if (cctx == nullptr) return Status::ResourceExhausted("ZSTD_createCCtx failed");
     }
     if (cap == 0 || !options.allow_zstd) return size_t{0};
+    if (n >= kSampleMinBytes && !SampleCompresses(src, n, cap)) return size_t{0};
     const size_t r = ZSTD_compressCCtx(cctx, dst, cap, src, n, options.zstd_level);
     if (ZSTD_isError(r)) {
       if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall) return size_t{0};
       return Status::Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(r));
     }
     return r;
+  }
+
+  // Whether zstd is likely to bring n bytes under cap, judged on kSamples windows spread over
+  // them: incompressible data (random mantissas, a dense update of noise) then costs a few
+  // hundred KiB of zstd instead of all of it. Only a guess: a frame is valid either way.
+  static constexpr size_t kSampleMinBytes = size_t{1} << 20;
+  static constexpr size_t kSamples = 16;
+  static constexpr size_t kSampleBytes = size_t{16} << 10;
+  bool SampleCompresses(const uint8_t* src, size_t n, size_t cap) {
+    if (!sample.Reserve(ZSTD_compressBound(kSampleBytes))) return true;
+    size_t in = 0, out = 0;
+    for (size_t i = 0; i < kSamples; ++i) {
+      const size_t at = (n - kSampleBytes) / (kSamples - 1) * i;
+      const size_t r = ZSTD_compressCCtx(cctx, sample.data(), ZSTD_compressBound(kSampleBytes),
+                                         src + at, kSampleBytes, options.zstd_level);
+      if (ZSTD_isError(r)) return true;
+      in += kSampleBytes;
+      out += r;
+    }
+    // The sample's ratio, with a 2% margin, must reach what the caller needs.
+    return static_cast<double>(out) * 1.02 < static_cast<double>(in) * cap / n;
   }
 
   Result<size_t> EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info, uint8_t* payload);
@@ -201,6 +224,43 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
 
   // Dense candidate: XOR planes (element-major bytes when planes are off) through zstd.
   if (!planes.Reserve(n)) return internal::OutOfMemory(n);
+  // Splitting every plane and running zstd over all of it costs more than the rest of the
+  // encode: judge on samples first whether it can beat what there is (a dense update of
+  // noise cannot).
+  if (n >= kSampleMinBytes && options.allow_zstd) {
+    const size_t units = use_planes ? count : n;  // elements split, or bytes
+    const size_t unit_bytes = use_planes ? esize : 1;
+    const size_t window = kSampleBytes / unit_bytes;
+    size_t in = 0, out = 0;
+    if (!sample.Reserve(ZSTD_compressBound(window))) return internal::OutOfMemory(window);
+    if (cctx == nullptr && (cctx = ZSTD_createCCtx()) == nullptr) {
+      return Status::ResourceExhausted("ZSTD_createCCtx failed");
+    }
+    for (size_t i = 0; i < kSamples && units > window; ++i) {
+      const size_t first = (units - window) / (kSamples - 1) * i;
+      if (use_diff) {
+        internal::SplitPlanesDiff(cur.data, base, count, esize, first, first + window,
+                                  planes.data());
+      } else {
+        internal::SplitPlanes(cur.data, base, units, unit_bytes, first, first + window,
+                              planes.data());
+      }
+      for (size_t b = 0; b < unit_bytes; ++b) {
+        const size_t r =
+            ZSTD_compressCCtx(cctx, sample.data(), ZSTD_compressBound(window),
+                              planes.data() + b * units + first, window, options.zstd_level);
+        if (ZSTD_isError(r)) return Status::Internal("zstd failed on a sample");
+        in += window;
+        out += r;
+      }
+    }
+    if (in != 0 && static_cast<double>(out) * 1.02 >= static_cast<double>(in) * best / n) {
+      if (have) return best;
+      info->chain = 0;  // nothing will beat raw: a full value
+      std::memcpy(payload, cur.data, n);
+      return n;
+    }
+  }
   if (use_diff) {
     internal::SplitPlanesDiff(cur.data, base, count, esize, 0, count, planes.data());
   } else if (use_planes) {

@@ -2,6 +2,7 @@
 // calling the decoder (into a fresh buffer, in place, with a known base hash).
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -137,6 +138,43 @@ TEST(CodecRoundTrip, DenseRandomNeverExceedsRawPlusHeader) {
     ASSERT_TRUE(size.ok());
     EXPECT_EQ(*size, cur.size() + 64) << DTypeName(dtype);
     EXPECT_EQ(PeekFrame(frame)->chain, 0) << "incompressible: raw";
+  }
+}
+
+TEST(CodecRoundTrip, LargeValuesSkipZstdOnlyWhenItCannotPay) {
+  // Above 1 MiB the encoder judges zstd on samples first. Noise: raw frames, whole or against
+  // a base. Weights, and a dense update of them: still compressed.
+  const size_t count = size_t{2} << 20;  // 4 MiB of bf16
+  std::vector<uint8_t> noise(count * 2), noise2(count * 2);
+  std::mt19937_64 rng(5);
+  for (auto& b : noise) b = static_cast<uint8_t>(rng());
+  for (auto& b : noise2) b = static_cast<uint8_t>(rng());
+  const std::vector<uint8_t> weights = MakeTensor(DType::kBFloat16, count, 3);
+  const std::vector<uint8_t> dense = Mutate(weights, DType::kBFloat16, 0.7, Pattern::kRandom, 4);
+  struct Case {
+    const std::vector<uint8_t>* cur;
+    const std::vector<uint8_t>* base;
+    bool compressed;
+  };
+  for (const Case& c : {Case{&noise, nullptr, false}, Case{&noise2, &noise, false},
+                        Case{&weights, nullptr, true}, Case{&dense, &weights, true}}) {
+    Encoder enc;
+    Decoder dec;
+    std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+    const TensorBytes b = c.base ? View(DType::kBFloat16, *c.base) : TensorBytes{};
+    Result<size_t> size =
+        enc.Encode(View(DType::kBFloat16, *c.cur), c.base ? &b : nullptr, 1, 2, frame);
+    ASSERT_TRUE(size.ok());
+    const uint8_t chain = PeekFrame(frame)->chain;
+    EXPECT_EQ((chain & kChainZstd) != 0, c.compressed) << ChainName(chain);
+    if (c.compressed) {
+      EXPECT_LT(*size, c.cur->size() * 9 / 10);
+    }
+    std::vector<uint8_t> out(c.cur->size());
+    ASSERT_TRUE(dec.Decode(std::span<const uint8_t>(frame.data(), *size),
+                           c.base ? c.base->data() : nullptr, c.base ? c.base->size() : 0, out)
+                    .ok());
+    EXPECT_EQ(out, *c.cur);
   }
 }
 
