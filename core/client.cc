@@ -43,6 +43,9 @@ std::map<std::string, double> Stats::AsMap() const {
       {"resyncs", static_cast<double>(resyncs)},
       {"reconnects", static_cast<double>(reconnects)},
       {"rtt_ms", rtt_ms},
+      {"datagrams_dropped_stale", static_cast<double>(datagrams_dropped_stale)},
+      {"datagrams_dropped_bad", static_cast<double>(datagrams_dropped_bad)},
+      {"fragments_incomplete", static_cast<double>(fragments_incomplete)},
   };
 }
 
@@ -109,6 +112,9 @@ Stats Client::stats() const {
     s.codec_wire_bytes += ld(sh.codec_wire_bytes);
     s.resyncs += ld(sh.resyncs);
     s.reconnects += ld(sh.reconnects);
+    s.datagrams_dropped_stale += ld(sh.datagrams_dropped_stale);
+    s.datagrams_dropped_bad += ld(sh.datagrams_dropped_bad);
+    s.fragments_incomplete += ld(sh.fragments_incomplete);
   }
   if (s.codec_wire_bytes > 0) {
     s.compression_ratio =

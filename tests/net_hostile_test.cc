@@ -133,7 +133,8 @@ TEST(NetHostile, BadFramesGetAnErrorAndOnlyThatPeerIsDropped) {
   }
   {
     RawPeer p(hub.port());
-    p.Send(net::Encode(net::Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0}));
+    p.Send(
+        net::Encode(net::Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0, false}));
     p.ExpectRejected(net::ErrorCode::kUnexpected, "DECLARE before authentication");
   }
   {
@@ -253,7 +254,7 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   reinterpret_cast<float*>(v3.data() + detail::kTensorHeaderBytes)[4000] = -2.0f;
   RawPeer p(hub.port());
   Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0}));
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
   const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
   EXPECT_EQ(d.version, 0u);
   // A whole value, then a delta against it: both accepted.
@@ -279,7 +280,8 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   const auto joiner_sees = [&](uint64_t version, const std::vector<std::byte>& value) {
     RawPeer q(hub.port());
     Login(q);
-    q.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0}));
+    q.Send(
+        net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
     auto f = q.Next();
     ASSERT_TRUE(f.has_value());
     auto got = net::DecodeDeclared(net::Payload(*f));

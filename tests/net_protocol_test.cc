@@ -71,7 +71,7 @@ std::vector<Frame> AllMessages() {
       Encode(Auth{m}),
       Encode(Welcome{7, -5, m, 4096}),
       Encode(ErrorMsg{ErrorCode::kAuthFailed, true, 3, "nope"}),
-      Encode(Declare{4, ValueKind::kString, true, "Obj", "attr", Span(kValue), false, 0, 0}),
+      Encode(Declare{4, ValueKind::kString, true, "Obj", "attr", Span(kValue), false, 0, 0, false}),
       Encode(Declared{4, 2, 9, 10, 3, 123, Span(kValue)}),
       Encode(Write{5, 2, 11, 456, Span(kValue), false}),
       Encode(Written{5, 2, 10, 12}),
@@ -79,7 +79,7 @@ std::vector<Frame> AllMessages() {
       Encode(Resync{6}),
       Encode(Ping{-77}),
       Encode(Pong{-77, 88}),
-      Encode(Declare{8, ValueKind::kTensor, true, "O", "t", Span(kValue), true, 41, 42}),
+      Encode(Declare{8, ValueKind::kTensor, true, "O", "t", Span(kValue), true, 41, 42, false}),
       Encode(Update{2, 11, 13, 3, 457, Span(kValue), true}),
       Encode(Write{5, 2, 11, 456, Span(kValue), true}),
   };
@@ -122,13 +122,13 @@ TEST(NetProtocol, NewMessagesOfVersion2RoundTrip) {
 
 TEST(NetProtocol, DeclareResumeRules) {
   // Resuming needs a value and a version.
-  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), true, 0, 3});
+  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), true, 0, 3, false});
   EXPECT_EQ(DecodeAny(f).code(), StatusCode::kCorruption);
-  Frame g = Encode(Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0});
+  Frame g = Encode(Declare{1, ValueKind::kInt64, false, "O", "a", {}, false, 0, 0, false});
   g[kHeaderBytes + 5] = std::byte{kDeclareResume};  // the resume flag alone
   EXPECT_EQ(DecodeAny(g).code(), StatusCode::kCorruption);
   // A resume flag without the fields it promises.
-  Frame h = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", {}, false, 0, 0});
+  Frame h = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", {}, false, 0, 0, false});
   h[kHeaderBytes + 5] = std::byte{kDeclareHasInitial | kDeclareResume};
   EXPECT_EQ(DecodeAny(h).code(), StatusCode::kCorruption);
 }
@@ -228,7 +228,7 @@ TEST(NetProtocol, HostileHeadersAreRejected) {
 TEST(NetProtocol, HostileFieldsAreRejected) {
   auto declare = [](ValueKind kind, std::string obj, std::string attr) {
     return DecodeAny(
-        Encode(Declare{1, kind, false, std::move(obj), std::move(attr), {}, false, 0, 0}));
+        Encode(Declare{1, kind, false, std::move(obj), std::move(attr), {}, false, 0, 0, false}));
   };
   EXPECT_TRUE(declare(ValueKind::kInt64, "O", "a").ok());
   EXPECT_FALSE(declare(static_cast<ValueKind>(0), "O", "a").ok());
@@ -237,7 +237,7 @@ TEST(NetProtocol, HostileFieldsAreRejected) {
   EXPECT_FALSE(declare(ValueKind::kInt64, "O", std::string("a\0b", 3)).ok());
   EXPECT_FALSE(declare(ValueKind::kInt64, std::string(256, 'o'), "a").ok());
   // A value without the has_initial flag.
-  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), false, 0, 0});
+  Frame f = Encode(Declare{1, ValueKind::kInt64, true, "O", "a", Span(kValue), false, 0, 0, false});
   f[kHeaderBytes + 5] = std::byte(0);
   EXPECT_FALSE(DecodeAny(f).ok());
   f[kHeaderBytes + 5] = std::byte(2);

@@ -5,6 +5,7 @@
 
 #include <time.h>
 
+#include <array>
 #include <cstdio>
 
 namespace easysync::hub {
@@ -22,6 +23,7 @@ void Log(const std::string& line) {
 }
 
 constexpr int64_t kRejectGraceNs = 1'000'000'000;  // a rejected peer's ERROR gets this long
+constexpr int64_t kUdpResendNs = 20'000'000;       // unacknowledged UDP values go again
 
 }  // namespace
 
@@ -35,6 +37,11 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   uo.who = "easysync-hub";
   EASYSYNC_ASSIGN_OR_RETURN(hub->worker_, net::UcxWorker::Create(uo, hub.get()));
   EASYSYNC_RETURN_IF_ERROR(hub->worker_->Listen(options.bind, options.port));
+  // The best-effort path: UDP on the same port number.
+  EASYSYNC_ASSIGN_OR_RETURN(net::UdpSocket udp, net::UdpSocket::Bind(options.bind, hub->port()));
+  hub->udp_.emplace(std::move(udp));
+  Hub* h = hub.get();
+  hub->worker_->WatchFd(hub->udp_->fd(), [h] { return h->OnUdp(); });
   hub->worker_->Start();
   return hub;
 }
@@ -71,11 +78,20 @@ void Hub::OnEndpointError(ucp_ep_h ep, ucs_status_t status) {
   Drop(ep, /*flush=*/false);
 }
 
+void Hub::Forget(ucp_ep_h ep, const Peer& peer) {
+  for (uint32_t a : peer.declared) {
+    attrs_[a].subscribers.erase(ep);
+    udp_unacked_.erase({ep, a});
+    reassembler_.Forget((uint64_t{peer.id} << 32) | a);
+  }
+  if (peer.id != 0) by_id_.erase(peer.id);
+}
+
 void Hub::Drop(ucp_ep_h ep, bool flush) {
   auto it = peers_.find(ep);
   if (it != peers_.end()) {
     if (it->second.state != PeerState::kReady) --handshaking_;
-    for (uint32_t a : it->second.declared) attrs_[a].subscribers.erase(ep);
+    Forget(ep, it->second);
     peers_.erase(it);
   }
   closing_.erase(ep);
@@ -89,7 +105,7 @@ void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
       (it->second.id != 0 ? "client " + std::to_string(it->second.id) + " (" : "peer (") +
       it->second.address + "): " + why);
   if (it->second.state != PeerState::kReady) --handshaking_;
-  for (uint32_t a : it->second.declared) attrs_[a].subscribers.erase(ep);
+  Forget(ep, it->second);
   peers_.erase(it);
   closing_[ep] = NowNanos() + kRejectGraceNs;
   net::ErrorMsg err{code, /*fatal=*/true, 0, why};
@@ -102,8 +118,24 @@ void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
 }
 
 int Hub::OnIdle() {
-  if (closing_.empty() && handshaking_ == 0) return -1;
+  if (closing_.empty() && handshaking_ == 0 && udp_unacked_.empty()) return -1;
   const int64_t now = NowNanos();
+  if (!udp_unacked_.empty() && now >= next_udp_resend_ns_) {
+    // Latest value wins, and converges: a UDP subscriber behind the latest version gets it
+    // again until it acknowledges it.
+    next_udp_resend_ns_ = now + kUdpResendNs;
+    for (auto it = udp_unacked_.begin(); it != udp_unacked_.end();) {
+      auto p = peers_.find(it->first);
+      const Attr& a = attrs_[it->second];
+      if (p == peers_.end() || p->second.udp_acked[it->second] >= a.version) {
+        it = udp_unacked_.erase(it);
+        continue;
+      }
+      SendUdpValue(p->second, it->second, a);
+      ++it;
+    }
+  }
+  if (closing_.empty() && handshaking_ == 0) return static_cast<int>(kUdpResendNs / 1'000'000);
   for (auto it = closing_.begin(); it != closing_.end();) {
     if (it->second <= now) {
       worker_->Close(it->first, /*flush=*/false);
@@ -125,7 +157,7 @@ int Hub::OnIdle() {
           "no authentication within " + std::to_string(options_.handshake_timeout.count()) + " ms");
     }
   }
-  return 20;
+  return static_cast<int>(kUdpResendNs / 1'000'000);
 }
 
 void Hub::Send(ucp_ep_h ep, net::Frame frame) {
@@ -203,6 +235,8 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
       peer.state = PeerState::kReady;
       --handshaking_;
       peer.id = next_peer_id_++;
+      peer.udp_key = net::udp::DeriveKey(options_.token, peer.client_nonce, peer.hub_nonce);
+      by_id_[peer.id] = ep;
       Log("client " + std::to_string(peer.id) + " (" + peer.address + ") connected");
       net::Welcome w{
           peer.id, NowNanos(),
@@ -293,6 +327,12 @@ void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
   }
   a.subscribers.insert(ep);
   peer.declared.insert(id);
+  if (m.udp) {
+    peer.udp_attrs.insert(id);
+  } else {
+    peer.udp_attrs.erase(id);
+  }
+  peer.udp_acked[id] = a.version;  // DECLARED carries the snapshot, reliably
   Send(ep, net::Encode(net::Declared{m.request_id, id, a.version, a.clock, a.writer, a.write_ns,
                                      a.value()}));
 }
@@ -315,7 +355,17 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   a.writer = stamp.writer;
   a.write_ns = stamp.write_ns;
 
-  if (except == kEveryone) return;  // relayed already
+  if (except == kEveryone) {
+    // Relayed already over UCX; the UDP subscribers get the whole value now.
+    for (ucp_ep_h s : a.subscribers) {
+      if (UdpSubscriber(s, id) && peers_.at(s).id != a.writer &&
+          a.value().size() <= net::udp::kMaxValueBytes) {
+        SendUdpValue(peers_.at(s), id, a);
+        udp_unacked_.insert({s, id});
+      }
+    }
+    return;
+  }
   const bool others = a.subscribers.size() > (a.subscribers.count(except) != 0 ? 1u : 0u);
   if (!others) return;
   net::Update u{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false};
@@ -354,8 +404,26 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
     u.value = codec_value;
   }
   if (!relay) relay = std::make_shared<const net::Frame>(net::Encode(u));
+  Relay(id, a, relay, except);
+}
+
+bool Hub::UdpSubscriber(ucp_ep_h ep, uint32_t id) {
+  auto it = peers_.find(ep);
+  return it != peers_.end() && it->second.udp_addr && it->second.udp_attrs.count(id) != 0;
+}
+
+void Hub::Relay(uint32_t id, const Attr& a, std::shared_ptr<const net::Frame> update,
+                ucp_ep_h except) {
   for (ucp_ep_h s : a.subscribers) {
-    if (s != except) worker_->Send(s, relay);
+    if (s == except) continue;
+    // A UDP subscriber gets the whole value by datagrams, unless it is too big for them (or
+    // the subscriber has not told us its address yet): then over UCX, like everyone else.
+    if (UdpSubscriber(s, id) && a.value().size() <= net::udp::kMaxValueBytes) {
+      SendUdpValue(peers_.at(s), id, a);
+      udp_unacked_.insert({s, id});
+    } else {
+      worker_->Send(s, update);
+    }
   }
 }
 
@@ -439,7 +507,8 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
                   stamp.write_ns, m.value,       /*codec=*/true};
     auto relay = std::make_shared<const net::Frame>(net::Encode(u));
     for (ucp_ep_h s : a.subscribers) {
-      if (s != ep) worker_->Send(s, relay);
+      // UDP subscribers get the whole value once it is applied (Publish below).
+      if (s != ep && !UdpSubscriber(s, m.attr_id)) worker_->Send(s, relay);
     }
   }
   std::shared_ptr<net::Frame> holder;
@@ -463,7 +532,7 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     a.write_ns = again.write_ns;
     auto relay = std::make_shared<const net::Frame>(net::Encode(
         net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
-    for (ucp_ep_h s : a.subscribers) worker_->Send(s, relay);
+    Relay(m.attr_id, a, relay, nullptr);
     return;
   }
   if (!cut_through) written();
@@ -482,6 +551,115 @@ void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
   if (a.version == 0) return;
   Send(ep, net::Encode(
                net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
+}
+
+bool Hub::OnUdp() {
+  std::array<std::byte, net::udp::kMaxDatagram + 1> buf;
+  bool any = false;
+  for (int i = 0; i < 256; ++i) {  // bounded: UCX gets its turn
+    net::UdpAddress from;
+    const auto n = udp_->Receive(buf, &from);
+    if (!n) break;
+    any = true;
+    HandleDatagram(from, ByteSpan(buf.data(), *n));
+  }
+  return any;
+}
+
+void Hub::SendDatagram(Peer& peer, net::udp::Datagram& d) {
+  if (!peer.udp_addr) return;
+  d.direction = net::udp::Direction::kHubToClient;
+  d.client_id = peer.id;
+  d.counter = ++peer.udp_counter;
+  std::array<std::byte, net::udp::kMaxDatagram> out;
+  const size_t n = net::udp::Seal(peer.udp_key, d, out);
+  udp_->Send(ByteSpan(out.data(), n), &*peer.udp_addr);
+}
+
+void Hub::SendUdpValue(Peer& peer, uint32_t id, const Attr& a) {
+  net::udp::DataHeader h;
+  h.attr_id = id;
+  h.seq = a.version;
+  h.clock = a.clock;
+  h.writer = a.writer;
+  h.write_ns = a.write_ns;
+  (void)net::udp::Fragment(h, a.value(), [&](const net::udp::Data& fragment) {
+    net::udp::Datagram d;
+    d.type = net::udp::Type::kData;
+    d.data = fragment;
+    SendDatagram(peer, d);
+  });
+}
+
+void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
+  namespace udp = net::udp;
+  // Whose key: the client id in the clear, then the MAC under that client's key, then the
+  // replay window. Anything else is dropped without an answer (and counted).
+  auto id = udp::PeekClientId(datagram);
+  auto ep = id.ok() ? by_id_.find(*id) : by_id_.end();
+  if (ep == by_id_.end()) {
+    ++udp_dropped_bad_;
+    return;
+  }
+  Peer& peer = peers_.at(ep->second);
+  auto d = udp::Open(peer.udp_key, datagram, udp::Direction::kClientToHub, udp::kMaxValueBytes);
+  if (!d.ok() || !peer.udp_replay.Accept(d->counter)) {
+    ++udp_dropped_bad_;
+    return;
+  }
+  peer.udp_addr = from;  // authenticated: follow the client's address (NAT rebinding)
+  switch (d->type) {
+    case udp::Type::kRegister: {
+      udp::Datagram r;
+      r.type = udp::Type::kRegistered;
+      return SendDatagram(peer, r);
+    }
+    case udp::Type::kAck: {
+      if (peer.declared.count(d->ack.attr_id) == 0) return;
+      uint64_t& acked = peer.udp_acked[d->ack.attr_id];
+      acked = std::max(acked, d->ack.seq);
+      if (acked >= attrs_[d->ack.attr_id].version) udp_unacked_.erase({ep->second, d->ack.attr_id});
+      return;
+    }
+    case udp::Type::kData:
+      break;
+    default:
+      return;
+  }
+  const uint32_t attr_id = d->data.header.attr_id;
+  if (peer.declared.count(attr_id) == 0 || d->data.header.codec) {
+    ++udp_dropped_bad_;
+    return;
+  }
+  auto done = reassembler_.Add((uint64_t{peer.id} << 32) | attr_id, d->data);
+  if (!done) return;
+  // A write by datagram: latest wins by the writer's own sequence; an older or repeated one
+  // is acknowledged again (its ACK may have been lost) but never applied.
+  const uint64_t wseq = done->header.seq;
+  udp::Datagram ack;
+  ack.type = udp::Type::kAck;
+  ack.ack.attr_id = attr_id;
+  ack.ack.seq = wseq;
+  if (wseq <= peer.udp_wseq[attr_id]) {
+    if (wseq == peer.udp_wseq[attr_id]) {
+      ack.ack.version = peer.udp_wversion[attr_id];
+      SendDatagram(peer, ack);
+    }
+    return;
+  }
+  Attr& a = attrs_[attr_id];
+  if (total_value_bytes_ - a.value().size() + done->value.size() > options_.max_total_value_bytes) {
+    return;  // over the hub's bound: dropped (best effort); the writer sends it again
+  }
+  const Stamp stamp{a.version + 1, std::max(a.clock, done->header.clock) + 1, peer.id,
+                    done->header.write_ns};
+  auto holder = std::make_shared<net::Frame>(std::move(done->value));
+  peer.udp_wseq[attr_id] = wseq;
+  peer.udp_wversion[attr_id] = stamp.version;
+  peer.udp_acked[attr_id] = stamp.version;
+  ack.ack.version = stamp.version;
+  SendDatagram(peer, ack);
+  Publish(attr_id, a, stamp, std::move(holder), 0, std::nullopt, {}, ep->second);
 }
 
 }  // namespace easysync::hub

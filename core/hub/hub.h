@@ -18,6 +18,8 @@
 #include "easysync/codec.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
+#include "net/udp_socket.h"
+#include "net/udp_wire.h"
 #include "net/wire_value.h"
 
 namespace easysync::hub {
@@ -56,6 +58,16 @@ class Hub final : public net::UcxWorker::Handler {
     int64_t connected_ns = 0;
     net::Nonce client_nonce{}, hub_nonce{};
     std::set<uint32_t> declared;  // attribute ids
+    // The UDP path (best effort): the key derived in the handshake, where the client's
+    // datagrams come from, and per attribute what it acknowledged.
+    net::udp::Key udp_key{};
+    std::optional<net::UdpAddress> udp_addr;
+    net::udp::ReplayWindow udp_replay;
+    uint64_t udp_counter = 0;
+    std::set<uint32_t> udp_attrs;               // declared with kDeclareUdp: relayed by UDP
+    std::map<uint32_t, uint64_t> udp_acked;     // the version it holds
+    std::map<uint32_t, uint64_t> udp_wseq;      // its last write accepted (its own seq)
+    std::map<uint32_t, uint64_t> udp_wversion;  // ... and the version that write got
   };
   struct Attr {
     std::string object, name;
@@ -80,6 +92,18 @@ class Hub final : public net::UcxWorker::Handler {
   void OnEndpointError(ucp_ep_h ep, ucs_status_t status) override;
   void OnConnectRequest(ucp_conn_request_h request) override;
   int OnIdle() override;
+  // Drains the UDP socket.
+  bool OnUdp();
+  void HandleDatagram(const net::UdpAddress& from, ByteSpan datagram);
+  // Seals and sends one datagram to the peer's registered address.
+  void SendDatagram(Peer& peer, net::udp::Datagram& d);
+  // Sends the attribute's latest value to a UDP subscriber, in fragments (best effort: it is
+  // sent again until the peer acknowledges it).
+  void SendUdpValue(Peer& peer, uint32_t id, const Attr& a);
+  // Relays an UPDATE to every subscriber but `except`: over UCX, or over UDP to those that
+  // asked for it (they get the whole value).
+  void Relay(uint32_t id, const Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except);
+  bool UdpSubscriber(ucp_ep_h ep, uint32_t id);
 
   void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);
   void HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m);
@@ -110,6 +134,8 @@ class Hub final : public net::UcxWorker::Handler {
   void Send(ucp_ep_h ep, net::Frame frame);
   // Sends a fatal ERROR, logs the rejection and drops the peer once the error went out.
   void Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why);
+  // Removes the peer from every table (its subscriptions, UDP state, id).
+  void Forget(ucp_ep_h ep, const Peer& peer);
   // Forgets the peer and closes its endpoint.
   void Drop(ucp_ep_h ep, bool flush);
 
@@ -120,6 +146,12 @@ class Hub final : public net::UcxWorker::Handler {
   std::vector<Attr> attrs_;
   std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
   uint64_t total_value_bytes_ = 0;
+  std::optional<net::UdpSocket> udp_;
+  std::unordered_map<uint32_t, ucp_ep_h> by_id_;  // authenticated peers by client id
+  net::udp::Reassembler reassembler_{64u << 20};
+  std::set<std::pair<ucp_ep_h, uint32_t>> udp_unacked_;  // (peer, attribute) to send again
+  int64_t next_udp_resend_ns_ = 0;
+  uint64_t udp_dropped_bad_ = 0;
   codec::Encoder encoder_;
   codec::Decoder decoder_;
   uint32_t next_peer_id_ = 1;

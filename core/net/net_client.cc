@@ -6,11 +6,13 @@
 #include "net/net_client.h"
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <map>
 #include <optional>
 #include <unordered_map>
@@ -18,12 +20,16 @@
 #include "easysync/device_codec.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
+#include "net/udp_socket.h"
+#include "net/udp_wire.h"
 #include "net/wire_value.h"
 
 namespace easysync::net {
 namespace {
 
 constexpr uint32_t kMaxAttributes = 1u << 16;
+// Datagram writes not acknowledged, and REGISTER until answered, go again this often.
+constexpr int64_t kUdpResendNs = 20'000'000;
 
 Status ValidName(std::string_view what, std::string_view name) {
   if (name.empty() || name.size() > kMaxNameBytes || name.find('\0') != name.npos) {
@@ -53,9 +59,21 @@ class NetClient final : public Client, public UcxWorker::Handler {
   uint32_t id() const override { return id_.load(std::memory_order_relaxed); }
   const std::string& cluster() const override { return cluster_; }
   Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
-                         const Initial* initial) override;
+                         const Initial* initial, Transport transport) override;
+  using Client::Declare;
   Result<uint64_t> Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) override;
   Result<uint64_t> WriteTensor(AttrId attr, const TensorView& view) override;
+  // Tests: the UDP socket's local port and the datagram key (after the handshake).
+  uint16_t udp_port_for_tests() {
+    uint16_t port = 0;
+    RunOnProgressThread([&] { port = udp_ ? udp_->local_port() : 0; });
+    return port;
+  }
+  udp::Key udp_key_for_tests() {
+    udp::Key key{};
+    RunOnProgressThread([&] { key = udp_key_; });
+    return key;
+  }
   // Tests: host tensors take the device path too, on the kernels' host twins.
   void set_device_path_for_host_tensors(bool on) { device_path_for_host_ = on; }
   uint64_t LatestVersion(AttrId attr) override {
@@ -102,6 +120,14 @@ class NetClient final : public Client, public UcxWorker::Handler {
     std::mutex device_mu;  // guards device, device_acked; taken before mu
     std::unique_ptr<codec::DeviceEncoder> device;
     uint64_t device_acked = 0;  // the hub's version of the device encoder's base
+    // Best effort: this attribute's updates come as UDP datagrams, and its writes go as them.
+    bool udp = false;
+    // The last write sent by datagram and not yet acknowledged (guarded by mu): it is sent
+    // again until the hub's ACK says which version it got.
+    std::shared_ptr<Frame> udp_pending;
+    size_t udp_pending_offset = 0;
+    uint64_t udp_seq = 0;  // the writer's own sequence of datagram writes
+    UpdateInfo udp_pending_info;
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
@@ -113,6 +139,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
     // DECLARE: what the replica is; the answer's local index.
     ValueKind kind = ValueKind::kBool;
     std::string object, attribute;
+    bool udp = false;
     uint32_t local = 0;
     // WRITE: the answer.
     uint64_t version = 0, clock = 0;
@@ -169,6 +196,26 @@ class NetClient final : public Client, public UcxWorker::Handler {
   Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
                                                          uint64_t clock, int64_t now, bool whole,
                                                          std::optional<uint64_t>* hash);
+  // The UDP path (progress thread).
+  void StartUdp();
+  bool OnUdp();
+  void HandleDatagram(ByteSpan datagram);
+  void SendDatagram(udp::Datagram& d);
+  // Sends r's pending write by datagrams.
+  void SendUdpWrite(Replica& r);
+  // Keeps a write of a UDP attribute: shown at once with a provisional version, sent by
+  // datagrams until acknowledged. Returns the provisional version.
+  uint64_t WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t offset, uint64_t clock,
+                    int64_t now);
+  // Runs fn on the progress thread and waits for it.
+  void RunOnProgressThread(const std::function<void()>& fn) {
+    std::promise<void> done;
+    worker_->Post([&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
   int64_t ToLocal(int64_t hub_ns) const {
     return hub_ns - offset_ns_.load(std::memory_order_relaxed);
   }
@@ -204,6 +251,14 @@ class NetClient final : public Client, public UcxWorker::Handler {
   size_t resync_outstanding_ = 0;
   std::unordered_map<uint32_t, uint32_t> by_hub_;
   codec::Decoder decoder_;
+  std::optional<UdpSocket> udp_;
+  std::atomic<bool> udp_ready_{false};  // registered: datagram writes may go
+  udp::Key udp_key_{};
+  udp::ReplayWindow udp_replay_;
+  uint64_t udp_counter_ = 0;
+  bool udp_registered_ = false;
+  int64_t next_udp_ns_ = 0;  // next REGISTER or resend of pending writes
+  udp::Reassembler reassembler_{udp::kMaxValueBytes};
 
   std::unique_ptr<std::atomic<Replica*>[]> replicas_;
   std::atomic<uint32_t> count_{0};
@@ -335,6 +390,20 @@ void NetClient::Lost(Status status) {
   ep_ = nullptr;
   resync_outstanding_ = 0;
   by_hub_.clear();
+  udp_registered_ = false;
+  udp_ready_.store(false);
+  reassembler_ = udp::Reassembler(udp::kMaxValueBytes);
+  // Datagram writes not acknowledged yet are kept like any write made while disconnected.
+  const uint32_t n = count_.load();
+  for (uint32_t i = 0; i < n; ++i) {
+    Replica& r = *replicas_[i].load();
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.udp_pending) continue;
+    UpdateInfo info = r.udp_pending_info;
+    info.version = r.info.version + 1;
+    Install(r, std::move(r.udp_pending), r.udp_pending_offset, info, std::nullopt);
+    r.dirty = true;
+  }
   ScheduleReconnect();
 }
 
@@ -397,6 +466,29 @@ int NetClient::OnIdle() {
                                           : options_.keepalive_interval.count() * 1'000'000);
     }
     wake = next_ping_ns_;
+    if (udp_ && now >= next_udp_ns_) {
+      bool pending = false;
+      if (!udp_registered_) {
+        udp::Datagram d;
+        d.type = udp::Type::kRegister;
+        SendDatagram(d);
+        pending = true;
+      }
+      const uint32_t n = count_.load();
+      for (uint32_t i = 0; i < n; ++i) {
+        Replica& r = *replicas_[i].load();
+        if (!r.udp) continue;
+        bool has;
+        {
+          std::lock_guard<std::mutex> lock(r.mu);
+          has = r.udp_pending != nullptr;
+        }
+        if (has) SendUdpWrite(r);  // not acknowledged yet: again
+        pending = pending || has;
+      }
+      next_udp_ns_ = pending ? now + kUdpResendNs : INT64_MAX;
+    }
+    wake = std::min(wake, next_udp_ns_);
   } else {
     return -1;
   }
@@ -535,6 +627,7 @@ void NetClient::OnDeclared(const Declared& m, std::shared_ptr<Frame> frame) {
     r->kind = p.kind;
     r->object = p.object;
     r->attribute = p.attribute;
+    r->udp = p.udp;
     replicas_[local].store(r, std::memory_order_release);
     count_.store(local + 1);
   }
@@ -655,7 +748,7 @@ void NetClient::StartResync() {
     for (uint32_t i = 0; i < n; ++i) {
       Replica& r = *replicas_[i].load();
       const uint32_t request = next_request_++;
-      net::Declare d{request, r.kind, false, r.object, r.attribute, {}, false, 0, 0};
+      net::Declare d{request, r.kind, false, r.object, r.attribute, {}, false, 0, 0, r.udp};
       std::lock_guard<std::mutex> rl(r.mu);
       // A write kept while disconnected is resumed at its provisional version too: then the
       // version the hub assigns when it is sent is above it, so versions never go back.
@@ -754,6 +847,7 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
       }
       id_.store(m->client_id);
       hub_max_message_bytes_.store(m->max_message_bytes);
+      StartUdp();
       const int64_t now = MonotonicNanos();
       offset_ns_.store(m->hub_time_ns - (auth_sent_ns_ + now) / 2);
       best_rtt_ns_ = now - auth_sent_ns_;
@@ -838,7 +932,7 @@ Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
 }
 
 Result<AttrId> NetClient::Declare(std::string_view object, std::string_view attribute,
-                                  ValueKind kind, const Initial* initial) {
+                                  ValueKind kind, const Initial* initial, Transport transport) {
   EASYSYNC_RETURN_IF_ERROR(ValidName("object", object));
   EASYSYNC_RETURN_IF_ERROR(ValidName("attribute", attribute));
   std::vector<std::byte> value;
@@ -850,12 +944,14 @@ Result<AttrId> NetClient::Declare(std::string_view object, std::string_view attr
   for (;;) {
     const uint32_t id = NextRequest();
     net::Declare m{
-        id, kind, initial != nullptr, std::string(object), std::string(attribute), value, false,
-        0,  0};
+        id, kind, initial != nullptr, std::string(object), std::string(attribute), value, false, 0,
+        0,  false};
     Pending p;
     p.kind = kind;
     p.object = object;
     p.attribute = attribute;
+    p.udp = transport == Transport::kUdp;
+    m.udp = p.udp;
     EASYSYNC_ASSIGN_OR_RETURN(
         Pending done, Request(id, std::move(p), std::make_shared<const Frame>(Encode(m)),
                               "DECLARE of " + std::string(object) + "." + std::string(attribute)));
@@ -922,6 +1018,14 @@ Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
   const int64_t now = MonotonicNanos();
   const uint64_t clock = clock_.load(std::memory_order_relaxed) + 1;
+  if (r->udp && udp_ready_.load() && size <= udp::kMaxValueBytes) {
+    auto holder = std::make_shared<Frame>(size);
+    encode(holder->data());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ == State::kFailed) return failure_;
+    if (state_ != State::kReady) return QueueDirty(*r, std::move(holder), 0, clock, now);
+    return WriteUdp(*r, std::move(holder), 0, clock, now);
+  }
   const bool codec = UseCodec(r->kind, size);
   // The value as the replica keeps it: the WRITE frame itself for a raw value, or a buffer
   // of its own for a tensor (the frame carries a delta).
@@ -1075,6 +1179,156 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
   }
 }
 
+void NetClient::StartUdp() {
+  udp_key_ = udp::DeriveKey(options_.token, nonce_, hub_nonce_);
+  udp_replay_ = udp::ReplayWindow();
+  udp_counter_ = 0;
+  udp_registered_ = false;
+  next_udp_ns_ = 0;
+  if (udp_) return;
+  auto sock = UdpSocket::Connect(options_.host, options_.port);
+  if (!sock.ok()) {
+    // UDP attributes then travel reliably: slower, never lost.
+    std::fprintf(stderr, "easysync: no UDP path to %s (%s); UDP attributes go over UCX\n",
+                 cluster_.c_str(), sock.status().ToString().c_str());
+    return;
+  }
+  udp_.emplace(std::move(*sock));
+  worker_->WatchFd(udp_->fd(), [this] { return OnUdp(); });
+}
+
+void NetClient::SendDatagram(udp::Datagram& d) {
+  d.direction = udp::Direction::kClientToHub;
+  d.client_id = id();
+  d.counter = ++udp_counter_;
+  std::array<std::byte, udp::kMaxDatagram> out;
+  const size_t n = udp::Seal(udp_key_, d, out);
+  if (n == 0) return;
+  CounterShard& c = shard();
+  Count(c.bytes_sent, n);
+  Count(c.packets_sent, 1);
+  udp_->Send(ByteSpan(out.data(), n));
+}
+
+void NetClient::SendUdpWrite(Replica& r) {
+  if (!udp_) return;
+  std::shared_ptr<Frame> holder;
+  size_t offset;
+  udp::DataHeader h;
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.udp_pending) return;
+    holder = r.udp_pending;
+    offset = r.udp_pending_offset;
+    h.seq = r.udp_seq;
+    h.clock = r.udp_pending_info.clock;
+    h.write_ns = ToHub(r.udp_pending_info.write_ns);
+  }
+  h.attr_id = r.hub_id.load();
+  h.writer = id();
+  (void)udp::Fragment(h, ByteSpan(*holder).subspan(offset), [&](const udp::Data& fragment) {
+    udp::Datagram d;
+    d.type = udp::Type::kData;
+    d.data = fragment;
+    SendDatagram(d);
+  });
+}
+
+uint64_t NetClient::WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
+                             uint64_t clock, int64_t now) {
+  uint64_t version;
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    // Shown at once with a provisional version: the hub's version for it, when its ACK comes,
+    // is at least this (the hub has given out no version this client has not seen + 1).
+    const UpdateInfo info{r.info.version + 1, clock, id(), now, 0};
+    Install(r, holder, offset, info, std::nullopt);
+    r.udp_pending = std::move(holder);
+    r.udp_pending_offset = offset;
+    r.udp_pending_info = info;
+    ++r.udp_seq;
+    version = info.version;
+  }
+  Count(shard().updates_sent, 1);
+  Replica* rp = &r;
+  worker_->Post([this, rp] {
+    SendUdpWrite(*rp);
+    next_udp_ns_ = std::min(next_udp_ns_, MonotonicNanos() + kUdpResendNs);
+  });
+  Ring();
+  return version;
+}
+
+bool NetClient::OnUdp() {
+  std::array<std::byte, udp::kMaxDatagram + 1> buf;
+  bool any = false;
+  for (int i = 0; i < 256; ++i) {  // bounded: UCX gets its turn
+    const auto n = udp_->Receive(buf, nullptr);
+    if (!n) break;
+    any = true;
+    CounterShard& c = shard();
+    Count(c.bytes_recv, *n);
+    Count(c.packets_recv, 1);
+    HandleDatagram(ByteSpan(buf.data(), *n));
+  }
+  return any;
+}
+
+void NetClient::HandleDatagram(ByteSpan datagram) {
+  CounterShard& c = shard();
+  auto d = udp::Open(udp_key_, datagram, udp::Direction::kHubToClient, udp::kMaxValueBytes);
+  if (!d.ok() || d->client_id != id()) {
+    // Spoofed (no valid MAC under this connection's key) or malformed.
+    Count(c.datagrams_dropped_bad, 1);
+    return;
+  }
+  if (!udp_replay_.Accept(d->counter)) {
+    // Authentic but seen before: duplicated on the way, or replayed.
+    Count(c.datagrams_dropped_stale, 1);
+    return;
+  }
+  if (d->type == udp::Type::kRegistered) {
+    udp_registered_ = true;
+    udp_ready_.store(true);
+    return;
+  }
+  const uint32_t attr_id = d->type == udp::Type::kAck ? d->ack.attr_id : d->data.header.attr_id;
+  auto it = by_hub_.find(attr_id);
+  if (it == by_hub_.end()) return;
+  Replica& r = *replicas_[it->second].load();
+  if (d->type == udp::Type::kAck) {
+    // Our write `seq` got version `version`: now it counts as that version.
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.udp_pending || d->ack.seq != r.udp_seq) return;  // an older write's ACK
+    if (d->ack.version > r.info.version) {
+      UpdateInfo info = r.udp_pending_info;
+      info.version = d->ack.version;
+      Install(r, std::move(r.udp_pending), r.udp_pending_offset, info, std::nullopt);
+    }
+    r.udp_pending.reset();
+    return;
+  }
+  if (d->type != udp::Type::kData) return;
+  const uint64_t stale0 = reassembler_.stale(), incomplete0 = reassembler_.incomplete();
+  auto done = reassembler_.Add(attr_id, d->data);
+  Count(c.datagrams_dropped_stale, reassembler_.stale() - stale0);
+  Count(c.fragments_incomplete, reassembler_.incomplete() - incomplete0);
+  if (!done) return;
+  const UpdateInfo info{done->header.seq, done->header.clock, done->header.writer,
+                        ToLocal(done->header.write_ns), 0};
+  if (Apply(r, std::make_shared<Frame>(std::move(done->value)), 0, info, std::nullopt)) {
+    Ring();
+  } else {
+    Count(c.datagrams_dropped_stale, 1);  // older than what is held: never applied
+  }
+  // Tell the hub what we hold, so it stops sending this value again.
+  udp::Datagram ack;
+  ack.type = udp::Type::kAck;
+  ack.ack.attr_id = attr_id;
+  ack.ack.seq = std::max(done->header.seq, r.version.load());
+  SendDatagram(ack);
+}
+
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,
                                                          FunctionRef<Status(ByteSpan)> decode) {
   Replica* r = Find(attr);
@@ -1113,6 +1367,16 @@ bool NetClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
 }
 
 }  // namespace
+
+uint16_t UdpPortForTests(Client& client) {
+  auto* c = dynamic_cast<NetClient*>(&client);
+  return c != nullptr ? c->udp_port_for_tests() : 0;
+}
+
+udp::Key UdpKeyForTests(Client& client) {
+  auto* c = dynamic_cast<NetClient*>(&client);
+  return c != nullptr ? c->udp_key_for_tests() : udp::Key{};
+}
 
 void SetDevicePathForHostTensors(Client& client, bool on) {
   if (auto* c = dynamic_cast<NetClient*>(&client)) c->set_device_path_for_host_tensors(on);

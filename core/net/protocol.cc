@@ -229,7 +229,8 @@ Frame Encode(const Declare& m) {
   Writer w(MsgType::kDeclare, n);
   w.U32(m.request_id);
   w.U8(static_cast<uint8_t>(m.kind));
-  w.U8((m.has_initial ? kDeclareHasInitial : 0) | (resume ? kDeclareResume : 0));
+  w.U8((m.has_initial ? kDeclareHasInitial : 0) | (resume ? kDeclareResume : 0) |
+       (m.udp ? kDeclareUdp : 0));
   w.U16(static_cast<uint16_t>(m.object.size()));
   w.U16(static_cast<uint16_t>(m.attribute.size()));
   w.Raw(m.object.data(), m.object.size());
@@ -377,10 +378,13 @@ Result<Declare> DecodeDeclare(ByteSpan payload) {
     return Truncated("DECLARE");
   }
   if (kind == 0 || kind > kMaxValueKind) return Bad("DECLARE", "unknown value kind");
-  if ((flags & ~(kDeclareHasInitial | kDeclareResume)) != 0) {
+  if ((flags & ~(kDeclareHasInitial | kDeclareResume | kDeclareUdp)) != 0) {
     return Bad("DECLARE", "reserved bits set");
   }
-  if (flags == kDeclareResume) return Bad("DECLARE", "resuming without a value");
+  if ((flags & (kDeclareHasInitial | kDeclareResume)) == kDeclareResume) {
+    return Bad("DECLARE", "resuming without a value");
+  }
+  m.udp = (flags & kDeclareUdp) != 0;
   if (!ValidName(m.object) || !ValidName(m.attribute)) {
     return Bad("DECLARE", "names must have 1 to 255 bytes and no NUL");
   }

@@ -63,6 +63,8 @@ inline constexpr uint8_t kDeclareHasInitial = 1;
 // With kDeclareHasInitial: the value is one the client already held at a version and clock
 // of this cluster (a client resuming after a reconnect), not a first value.
 inline constexpr uint8_t kDeclareResume = 2;
+// The client wants this attribute's updates as UDP datagrams (best effort, latest wins).
+inline constexpr uint8_t kDeclareUdp = 4;
 std::string_view MsgTypeName(MsgType t);
 
 enum class ErrorCode : uint16_t {
@@ -120,6 +122,7 @@ struct Declare {
   ByteSpan initial;
   bool resume = false;              // REQUIRES has_initial; version and clock are sent
   uint64_t version = 0, clock = 0;  // of the initial value, when resuming
+  bool udp = false;                 // kDeclareUdp
 };
 struct Declared {
   uint32_t request_id = 0;

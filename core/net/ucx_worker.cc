@@ -459,11 +459,23 @@ void UcxWorker::OnConn(ucp_conn_request_h request, void* arg) {
   self->handler_->OnConnectRequest(request);
 }
 
+void UcxWorker::WatchFd(int fd, std::function<bool()> on_ready) {
+  watched_.push_back(Watched{fd, std::move(on_ready)});
+}
+
+void UcxWorker::UnwatchFd(int fd) {
+  std::erase_if(watched_, [fd](const Watched& w) { return w.fd == fd; });
+}
+
 void UcxWorker::Loop() {
   auto last = std::chrono::steady_clock::now();
+  std::vector<pollfd> fds;
   while (!stop_.load(std::memory_order_relaxed)) {
     bool busy = RunPosted();
     while (ucp_worker_progress(worker_) != 0) busy = true;
+    for (size_t i = 0; i < watched_.size(); ++i) {
+      if (watched_[i].on_ready()) busy = true;  // (may unwatch: index, not iterator)
+    }
     const int idle_ms = handler_->OnIdle();
     if (busy) {
       last = std::chrono::steady_clock::now();
@@ -483,8 +495,9 @@ void UcxWorker::Loop() {
     }
     const ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_OK) {
-      pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {post_fd_, POLLIN, 0}};
-      poll(fds, 2, idle_ms);
+      fds.assign({{worker_fd_, POLLIN, 0}, {post_fd_, POLLIN, 0}});
+      for (const Watched& w : watched_) fds.push_back({w.fd, POLLIN, 0});
+      poll(fds.data(), fds.size(), idle_ms);
     }
     sleeping_.store(false, kSeqCst);
     uint64_t drained;

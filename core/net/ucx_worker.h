@@ -88,6 +88,12 @@ class UcxWorker {
   // a large message still arriving counts as a live peer before any frame completes.
   std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
 
+  // Also watches `fd` (non-blocking, e.g. a UDP socket): on_ready runs on the progress
+  // thread after each progress pass, and when poll() finds fd readable; it drains what is
+  // there and returns whether it did anything. Progress-thread only (or before Start).
+  void WatchFd(int fd, std::function<bool()> on_ready);
+  void UnwatchFd(int fd);
+
   // Progress-thread only (or before Start):
   Result<ucp_ep_h> Accept(ucp_conn_request_h request, std::string* peer);
   void RejectRequest(ucp_conn_request_h request) { ucp_listener_reject(listener_, request); }
@@ -123,7 +129,12 @@ class UcxWorker {
   int worker_fd_ = -1;
   int post_fd_ = -1;
   std::vector<ucp_ep_h> endpoints_;  // open ones, closed (force) at destruction
-  std::atomic<int> inflight_{0};     // sends, receives and closes UCX still owns
+  struct Watched {
+    int fd;
+    std::function<bool()> on_ready;
+  };
+  std::vector<Watched> watched_;
+  std::atomic<int> inflight_{0};  // sends, receives and closes UCX still owns
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
   std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();

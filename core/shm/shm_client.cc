@@ -57,7 +57,8 @@ class ShmClient final : public Client {
   const std::string& cluster() const override { return seg_->cluster(); }
 
   Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
-                         const Initial* initial) override;
+                         const Initial* initial, Transport transport) override;
+  using Client::Declare;
   Result<uint64_t> Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) override;
   uint64_t LatestVersion(AttrId attr) override {
     if (attr.index >= seg_->max_attributes()) return 0;
@@ -116,7 +117,7 @@ Result<Slot*> ShmClient::ReadySlot(AttrId attr) const {
 }
 
 Result<AttrId> ShmClient::Declare(std::string_view object, std::string_view attribute,
-                                  ValueKind kind, const Initial* initial) {
+                                  ValueKind kind, const Initial* initial, Transport) {
   EASYSYNC_RETURN_IF_ERROR(ValidateName("object", object, kMaxObjectName));
   EASYSYNC_RETURN_IF_ERROR(ValidateName("attribute", attribute, kMaxAttributeName));
   std::string key(object);

@@ -49,6 +49,11 @@ struct ShmOptions {
   std::chrono::milliseconds attach_timeout{5000};
 };
 
+// Which delivery an attribute wants. Network mode honours it per attribute: kUdp travels as
+// best-effort datagrams, latest value wins (docs/net_protocol.md, "UDP"); kDefault and
+// kReliable over UCX. Shared memory is always reliable and ignores it.
+enum class Transport : uint8_t { kDefault = 0, kReliable, kUdp };
+
 // An attribute as seen by one client: an index into that client's table.
 struct AttrId {
   uint32_t index = 0;
@@ -98,7 +103,11 @@ class Client {
     FunctionRef<void(std::byte*)> encode;
   };
   virtual Result<AttrId> Declare(std::string_view object, std::string_view attribute,
-                                 ValueKind kind, const Initial* initial) = 0;
+                                 ValueKind kind, const Initial* initial, Transport transport) = 0;
+  Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
+                         const Initial* initial) {
+    return Declare(object, attribute, kind, initial, Transport::kDefault);
+  }
 
   // Publishes a value of `size` bytes written by `encode`; returns its version.
   virtual Result<uint64_t> Write(AttrId attr, size_t size,
@@ -145,6 +154,8 @@ class Client {
     std::atomic<uint64_t> dead_writer_recoveries{0};
     std::atomic<uint64_t> deltas_sent{0}, full_sent{0}, deltas_recv{0}, full_recv{0};
     std::atomic<uint64_t> codec_raw_bytes{0}, codec_wire_bytes{0}, resyncs{0}, reconnects{0};
+    std::atomic<uint64_t> datagrams_dropped_stale{0}, datagrams_dropped_bad{0};
+    std::atomic<uint64_t> fragments_incomplete{0};
     std::atomic<uint64_t> live_applied{0};  // picks the latency samples
   };
   struct Counters {

@@ -36,6 +36,12 @@ struct Stats {
   uint64_t resyncs = 0;     // whole values resent or requested because a delta's base was gone
   uint64_t reconnects = 0;  // connections to the hub re-established after a failure
   double rtt_ms = 0;        // round trip to the hub (network mode), moving average
+  // The UDP path (attributes with Transport::kUdp): datagrams dropped as older than what is
+  // held (or repeated), dropped as not authentic (bad MAC, replayed, malformed), and values
+  // whose fragments never all arrived (superseded or evicted).
+  uint64_t datagrams_dropped_stale = 0;
+  uint64_t datagrams_dropped_bad = 0;
+  uint64_t fragments_incomplete = 0;
 
   // Every field by name (for Python's dict and for printing).
   std::map<std::string, double> AsMap() const;

@@ -27,10 +27,6 @@
 
 namespace easysync {
 
-// Which delivery an attribute wants. Shared memory is always reliable; network mode
-// honours the choice per object and per attribute.
-enum class Transport : uint8_t { kDefault = 0, kReliable, kUdp };
-
 struct AttrOptions {
   Transport transport = Transport::kDefault;
 };
@@ -142,13 +138,16 @@ class Synced {
 
  private:
   void Declare(const SyncedObject& owner, const T* initial) {
+    // The attribute's own choice, else its object's.
+    const Transport transport =
+        options_.transport != Transport::kDefault ? options_.transport : owner.transport();
     if (initial != nullptr) {
       attr_ = Traits::WithEncoding(*initial, [&](size_t size, auto&& encode) {
         Client::Initial init{size, encode};
-        return ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, &init));
+        return ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, &init, transport));
       });
     } else {
-      attr_ = ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, nullptr));
+      attr_ = ValueOrThrow(client_->Declare(owner.id(), name_, Traits::kKind, nullptr, transport));
     }
     std::lock_guard<std::mutex> lock(mu_);
     Refresh(/*live=*/false);  // the cluster's current value: a snapshot, not a live update

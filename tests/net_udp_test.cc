@@ -1,0 +1,223 @@
+// The best-effort UDP path between real processes through a real hub: a mixed object (UDP
+// positions, reliable inventory), convergence under injected loss, reordering and
+// duplication, a 4 MiB tensor at 5% loss (whole or not at all), spoofed and replayed
+// datagrams. Faults come from the socket layer's test hook (EASYSYNC_UDP_FAULTS, read by
+// every UDP socket the hub and the clients open), set before they start.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "easysync/easysync.h"
+#include "easysync/net.h"
+#include "net/net_client.h"
+#include "net/udp_wire.h"
+#include "net_test_util.h"
+
+namespace easysync {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testing::HubProcess;
+using testing::kTestToken;
+using testing::WaitFor;
+
+NetOptions Options(uint16_t port) {
+  NetOptions o;
+  o.port = port;
+  o.token = kTestToken;
+  o.ucx_transports = "tcp";
+  return o;
+}
+
+// Faults for everything started while it lives (the hub inherits the environment).
+class ScopedFaults {
+ public:
+  explicit ScopedFaults(const std::string& spec) { setenv("EASYSYNC_UDP_FAULTS", spec.c_str(), 1); }
+  ~ScopedFaults() { unsetenv("EASYSYNC_UDP_FAULTS"); }
+};
+
+struct Player : SyncedObject {
+  Synced<double> pos_x{this, "pos_x", 0.0};  // the object's transport: UDP
+  Synced<std::vector<std::string>> inventory{this, "inventory", AttrOptions{Transport::kReliable}};
+  explicit Player(Client& c) : SyncedObject(c, "Player", "", Transport::kUdp) {}
+};
+
+TEST(NetUdp, MixedObjectKeepsTheReliableInventoryExact) {
+  ScopedFaults faults("loss=0.3,dup=0.1,reorder=0.2,seed=3");
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  Player a(*ca), b(*cb);
+  std::vector<std::string> items;
+  for (int i = 1; i <= 200; ++i) {
+    a.pos_x = static_cast<double>(i);
+    if (i % 20 == 0) {
+      items.push_back("item" + std::to_string(i));
+      a.inventory = items;  // reliable: every version arrives, in order
+    }
+  }
+  ASSERT_TRUE(WaitFor([&] { return b.pos_x.get() == 200.0; }, seconds(30)))
+      << "b holds " << b.pos_x.get();
+  ASSERT_TRUE(WaitFor([&] { return b.inventory.get() == items; }, seconds(30)));
+  EXPECT_EQ(b.inventory.version(), a.inventory.version());
+  const Stats s = cb->stats();
+  std::fprintf(stderr, "b: %s\n", s.ToString().c_str());
+  EXPECT_EQ(s.datagrams_dropped_bad, 0u);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+TEST(NetUdp, LossReorderingAndDuplicationConvergeAndNeverGoBack) {
+  ScopedFaults faults("loss=0.2,dup=0.2,reorder=0.3,seed=11");
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  Player a(*ca), b(*cb);
+  // b watches every value it sees: each must be newer than the one before (values grow with
+  // versions here, so a value going back would be a version going back).
+  std::atomic<bool> stop{false};
+  std::atomic<int> backwards{0}, seen{0};
+  std::thread watcher([&] {
+    double last = 0;
+    uint64_t last_version = 0;
+    while (!stop.load()) {
+      b.pos_x.wait_for_change(milliseconds(5));
+      const double v = b.pos_x.get();
+      const uint64_t version = b.pos_x.version();
+      if (v < last || version < last_version) backwards.fetch_add(1);
+      if (v != last) seen.fetch_add(1);
+      last = v;
+      last_version = version;
+    }
+  });
+  constexpr int kWrites = 2000;
+  for (int i = 1; i <= kWrites; ++i) {
+    a.pos_x = static_cast<double>(i);
+    if (i % 100 == 0) std::this_thread::sleep_for(milliseconds(2));
+  }
+  const bool converged = WaitFor([&] { return b.pos_x.get() == kWrites; }, seconds(30));
+  stop.store(true);
+  watcher.join();
+  EXPECT_TRUE(converged) << "b holds " << b.pos_x.get();
+  EXPECT_EQ(backwards.load(), 0);
+  EXPECT_GT(seen.load(), 1);
+  EXPECT_EQ(a.pos_x.get(), kWrites);  // the writer converges on its own last write too
+  const Stats s = cb->stats();
+  std::fprintf(stderr, "b saw %d values; %s\n", seen.load(), s.ToString().c_str());
+  EXPECT_GT(s.datagrams_dropped_stale, 0u);  // duplicates and late ones were refused
+  EXPECT_EQ(s.datagrams_dropped_bad, 0u);    // and none was taken for a forgery
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+struct Scan : SyncedObject {
+  Synced<Tensor> image{this, "image"};
+  explicit Scan(Client& c) : SyncedObject(c, "Scan", "", Transport::kUdp) {}
+};
+
+Tensor Filled(uint32_t seed) {
+  Tensor t(DType::kInt32, {1 << 20});       // 4 MiB: about 3500 datagrams
+  auto* p = t.mutable_data_as<uint32_t>();  // the bits are what matters
+  for (uint32_t i = 0; i < (1u << 20); ++i) p[i] = i * 2654435761u ^ seed;
+  return t;
+}
+
+TEST(NetUdp, FourMibTensorAtFivePercentLossArrivesWholeOrNotAtAll) {
+  ScopedFaults faults("loss=0.05,seed=5");
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  Scan a(*ca), b(*cb);
+  const Tensor first = Filled(1), second = Filled(2);
+  a.image = first;
+  ASSERT_TRUE(WaitFor([&] { return b.image.get() == first; }, seconds(60)));
+  a.image = second;
+  // Every value b shows is one of the two, whole: never a mix of their fragments.
+  bool whole = true;
+  const bool arrived = WaitFor(
+      [&] {
+        const Tensor t = b.image.get();
+        whole = whole && (t == first || t == second);
+        return t == second;
+      },
+      seconds(60));
+  EXPECT_TRUE(whole);
+  EXPECT_TRUE(arrived);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  Player a(*ca);
+  ASSERT_TRUE(WaitFor([&] { return net::UdpPortForTests(*ca) != 0; }));
+  const uint16_t port = net::UdpPortForTests(*ca);
+  // The client's socket is connected to the hub's: it only takes datagrams from the hub's
+  // address and port. The forger sends from there (SO_REUSEADDR, as the hub binds it).
+  const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  ASSERT_GE(fd, 0);
+  const int one = 1;
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  from.sin_port = htons(hub.port());
+  from.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)), 0) << strerror(errno);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const auto send = [&](ByteSpan d) {
+    ASSERT_EQ(sendto(fd, d.data(), d.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)),
+              static_cast<ssize_t>(d.size()));
+  };
+  // A hub->client datagram sealed with the connection's key, far ahead of the hub's counter.
+  net::udp::Datagram d;
+  d.type = net::udp::Type::kRegistered;
+  d.direction = net::udp::Direction::kHubToClient;
+  d.client_id = ca->id();
+  d.counter = uint64_t{1} << 40;
+  std::array<std::byte, net::udp::kMaxDatagram> good{}, forged{};
+  const size_t n = net::udp::Seal(net::UdpKeyForTests(*ca), d, good);
+  ASSERT_GT(n, 0u);
+  net::udp::Key wrong = net::UdpKeyForTests(*ca);
+  wrong[0] ^= 1;
+  ASSERT_EQ(net::udp::Seal(wrong, d, forged), n);
+  const Stats s0 = ca->stats();
+  send(ByteSpan(forged.data(), n));    // spoofed: a MAC under another key
+  send(ByteSpan(good.data(), n));      // authentic: accepted
+  send(ByteSpan(good.data(), n));      // replayed: a duplicate
+  send(ByteSpan(good.data(), n / 2));  // truncated
+  EXPECT_TRUE(WaitFor([&] {
+    const Stats s = ca->stats();
+    return s.datagrams_dropped_bad == s0.datagrams_dropped_bad + 2 &&
+           s.datagrams_dropped_stale == s0.datagrams_dropped_stale + 1;
+  })) << ca->stats().ToString();
+  // Junk on the hub's UDP port changes nothing: the client still syncs by datagram.
+  to.sin_port = htons(hub.port());
+  for (int i = 0; i < 50; ++i) send(ByteSpan(forged.data(), n - (i % 7)));
+  close(fd);
+  auto cb = connect(Options(hub.port()));
+  Player b(*cb);
+  a.pos_x = 42.0;
+  EXPECT_TRUE(WaitFor([&] { return b.pos_x.get() == 42.0; }, seconds(30)));
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+}  // namespace
+}  // namespace easysync
