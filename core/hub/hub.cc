@@ -79,6 +79,7 @@ void Hub::OnEndpointError(ucp_ep_h ep, ucs_status_t status) {
 }
 
 void Hub::Forget(ucp_ep_h ep, const Peer& peer) {
+  for (uint32_t a : peer.udp_attrs) --attrs_[a].udp_subscribers;
   for (uint32_t a : peer.declared) {
     attrs_[a].subscribers.erase(ep);
     udp_unacked_.erase({ep, a});
@@ -126,7 +127,7 @@ int Hub::OnIdle() {
     next_udp_resend_ns_ = now + kUdpResendNs;
     for (auto it = udp_unacked_.begin(); it != udp_unacked_.end();) {
       auto p = peers_.find(it->first);
-      const Attr& a = attrs_[it->second];
+      Attr& a = attrs_[it->second];
       if (p == peers_.end() || p->second.udp_acked[it->second] >= a.version) {
         it = udp_unacked_.erase(it);
         continue;
@@ -328,9 +329,9 @@ void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
   a.subscribers.insert(ep);
   peer.declared.insert(id);
   if (m.udp) {
-    peer.udp_attrs.insert(id);
-  } else {
-    peer.udp_attrs.erase(id);
+    if (peer.udp_attrs.insert(id).second) ++a.udp_subscribers;
+  } else if (peer.udp_attrs.erase(id) != 0) {
+    --a.udp_subscribers;
   }
   peer.udp_acked[id] = a.version;  // DECLARED carries the snapshot, reliably
   Send(ep, net::Encode(net::Declared{m.request_id, id, a.version, a.clock, a.writer, a.write_ns,
@@ -342,9 +343,22 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
                   ucp_ep_h except) {
   // The previous value stays alive until the relayed UPDATE is built: it may be the base.
   std::shared_ptr<net::Frame> prev = std::move(a.holder);
+  const size_t prev_offset = a.offset;
   const ByteSpan prev_value = prev ? ByteSpan(*prev).subspan(a.offset) : ByteSpan();
   const std::optional<uint64_t> prev_hash = a.data_hash;
   const uint64_t prev_version = a.version;
+  // UDP subscribers of a tensor may get this version as a delta against the previous one:
+  // keep it (unless it was overwritten in place, then they get the whole value).
+  a.udp_delta.reset();
+  if (a.udp_subscribers > 0 && net::UseCodec(a.kind, prev_value.size()) && prev != holder) {
+    a.prev_holder = prev;
+    a.prev_offset = prev_offset;
+    a.prev_version = prev_version;
+    a.prev_hash = prev_hash;
+  } else {
+    a.prev_holder.reset();
+    a.prev_version = 0;
+  }
   total_value_bytes_ -= prev_value.size();
   a.holder = std::move(holder);
   a.offset = offset;
@@ -412,8 +426,7 @@ bool Hub::UdpSubscriber(ucp_ep_h ep, uint32_t id) {
   return it != peers_.end() && it->second.udp_addr && it->second.udp_attrs.count(id) != 0;
 }
 
-void Hub::Relay(uint32_t id, const Attr& a, std::shared_ptr<const net::Frame> update,
-                ucp_ep_h except) {
+void Hub::Relay(uint32_t id, Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except) {
   for (ucp_ep_h s : a.subscribers) {
     if (s == except) continue;
     // A UDP subscriber gets the whole value by datagrams, unless it is too big for them (or
@@ -459,7 +472,9 @@ Status Hub::DecodeInto(const Attr& a, ByteSpan wire, const net::CodecValueInfo& 
                        std::shared_ptr<net::Frame>* holder, size_t* offset) {
   // A delta in place when no send in flight still reads the current value; on failure the
   // value is left as it was.
-  const bool in_place = !info.frame.is_full_value() && a.holder.use_count() == 1;
+  // (Not with UDP subscribers: the value stays as the base of their deltas.)
+  const bool in_place =
+      !info.frame.is_full_value() && a.holder.use_count() == 1 && a.udp_subscribers == 0;
   std::shared_ptr<net::Frame> out;
   size_t out_offset = 0;
   if (in_place) {
@@ -576,14 +591,36 @@ void Hub::SendDatagram(Peer& peer, net::udp::Datagram& d) {
   udp_->Send(ByteSpan(out.data(), n), &*peer.udp_addr);
 }
 
-void Hub::SendUdpValue(Peer& peer, uint32_t id, const Attr& a) {
+void Hub::SendUdpValue(Peer& peer, uint32_t id, Attr& a) {
   net::udp::DataHeader h;
   h.attr_id = id;
   h.seq = a.version;
   h.clock = a.clock;
   h.writer = a.writer;
   h.write_ns = a.write_ns;
-  (void)net::udp::Fragment(h, a.value(), [&](const net::udp::Data& fragment) {
+  ByteSpan value = a.value();
+  // A tensor goes as a delta to a subscriber that acknowledged the version before: encoded
+  // once per version, only against a base that subscriber said it holds.
+  const ByteSpan prev = a.prev_value();
+  if (net::UseCodec(a.kind, value.size()) && a.prev_holder && a.prev_version != 0 &&
+      peer.udp_acked[id] == a.prev_version && prev.size() == value.size()) {
+    if (!a.udp_delta) {
+      std::vector<std::byte> out(net::CodecValueBound(value));
+      auto e =
+          net::EncodeCodecValue(encoder_, value, prev, a.prev_version, a.prev_hash, a.version, out);
+      if (e.ok() && e->delta && e->bytes < value.size()) {
+        out.resize(e->bytes);
+        a.udp_delta = std::make_shared<const std::vector<std::byte>>(std::move(out));
+      } else {
+        a.udp_delta = std::make_shared<const std::vector<std::byte>>();  // none: send whole
+      }
+    }
+    if (!a.udp_delta->empty()) {
+      value = *a.udp_delta;
+      h.codec = true;
+    }
+  }
+  (void)net::udp::Fragment(h, value, [&](const net::udp::Data& fragment) {
     net::udp::Datagram d;
     d.type = net::udp::Type::kData;
     d.data = fragment;

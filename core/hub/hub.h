@@ -82,8 +82,19 @@ class Hub final : public net::UcxWorker::Handler {
     size_t offset = 0;
     std::optional<uint64_t> data_hash;  // XXH3-64 of a tensor's data, when verified
     std::set<ucp_ep_h> subscribers;
+    // For UDP subscribers of a tensor: the previous version's value, the base of the delta
+    // they get when they acknowledged that version (and the delta, made once per version).
+    size_t udp_subscribers = 0;
+    std::shared_ptr<net::Frame> prev_holder;
+    size_t prev_offset = 0;
+    uint64_t prev_version = 0;
+    std::optional<uint64_t> prev_hash;
+    std::shared_ptr<const std::vector<std::byte>> udp_delta;  // for version, against prev
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
+    ByteSpan prev_value() const {
+      return prev_holder ? ByteSpan(*prev_holder).subspan(prev_offset) : ByteSpan();
+    }
   };
 
   explicit Hub(const HubOptions& options) : options_(options) {}
@@ -99,10 +110,10 @@ class Hub final : public net::UcxWorker::Handler {
   void SendDatagram(Peer& peer, net::udp::Datagram& d);
   // Sends the attribute's latest value to a UDP subscriber, in fragments (best effort: it is
   // sent again until the peer acknowledges it).
-  void SendUdpValue(Peer& peer, uint32_t id, const Attr& a);
+  void SendUdpValue(Peer& peer, uint32_t id, Attr& a);
   // Relays an UPDATE to every subscriber but `except`: over UCX, or over UDP to those that
   // asked for it (they get the whole value).
-  void Relay(uint32_t id, const Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except);
+  void Relay(uint32_t id, Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except);
   bool UdpSubscriber(ucp_ep_h ep, uint32_t id);
 
   void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);

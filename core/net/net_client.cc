@@ -1314,11 +1314,26 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
   Count(c.datagrams_dropped_stale, reassembler_.stale() - stale0);
   Count(c.fragments_incomplete, reassembler_.incomplete() - incomplete0);
   if (!done) return;
-  const UpdateInfo info{done->header.seq, done->header.clock, done->header.writer,
-                        ToLocal(done->header.write_ns), 0};
-  if (Apply(r, std::make_shared<Frame>(std::move(done->value)), 0, info, std::nullopt)) {
-    Ring();
+  const uint64_t before = r.version.load();
+  auto frame = std::make_shared<Frame>(std::move(done->value));
+  if (done->header.codec) {
+    // A tensor delta against the version this client acknowledged (or a whole codec value):
+    // applied only to exactly its base and kept only if its hash verifies, as on the
+    // reliable path (which asks for the whole value when it cannot).
+    Update u{attr_id,
+             done->header.seq,
+             done->header.clock,
+             done->header.writer,
+             done->header.write_ns,
+             ByteSpan(*frame),
+             /*codec=*/true};
+    OnUpdate(u, frame);
   } else {
+    const UpdateInfo info{done->header.seq, done->header.clock, done->header.writer,
+                          ToLocal(done->header.write_ns), 0};
+    if (Apply(r, std::move(frame), 0, info, std::nullopt)) Ring();
+  }
+  if (r.version.load() == before) {
     Count(c.datagrams_dropped_stale, 1);  // older than what is held: never applied
   }
   // Tell the hub what we hold, so it stops sending this value again.

@@ -1,0 +1,375 @@
+// The best-effort UDP path under real packet loss: the kernel drops the datagrams, not the
+// socket layer's test hook (net_udp_test.cc). Each test forks a child that enters a fresh
+// network namespace (unshare(CLONE_NEWNET)), brings its loopback up and has nftables drop a
+// share of all UDP packets at random on input; the hub and both clients run inside it, so
+// every datagram between them crosses that rule. TCP (UCX, the reliable connection) is left
+// alone. The kernel here has no netem, hence nftables' numgen.
+//
+// Entering a network namespace needs CAP_SYS_ADMIN, and the rules need the nft tool and
+// nf_tables in the kernel: where any of that is missing the tests skip, found out by a probe
+// child before any test child runs.
+//
+// gtest assertions made in a forked child never reach the parent: the child prints its
+// diagnostics to stderr and exits with one of the Outcome codes below.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "easysync/easysync.h"
+#include "easysync/net.h"
+#include "net_test_util.h"
+#include "process_util.h"
+
+namespace easysync {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testing::HubProcess;
+using testing::kTestToken;
+using testing::Spawn;
+using testing::WaitChild;
+using testing::WaitFor;
+
+// What a child reports through its exit code (Spawn's 99 is an exception, e.g. from connect).
+enum Outcome : int {
+  kOk = 0,
+  kNoNamespace = 10,    // unshare(CLONE_NEWNET) refused: not root / no CAP_SYS_ADMIN
+  kNoLoopback = 11,     // lo would not come up in the new namespace
+  kNftFailed = 12,      // nft could not install the rules (no nf_tables in the kernel?)
+  kHubDown = 20,        // the hub did not start inside the namespace
+  kNotConverged = 30,   // the reader never reached the last value
+  kWentBack = 31,       // the reader saw a value or version older than one it had shown
+  kReliableWrong = 32,  // the reliable attribute is not exactly what was written
+  kNoLoss = 33,         // the nft rule dropped nothing (or far too little): the test proved nothing
+  kTorn = 40,           // a tensor was shown that is neither of the two written: a mix
+  kTensorMissing = 41,  // the second tensor never arrived
+  kHubExit = 50,        // the hub did not exit cleanly on SIGTERM
+};
+
+std::string Describe(int rc) {
+  switch (rc) {
+    case kOk:
+      return "ok";
+    case kNoNamespace:
+      return "unshare(CLONE_NEWNET) failed";
+    case kNoLoopback:
+      return "could not bring lo up";
+    case kNftFailed:
+      return "nft failed to install the loss rules";
+    case kHubDown:
+      return "the hub did not start";
+    case kNotConverged:
+      return "the reader did not converge on the last value";
+    case kWentBack:
+      return "the reader saw a value go back";
+    case kReliableWrong:
+      return "the reliable attribute is not exact";
+    case kNoLoss:
+      return "the nft rule dropped (almost) nothing";
+    case kTorn:
+      return "a torn tensor was shown";
+    case kTensorMissing:
+      return "the second tensor never arrived";
+    case kHubExit:
+      return "the hub did not exit cleanly";
+    case 99:
+      return "exception in the child (see stderr)";
+    case -1:
+      return "the child timed out";
+    default:
+      return "exit code " + std::to_string(rc);
+  }
+}
+
+// The tool's path: PATH first, then the sbin directories, which a root shell has on PATH but
+// a CI runner's environment may not.
+std::string FindTool(const std::string& name) {
+  std::string dirs = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "";
+  dirs += ":/usr/sbin:/sbin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    const std::string dir = dirs.substr(start, end - start);
+    const std::string path = (dir.empty() ? "." : dir) + "/" + name;
+    if (access(path.c_str(), X_OK) == 0) return path;
+    start = end + 1;
+  }
+  return "";
+}
+
+// Runs argv without a shell and returns its exit code (-1 if it could not run); its stdout
+// goes to *out when given. The caller may have threads (clients), so the child only dup2s
+// and execs: argv is built before the fork.
+int Run(const std::vector<std::string>& args, std::string* out = nullptr) {
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int pipefd[2] = {-1, -1};
+  if (out != nullptr && pipe2(pipefd, O_CLOEXEC) != 0) return -1;
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    if (out != nullptr) dup2(pipefd[1], STDOUT_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  if (out != nullptr) {
+    close(pipefd[1]);
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) out->append(buf, static_cast<size_t>(n));
+    close(pipefd[0]);
+  }
+  return WaitChild(pid, seconds(20));
+}
+
+// The same as `ip link set lo up`, without needing iproute2: a new namespace's loopback is
+// down, and the hub listens on 127.0.0.1.
+bool LoopbackUp() {
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  bool ok = ioctl(fd, SIOCGIFFLAGS, &ifr) == 0;
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  ok = ok && ioctl(fd, SIOCSIFFLAGS, &ifr) == 0;
+  close(fd);
+  return ok;
+}
+
+constexpr char kTable[] = "easysync_loss";
+
+// Puts this process into a new network namespace with lo up and `percent`% of UDP packets
+// dropped at random on input. On loopback every datagram is input exactly once, so this is
+// the loss rate each direction sees. The first rule only counts (every UDP packet), the
+// second counts what it drops: LossCounters reads both.
+Outcome EnterLossyNamespace(const std::string& nft, int percent) {
+  if (unshare(CLONE_NEWNET) != 0) {
+    std::fprintf(stderr, "unshare(CLONE_NEWNET): %s\n", std::strerror(errno));
+    return kNoNamespace;
+  }
+  if (!LoopbackUp()) {
+    std::fprintf(stderr, "bringing lo up: %s\n", std::strerror(errno));
+    return kNoLoopback;
+  }
+  const std::vector<std::vector<std::string>> commands = {
+      {nft, "add", "table", "inet", kTable},
+      {nft, "add", "chain", "inet", kTable, "input",
+       "{ type filter hook input priority 0; policy accept; }"},
+      {nft, "add", "rule", "inet", kTable, "input", "meta", "l4proto", "udp", "counter"},
+      {nft, "add", "rule", "inet", kTable, "input", "meta", "l4proto", "udp", "numgen", "random",
+       "mod", "100", "<", std::to_string(percent), "counter", "drop"},
+  };
+  for (const auto& c : commands) {
+    if (const int rc = Run(c); rc != 0) {
+      std::fprintf(stderr, "nft %s %s ...: exit %d\n", c[1].c_str(), c[2].c_str(), rc);
+      return kNftFailed;
+    }
+  }
+  return kOk;
+}
+
+struct Counters {
+  uint64_t udp = 0;      // UDP packets input
+  uint64_t dropped = 0;  // of which the random rule dropped
+};
+
+// The two rules' counters, in rule order, from `nft list chain`.
+std::optional<Counters> LossCounters(const std::string& nft) {
+  std::string listing;
+  if (Run({nft, "list", "chain", "inet", kTable, "input"}, &listing) != 0) return std::nullopt;
+  const std::regex re("counter packets ([0-9]+)");
+  std::vector<uint64_t> packets;
+  for (auto it = std::sregex_iterator(listing.begin(), listing.end(), re);
+       it != std::sregex_iterator(); ++it) {
+    packets.push_back(std::stoull((*it)[1].str()));
+  }
+  if (packets.size() != 2) {
+    std::fprintf(stderr, "unexpected nft listing:\n%s\n", listing.c_str());
+    return std::nullopt;
+  }
+  return Counters{packets[0], packets[1]};
+}
+
+// Loss that really happened, and at about the rate asked for (a rule that matched far less
+// would leave the test proving little). The bound is loose, at least half the rule's rate:
+// over thousands of packets the random draw lands far above it.
+Outcome CheckLoss(const std::string& nft, int percent) {
+  const auto c = LossCounters(nft);
+  if (!c) return kNoLoss;
+  std::fprintf(stderr, "nft: %llu UDP packets input, %llu dropped (%.1f%%, rule: %d%%)\n",
+               static_cast<unsigned long long>(c->udp), static_cast<unsigned long long>(c->dropped),
+               c->udp != 0 ? 100.0 * static_cast<double>(c->dropped) / c->udp : 0.0, percent);
+  if (c->dropped == 0 || c->dropped * 200 < c->udp * static_cast<uint64_t>(percent)) {
+    return kNoLoss;
+  }
+  return kOk;
+}
+
+// Probed once, in a child so that the test process keeps its own namespace: "" when the
+// tests can run, else why they skip.
+const std::string& SkipReason() {
+  static const std::string reason = [] {
+    const std::string nft = FindTool("nft");
+    if (nft.empty()) return std::string("nft (nftables) not found on PATH or in /usr/sbin");
+    const int rc = WaitChild(Spawn([&] { return EnterLossyNamespace(nft, 20); }), seconds(30));
+    if (rc == kOk) return std::string();
+    return Describe(rc) + " (needs root / CAP_SYS_ADMIN and nf_tables in the kernel)";
+  }();
+  return reason;
+}
+
+NetOptions Options(uint16_t port) {
+  NetOptions o;
+  o.port = port;
+  o.token = kTestToken;
+  o.ucx_transports = "tcp";
+  return o;
+}
+
+// Runs scenario inside a lossy namespace, in a child, and returns the child's Outcome.
+template <class Scenario>
+int RunInLossyNamespace(int percent, Scenario scenario) {
+  const std::string nft = FindTool("nft");
+  const pid_t pid = Spawn([&]() -> int {
+    unsetenv("EASYSYNC_UDP_FAULTS");  // the kernel drops, nothing else
+    if (const Outcome o = EnterLossyNamespace(nft, percent); o != kOk) return o;
+    int rc;
+    {
+      HubProcess hub;
+      if (hub.port() == 0) return kHubDown;
+      rc = scenario(hub.port());
+      // The hub's exit code matters only when all else passed: a failure is reported first.
+      const int hub_rc = hub.Stop();
+      if (rc == kOk && hub_rc != 0) {
+        std::fprintf(stderr, "hub exit code %d\n", hub_rc);
+        rc = kHubExit;
+      }
+    }
+    if (rc == kOk) rc = CheckLoss(nft, percent);
+    return rc;
+  });
+  return WaitChild(pid, seconds(120));
+}
+
+struct Player : SyncedObject {
+  Synced<double> pos_x{this, "pos_x", 0.0};  // the object's transport: UDP
+  Synced<std::vector<std::string>> inventory{this, "inventory", AttrOptions{Transport::kReliable}};
+  explicit Player(Client& c) : SyncedObject(c, "Player", "", Transport::kUdp) {}
+};
+
+TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
+  if (!SkipReason().empty()) GTEST_SKIP() << SkipReason();
+  const int rc = RunInLossyNamespace(20, [](uint16_t port) -> int {
+    auto ca = connect(Options(port));
+    auto cb = connect(Options(port));
+    Player a(*ca), b(*cb);
+    // b watches every value it shows: each must be newer than the one before (values grow
+    // with versions here, so a value going back would be a version going back).
+    std::atomic<bool> stop{false};
+    std::atomic<int> backwards{0}, seen{0};
+    std::thread watcher([&] {
+      double last = 0;
+      uint64_t last_version = 0;
+      while (!stop.load()) {
+        b.pos_x.wait_for_change(milliseconds(5));
+        const double v = b.pos_x.get();
+        const uint64_t version = b.pos_x.version();
+        if (v < last || version < last_version) {
+          std::fprintf(stderr, "went back: %g (v%llu) after %g (v%llu)\n", v,
+                       static_cast<unsigned long long>(version), last,
+                       static_cast<unsigned long long>(last_version));
+          backwards.fetch_add(1);
+        }
+        if (v != last) seen.fetch_add(1);
+        last = v;
+        last_version = version;
+      }
+    });
+    constexpr int kWrites = 2000;
+    std::vector<std::string> items;
+    for (int i = 1; i <= kWrites; ++i) {
+      a.pos_x = static_cast<double>(i);
+      if (i % 100 == 0) {
+        items.push_back("item" + std::to_string(i));
+        a.inventory = items;  // reliable (TCP, which the rule leaves alone): every version
+        // Pauses let the reader show intermediate values, so there is something to watch.
+        std::this_thread::sleep_for(milliseconds(2));
+      }
+    }
+    const bool converged = WaitFor([&] { return b.pos_x.get() == kWrites; }, seconds(30));
+    stop.store(true);
+    watcher.join();
+    const bool reliable_exact = WaitFor([&] { return b.inventory.get() == items; }, seconds(30)) &&
+                                b.inventory.version() == a.inventory.version();
+    std::fprintf(stderr, "b saw %d values, holds %g; %s\n", seen.load(), b.pos_x.get(),
+                 cb->stats().ToString().c_str());
+    if (backwards.load() != 0) return kWentBack;
+    if (!converged || a.pos_x.get() != kWrites) return kNotConverged;
+    if (!reliable_exact) return kReliableWrong;
+    return kOk;
+  });
+  EXPECT_EQ(rc, kOk) << Describe(rc);
+}
+
+struct Scan : SyncedObject {
+  Synced<Tensor> image{this, "image"};
+  explicit Scan(Client& c) : SyncedObject(c, "Scan", "", Transport::kUdp) {}
+};
+
+Tensor Filled(uint32_t seed) {
+  Tensor t(DType::kInt32, {1 << 20});       // 4 MiB: about 3500 datagrams
+  auto* p = t.mutable_data_as<uint32_t>();  // the bits are what matters
+  for (uint32_t i = 0; i < (1u << 20); ++i) p[i] = i * 2654435761u ^ seed;
+  return t;
+}
+
+TEST(NetUdpNetns, FourMibTensorAtFivePercentKernelLossArrivesWholeOrNotAtAll) {
+  if (!SkipReason().empty()) GTEST_SKIP() << SkipReason();
+  const int rc = RunInLossyNamespace(5, [](uint16_t port) -> int {
+    auto ca = connect(Options(port));
+    auto cb = connect(Options(port));
+    Scan a(*ca), b(*cb);
+    const Tensor first = Filled(1), second = Filled(2);
+    a.image = first;
+    if (!WaitFor([&] { return b.image.get() == first; }, seconds(60))) return kTensorMissing;
+    a.image = second;
+    // Every value b shows is one of the two, whole: never a mix of their fragments.
+    bool whole = true;
+    const bool arrived = WaitFor(
+        [&] {
+          const Tensor t = b.image.get();
+          whole = whole && (t == first || t == second);
+          return t == second;
+        },
+        seconds(60));
+    std::fprintf(stderr, "b: %s\n", cb->stats().ToString().c_str());
+    if (!whole) return kTorn;
+    if (!arrived) return kTensorMissing;
+    return kOk;
+  });
+  EXPECT_EQ(rc, kOk) << Describe(rc);
+}
+
+}  // namespace
+}  // namespace easysync
