@@ -171,13 +171,27 @@ TEST(NetUdp, TensorDeltasGoAgainstTheAcknowledgedVersion) {
   ASSERT_TRUE(WaitFor([&] { return b.image.get() == t; }, seconds(60)));
   std::this_thread::sleep_for(milliseconds(100));  // b's ACK reaches the hub
   // One element changes: b acknowledged the version before, so it gets a delta.
+  // The writer's side too: the hub acknowledged a's write, so a sends a delta against it.
   t.mutable_data_as<uint32_t>()[12345] ^= 1;
   const Stats before = cb->stats();
+  const Stats a_before = ca->stats();
   a.image = t;
   ASSERT_TRUE(WaitFor([&] { return b.image.get() == t; }, seconds(60)));
   const Stats after = cb->stats();
+  const Stats a_after = ca->stats();
   EXPECT_EQ(after.deltas_recv, before.deltas_recv + 1);
   EXPECT_LT(after.bytes_recv - before.bytes_recv, 64u << 10) << "4 MiB tensor, one change";
+  EXPECT_EQ(a_after.deltas_sent, a_before.deltas_sent + 1);
+  EXPECT_LT(a_after.bytes_sent - a_before.bytes_sent, 64u << 10);
+  EXPECT_TRUE(WaitFor([&] { return a.image.version() == b.image.version(); }));
+  // Another writer moves the value on: a's next delta names a base the hub no longer holds,
+  // so the hub refuses it and a sends the whole value; everyone ends with a's.
+  Tensor other = Filled(9);
+  b.image = other;
+  ASSERT_TRUE(WaitFor([&] { return a.image.get() == other; }, seconds(60)));
+  t.mutable_data_as<uint32_t>()[7] ^= 1;
+  a.image = t;
+  EXPECT_TRUE(WaitFor([&] { return b.image.get() == t && a.image.get() == t; }, seconds(60)));
   EXPECT_EQ(hub.Stop(), 0);
 }
 

@@ -664,7 +664,7 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
       return;
   }
   const uint32_t attr_id = d->data.header.attr_id;
-  if (peer.declared.count(attr_id) == 0 || d->data.header.codec) {
+  if (peer.declared.count(attr_id) == 0) {
     ++udp_dropped_bad_;
     return;
   }
@@ -685,18 +685,38 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
     return;
   }
   Attr& a = attrs_[attr_id];
-  if (total_value_bytes_ - a.value().size() + done->value.size() > options_.max_total_value_bytes) {
+  std::shared_ptr<net::Frame> holder;
+  size_t offset = 0;
+  std::optional<uint64_t> hash;
+  if (done->header.codec) {
+    // A tensor delta against the version this writer's last write got: applied only if the
+    // hub still holds exactly that. Otherwise ACK with version 0: "send it whole".
+    auto info = net::PeekCodecValue(done->value);
+    const bool usable =
+        info.ok() && a.kind == ValueKind::kTensor && info->raw_bytes <= net::udp::kMaxValueBytes &&
+        (info->frame.is_full_value() ||
+         (info->frame.base_version == a.version && a.value().size() == info->raw_bytes &&
+          (!a.data_hash || *a.data_hash == info->frame.base_hash)));
+    if (!usable || !DecodeInto(a, done->value, *info, &holder, &offset).ok()) {
+      ack.ack.version = 0;
+      return SendDatagram(peer, ack);
+    }
+    hash = info->frame.result_hash;
+  } else {
+    holder = std::make_shared<net::Frame>(std::move(done->value));
+  }
+  if (total_value_bytes_ - a.value().size() + (holder->size() - offset) >
+      options_.max_total_value_bytes) {
     return;  // over the hub's bound: dropped (best effort); the writer sends it again
   }
   const Stamp stamp{a.version + 1, std::max(a.clock, done->header.clock) + 1, peer.id,
                     done->header.write_ns};
-  auto holder = std::make_shared<net::Frame>(std::move(done->value));
   peer.udp_wseq[attr_id] = wseq;
   peer.udp_wversion[attr_id] = stamp.version;
   peer.udp_acked[attr_id] = stamp.version;
   ack.ack.version = stamp.version;
   SendDatagram(peer, ack);
-  Publish(attr_id, a, stamp, std::move(holder), 0, std::nullopt, {}, ep->second);
+  Publish(attr_id, a, stamp, std::move(holder), offset, hash, {}, ep->second);
 }
 
 }  // namespace easysync::hub

@@ -128,6 +128,11 @@ class NetClient final : public Client, public UcxWorker::Handler {
     size_t udp_pending_offset = 0;
     uint64_t udp_seq = 0;  // the writer's own sequence of datagram writes
     UpdateInfo udp_pending_info;
+    // A tensor write may go as a delta against the version the hub gave this client's last
+    // acknowledged write (udp_acked_version), if nothing came since; dropped if the hub
+    // answers that it no longer holds that base.
+    std::shared_ptr<const std::vector<std::byte>> udp_pending_delta;
+    uint64_t udp_acked_version = 0;
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
@@ -1214,19 +1219,23 @@ void NetClient::SendUdpWrite(Replica& r) {
   if (!udp_) return;
   std::shared_ptr<Frame> holder;
   size_t offset;
+  std::shared_ptr<const std::vector<std::byte>> delta;
   udp::DataHeader h;
   {
     std::lock_guard<std::mutex> lock(r.mu);
     if (!r.udp_pending) return;
     holder = r.udp_pending;
     offset = r.udp_pending_offset;
+    delta = r.udp_pending_delta;
     h.seq = r.udp_seq;
     h.clock = r.udp_pending_info.clock;
     h.write_ns = ToHub(r.udp_pending_info.write_ns);
   }
   h.attr_id = r.hub_id.load();
   h.writer = id();
-  (void)udp::Fragment(h, ByteSpan(*holder).subspan(offset), [&](const udp::Data& fragment) {
+  h.codec = delta != nullptr;
+  const ByteSpan value = delta ? ByteSpan(*delta) : ByteSpan(*holder).subspan(offset);
+  (void)udp::Fragment(h, value, [&](const udp::Data& fragment) {
     udp::Datagram d;
     d.type = udp::Type::kData;
     d.data = fragment;
@@ -1237,6 +1246,38 @@ void NetClient::SendUdpWrite(Replica& r) {
 uint64_t NetClient::WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
                              uint64_t clock, int64_t now) {
   uint64_t version;
+  std::shared_ptr<const std::vector<std::byte>> delta;
+  const ByteSpan value = ByteSpan(*holder).subspan(offset);
+  if (UseCodec(r.kind, value.size())) {
+    std::shared_ptr<Frame> base;
+    size_t base_offset = 0;
+    uint64_t base_version = 0;
+    std::optional<uint64_t> base_hash;
+    {
+      std::lock_guard<std::mutex> lock(r.mu);
+      if (!r.udp_pending && !r.dirty && r.info.version != 0 &&
+          r.info.version == r.udp_acked_version) {
+        base = r.holder;
+        base_offset = r.offset;
+        base_version = r.info.version;
+        base_hash = r.data_hash;
+      }
+    }
+    if (base) {
+      std::lock_guard<std::mutex> lock(encode_mu_);
+      const size_t bound = CodecValueBound(value);
+      auto e = EncodeCodecValue(encoder_, value, ByteSpan(*base).subspan(base_offset), base_version,
+                                base_hash, base_version + 1, {Scratch(bound), bound});
+      if (e.ok() && e->delta) {
+        delta = std::make_shared<const std::vector<std::byte>>(Scratch(bound),
+                                                               Scratch(bound) + e->bytes);
+        CounterShard& c = shard();
+        Count(c.codec_raw_bytes, value.size());
+        Count(c.codec_wire_bytes, e->bytes);
+        Count(c.deltas_sent, 1);
+      }
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(r.mu);
     // Shown at once with a provisional version: the hub's version for it, when its ACK comes,
@@ -1246,6 +1287,7 @@ uint64_t NetClient::WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t o
     r.udp_pending = std::move(holder);
     r.udp_pending_offset = offset;
     r.udp_pending_info = info;
+    r.udp_pending_delta = std::move(delta);
     ++r.udp_seq;
     version = info.version;
   }
@@ -1298,8 +1340,17 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
   Replica& r = *replicas_[it->second].load();
   if (d->type == udp::Type::kAck) {
     // Our write `seq` got version `version`: now it counts as that version.
-    std::lock_guard<std::mutex> lock(r.mu);
+    std::unique_lock<std::mutex> lock(r.mu);
     if (!r.udp_pending || d->ack.seq != r.udp_seq) return;  // an older write's ACK
+    if (d->ack.version == 0) {
+      // The hub no longer holds the delta's base: the same write goes again, whole.
+      r.udp_pending_delta.reset();
+      Count(c.resyncs, 1);
+      lock.unlock();
+      SendUdpWrite(r);
+      return;
+    }
+    r.udp_acked_version = d->ack.version;
     if (d->ack.version > r.info.version) {
       UpdateInfo info = r.udp_pending_info;
       info.version = d->ack.version;
