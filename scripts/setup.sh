@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev libxxhash-dev libucx-dev libsodium-dev libmsgpack-cxx-dev libeigen3-dev
   python3 python3-venv
+  nftables  # tests/net_udp_netns_test.cc: real packet loss in a network namespace
 )
 
 missing=()
