@@ -22,8 +22,10 @@ void Log(const std::string& line) {
   std::fflush(stderr);
 }
 
-constexpr int64_t kRejectGraceNs = 1'000'000'000;  // a rejected peer's ERROR gets this long
-constexpr int64_t kUdpResendNs = 20'000'000;       // unacknowledged UDP values go again
+constexpr int64_t kRejectGraceNs = 1'000'000'000;   // a rejected peer's ERROR gets this long
+constexpr int64_t kUdpResendNs = 20'000'000;        // unacknowledged UDP values go again
+constexpr int64_t kUdpResendMaxNs = 1'000'000'000;  // ... backing off up to this
+constexpr int64_t kNsPerByte = 10;                  // ... from a floor of 10 ns per byte
 
 }  // namespace
 
@@ -124,19 +126,30 @@ int Hub::OnIdle() {
   if (!udp_unacked_.empty() && now >= next_udp_resend_ns_) {
     // Latest value wins, and converges: a UDP subscriber behind the latest version gets it
     // again until it acknowledges it.
-    next_udp_resend_ns_ = now + kUdpResendNs;
+    next_udp_resend_ns_ = INT64_MAX;
     for (auto it = udp_unacked_.begin(); it != udp_unacked_.end();) {
-      auto p = peers_.find(it->first);
-      Attr& a = attrs_[it->second];
-      if (p == peers_.end() || p->second.udp_acked[it->second] >= a.version) {
+      auto p = peers_.find(it->first.first);
+      Attr& a = attrs_[it->first.second];
+      if (p == peers_.end() || p->second.udp_acked[it->first.second] >= a.version) {
         it = udp_unacked_.erase(it);
         continue;
       }
-      SendUdpValue(p->second, it->second, a);
+      Resend& r = it->second;
+      if (now >= r.next_ns) {
+        SendUdpValue(p->second, it->first.second, a);
+        ++r.tries;
+        const int64_t floor = std::max<int64_t>(kUdpResendNs, a.value().size() * kNsPerByte);
+        r.next_ns = now + std::min<int64_t>(kUdpResendMaxNs, floor << std::min(r.tries, 10));
+      }
+      next_udp_resend_ns_ = std::min(next_udp_resend_ns_, r.next_ns);
       ++it;
     }
   }
-  if (closing_.empty() && handshaking_ == 0) return static_cast<int>(kUdpResendNs / 1'000'000);
+  if (closing_.empty() && handshaking_ == 0) {
+    return udp_unacked_.empty() ? -1
+                                : static_cast<int>(std::clamp<int64_t>(
+                                      (next_udp_resend_ns_ - now) / 1'000'000 + 1, 1, 1000));
+  }
   for (auto it = closing_.begin(); it != closing_.end();) {
     if (it->second <= now) {
       worker_->Close(it->first, /*flush=*/false);
@@ -375,7 +388,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
       if (UdpSubscriber(s, id) && peers_.at(s).id != a.writer &&
           a.value().size() <= net::udp::kMaxValueBytes) {
         SendUdpValue(peers_.at(s), id, a);
-        udp_unacked_.insert({s, id});
+        ScheduleResend(s, id, a.value().size());
       }
     }
     return;
@@ -421,6 +434,14 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   Relay(id, a, relay, except);
 }
 
+void Hub::ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes) {
+  // A new version was just sent: its own first wait, from the floor.
+  const int64_t next =
+      NowNanos() + std::max<int64_t>(kUdpResendNs, static_cast<int64_t>(value_bytes) * kNsPerByte);
+  udp_unacked_[{ep, id}] = Resend{next, 0};
+  next_udp_resend_ns_ = std::min(next_udp_resend_ns_, next);
+}
+
 bool Hub::UdpSubscriber(ucp_ep_h ep, uint32_t id) {
   auto it = peers_.find(ep);
   return it != peers_.end() && it->second.udp_addr && it->second.udp_attrs.count(id) != 0;
@@ -433,7 +454,7 @@ void Hub::Relay(uint32_t id, Attr& a, std::shared_ptr<const net::Frame> update, 
     // the subscriber has not told us its address yet): then over UCX, like everyone else.
     if (UdpSubscriber(s, id) && a.value().size() <= net::udp::kMaxValueBytes) {
       SendUdpValue(peers_.at(s), id, a);
-      udp_unacked_.insert({s, id});
+      ScheduleResend(s, id, a.value().size());
     } else {
       worker_->Send(s, update);
     }

@@ -160,7 +160,15 @@ class Hub final : public net::UcxWorker::Handler {
   std::optional<net::UdpSocket> udp_;
   std::unordered_map<uint32_t, ucp_ep_h> by_id_;  // authenticated peers by client id
   net::udp::Reassembler reassembler_{64u << 20};
-  std::set<std::pair<ucp_ep_h, uint32_t>> udp_unacked_;  // (peer, attribute) to send again
+  // (peer, attribute) behind the latest version: sent again at `next`, backing off (the
+  // wait doubles per try, from a floor that grows with the value's size, up to 1 s) so a
+  // slow or lossy receiver of a large value is not flooded.
+  struct Resend {
+    int64_t next_ns = 0;
+    int tries = 0;
+  };
+  std::map<std::pair<ucp_ep_h, uint32_t>, Resend> udp_unacked_;
+  void ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes);
   int64_t next_udp_resend_ns_ = 0;
   uint64_t udp_dropped_bad_ = 0;
   codec::Encoder encoder_;
