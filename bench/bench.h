@@ -20,6 +20,9 @@ int RunShmThroughput(const Args& args);
 // net-latency parses its own flags, argv[first..argc) (net_latency.cc); 2 for bad usage.
 int RunNetLatency(int argc, char** argv, int first);
 
+// udp-latency likewise (udp_latency.cc).
+int RunUdpLatency(int argc, char** argv, int first);
+
 // net-tensor likewise (net_tensor.cc).
 int RunNetTensor(int argc, char** argv, int first);
 

@@ -24,6 +24,10 @@ void Usage(std::FILE* out) {
       "                  [--iters N] [--hub HOST:PORT --token T] [--ucx-transports LIST]\n"
       "                  [--spin-us N] (default: its own hub on loopback, transports tcp;\n"
       "                  --spin-us sets the spin of the clients and of its own hub)\n"
+      "  udp-latency     one-way latency of a double update client -> hub -> client over the\n"
+      "                  UDP path (Transport::kUdp) against the same over reliable UCX, in\n"
+      "                  the same run; own flags as net-latency (default: its own hub on\n"
+      "                  loopback, transports tcp, default spin)\n"
       "  net-tensor      one training step's update of a 256 MiB bfloat16 tensor synced\n"
       "                  A -> hub -> B (delta_s), the whole tensor synced (full_s) and a\n"
       "                  torch.distributed gloo broadcast of it (gloo_broadcast_s), on\n"
@@ -68,6 +72,7 @@ int main(int argc, char** argv) {
   }
   if (suite == "codec") return easysync::bench::RunCodec(argc, argv, 2);
   if (suite == "net-latency") return easysync::bench::RunNetLatency(argc, argv, 2);
+  if (suite == "udp-latency") return easysync::bench::RunUdpLatency(argc, argv, 2);
   if (suite == "net-tensor") return easysync::bench::RunNetTensor(argc, argv, 2);
   const bool latency = suite == "shm-latency";
   const bool throughput = suite == "shm-throughput";
