@@ -26,6 +26,7 @@ constexpr int64_t kRejectGraceNs = 1'000'000'000;   // a rejected peer's ERROR g
 constexpr int64_t kUdpResendNs = 20'000'000;        // unacknowledged UDP values go again
 constexpr int64_t kUdpResendMaxNs = 1'000'000'000;  // ... backing off up to this
 constexpr int64_t kNsPerByte = 10;                  // ... from a floor of 10 ns per byte
+constexpr int64_t kAckDelayNs = 10'000'000;         // ACKs of datagram writes wait this long
 
 }  // namespace
 
@@ -121,8 +122,11 @@ void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
 }
 
 int Hub::OnIdle() {
-  if (closing_.empty() && handshaking_ == 0 && udp_unacked_.empty()) return -1;
+  if (closing_.empty() && handshaking_ == 0 && udp_unacked_.empty() && acks_due_ns_ == 0) {
+    return -1;
+  }
   const int64_t now = NowNanos();
+  if (acks_due_ns_ != 0 && now >= acks_due_ns_) SendOwedAcks();
   if (!udp_unacked_.empty() && now >= next_udp_resend_ns_) {
     // Latest value wins, and converges: a UDP subscriber behind the latest version gets it
     // again until it acknowledges it.
@@ -146,9 +150,10 @@ int Hub::OnIdle() {
     }
   }
   if (closing_.empty() && handshaking_ == 0) {
-    return udp_unacked_.empty() ? -1
-                                : static_cast<int>(std::clamp<int64_t>(
-                                      (next_udp_resend_ns_ - now) / 1'000'000 + 1, 1, 1000));
+    int64_t wake = udp_unacked_.empty() ? INT64_MAX : next_udp_resend_ns_;
+    if (acks_due_ns_ != 0) wake = std::min(wake, acks_due_ns_);
+    if (wake == INT64_MAX) return -1;
+    return static_cast<int>(std::clamp<int64_t>((wake - now) / 1'000'000 + 1, 1, 1000));
   }
   for (auto it = closing_.begin(); it != closing_.end();) {
     if (it->second <= now) {
@@ -171,7 +176,7 @@ int Hub::OnIdle() {
           "no authentication within " + std::to_string(options_.handshake_timeout.count()) + " ms");
     }
   }
-  return static_cast<int>(kUdpResendNs / 1'000'000);
+  return acks_due_ns_ != 0 ? 1 : static_cast<int>(kUdpResendNs / 1'000'000);
 }
 
 void Hub::Send(ucp_ep_h ep, net::Frame frame) {
@@ -736,8 +741,26 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
   peer.udp_wversion[attr_id] = stamp.version;
   peer.udp_acked[attr_id] = stamp.version;
   ack.ack.version = stamp.version;
-  SendDatagram(peer, ack);
+  if (net::UseCodec(a.kind, holder->size() - offset)) {
+    SendDatagram(peer, ack);  // at once: the writer's next delta needs this version as base
+  } else {
+    acks_owed_.emplace_back(peer.id, ack.ack);
+    if (acks_due_ns_ == 0) acks_due_ns_ = NowNanos() + kAckDelayNs;
+  }
   Publish(attr_id, a, stamp, std::move(holder), offset, hash, {}, ep->second);
+}
+
+void Hub::SendOwedAcks() {
+  for (const auto& [client, ack] : acks_owed_) {
+    auto ep = by_id_.find(client);
+    if (ep == by_id_.end()) continue;
+    net::udp::Datagram d;
+    d.type = net::udp::Type::kAck;
+    d.ack = ack;
+    SendDatagram(peers_.at(ep->second), d);
+  }
+  acks_owed_.clear();
+  acks_due_ns_ = 0;
 }
 
 }  // namespace easysync::hub

@@ -168,6 +168,11 @@ class Hub final : public net::UcxWorker::Handler {
     int tries = 0;
   };
   std::map<std::pair<ucp_ep_h, uint32_t>, Resend> udp_unacked_;
+  // ACKs of accepted datagram writes go a little later, together (client id, ACK): at once,
+  // they would wake the writer while the readers of its value still need the CPU.
+  std::vector<std::pair<uint32_t, net::udp::Ack>> acks_owed_;
+  int64_t acks_due_ns_ = 0;  // 0: none owed
+  void SendOwedAcks();
   void ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes);
   int64_t next_udp_resend_ns_ = 0;
   uint64_t udp_dropped_bad_ = 0;

@@ -15,6 +15,7 @@
 #include <future>
 #include <map>
 #include <optional>
+#include <set>
 #include <unordered_map>
 
 #include "easysync/device_codec.h"
@@ -30,6 +31,8 @@ namespace {
 constexpr uint32_t kMaxAttributes = 1u << 16;
 // Datagram writes not acknowledged, and REGISTER until answered, go again this often.
 constexpr int64_t kUdpResendNs = 20'000'000;
+// How long a received value's ACK may wait to go with others (under kUdpResendNs).
+constexpr int64_t kAckDelayNs = 10'000'000;
 
 Status ValidName(std::string_view what, std::string_view name) {
   if (name.empty() || name.size() > kMaxNameBytes || name.find('\0') != name.npos) {
@@ -133,6 +136,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
     // answers that it no longer holds that base.
     std::shared_ptr<const std::vector<std::byte>> udp_pending_delta;
     uint64_t udp_acked_version = 0;
+    int64_t udp_pending_sent_ns = 0;  // when the pending write was last sent
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
   };
@@ -206,6 +210,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   bool OnUdp();
   void HandleDatagram(ByteSpan datagram);
   void SendDatagram(udp::Datagram& d);
+  void SendOwedAcks();
   // Sends r's pending write by datagrams.
   void SendUdpWrite(Replica& r);
   // Keeps a write of a UDP attribute: shown at once with a provisional version, sent by
@@ -263,6 +268,11 @@ class NetClient final : public Client, public UcxWorker::Handler {
   uint64_t udp_counter_ = 0;
   bool udp_registered_ = false;
   int64_t next_udp_ns_ = 0;  // next REGISTER or resend of pending writes
+  // ACKs of received values are sent a little later, together: an ACK only stops resends
+  // (20 ms apart) and names a delta base, and sending it at once would wake the hub while
+  // the value's reader still needs the CPU.
+  std::set<uint32_t> acks_owed_;  // hub attribute ids
+  int64_t acks_due_ns_ = 0;       // 0: none owed
   udp::Reassembler reassembler_{udp::kMaxValueBytes};
 
   std::unique_ptr<std::atomic<Replica*>[]> replicas_;
@@ -398,6 +408,8 @@ void NetClient::Lost(Status status) {
   udp_registered_ = false;
   udp_ready_.store(false);
   reassembler_ = udp::Reassembler(udp::kMaxValueBytes);
+  acks_owed_.clear();
+  acks_due_ns_ = 0;
   // Datagram writes not acknowledged yet are kept like any write made while disconnected.
   const uint32_t n = count_.load();
   for (uint32_t i = 0; i < n; ++i) {
@@ -483,17 +495,20 @@ int NetClient::OnIdle() {
       for (uint32_t i = 0; i < n; ++i) {
         Replica& r = *replicas_[i].load();
         if (!r.udp) continue;
-        bool has;
+        bool has, due;
         {
           std::lock_guard<std::mutex> lock(r.mu);
           has = r.udp_pending != nullptr;
+          due = has && now - r.udp_pending_sent_ns >= kUdpResendNs;
         }
-        if (has) SendUdpWrite(r);  // not acknowledged yet: again
+        if (due) SendUdpWrite(r);  // not acknowledged for a while: again
         pending = pending || has;
       }
       next_udp_ns_ = pending ? now + kUdpResendNs : INT64_MAX;
     }
     wake = std::min(wake, next_udp_ns_);
+    if (acks_due_ns_ != 0 && now >= acks_due_ns_) SendOwedAcks();
+    if (acks_due_ns_ != 0) wake = std::min(wake, acks_due_ns_);
   } else {
     return -1;
   }
@@ -1227,6 +1242,7 @@ void NetClient::SendUdpWrite(Replica& r) {
     holder = r.udp_pending;
     offset = r.udp_pending_offset;
     delta = r.udp_pending_delta;
+    r.udp_pending_sent_ns = MonotonicNanos();
     h.seq = r.udp_seq;
     h.clock = r.udp_pending_info.clock;
     h.write_ns = ToHub(r.udp_pending_info.write_ns);
@@ -1387,12 +1403,28 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
   if (r.version.load() == before) {
     Count(c.datagrams_dropped_stale, 1);  // older than what is held: never applied
   }
-  // Tell the hub what we hold, so it stops sending this value again.
-  udp::Datagram ack;
-  ack.type = udp::Type::kAck;
-  ack.ack.attr_id = attr_id;
-  ack.ack.seq = std::max(done->header.seq, r.version.load());
-  SendDatagram(ack);
+  // Tell the hub what we hold, so it stops sending this value again: a tensor at once (the
+  // hub's next delta needs this version as its base), anything else a little later.
+  acks_owed_.insert(attr_id);
+  if (UseCodec(r.kind, r.info.bytes)) {
+    SendOwedAcks();
+  } else if (acks_due_ns_ == 0) {
+    acks_due_ns_ = MonotonicNanos() + kAckDelayNs;
+  }
+}
+
+void NetClient::SendOwedAcks() {
+  for (uint32_t attr_id : acks_owed_) {
+    auto it = by_hub_.find(attr_id);
+    if (it == by_hub_.end()) continue;
+    udp::Datagram ack;
+    ack.type = udp::Type::kAck;
+    ack.ack.attr_id = attr_id;
+    ack.ack.seq = replicas_[it->second].load()->version.load();
+    SendDatagram(ack);
+  }
+  acks_owed_.clear();
+  acks_due_ns_ = 0;
 }
 
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,
