@@ -609,6 +609,17 @@ bool Hub::OnUdp() {
 
 void Hub::SendDatagram(Peer& peer, net::udp::Datagram& d) {
   if (!peer.udp_addr) return;
+  if (d.type == net::udp::Type::kData && !d.piggy_ack && acks_due_ns_ != 0) {
+    // An ACK owed to this peer rides along: no datagram (and no wake-up) of its own.
+    auto owed = std::find_if(acks_owed_.begin(), acks_owed_.end(),
+                             [&](const auto& e) { return e.first == peer.id; });
+    if (owed != acks_owed_.end()) {
+      d.piggy_ack = true;
+      d.ack = owed->second;
+      acks_owed_.erase(owed);
+      if (acks_owed_.empty()) acks_due_ns_ = 0;
+    }
+  }
   d.direction = net::udp::Direction::kHubToClient;
   d.client_id = peer.id;
   d.counter = ++peer.udp_counter;
@@ -654,6 +665,13 @@ void Hub::SendUdpValue(Peer& peer, uint32_t id, Attr& a) {
   });
 }
 
+void Hub::OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack) {
+  if (peer.declared.count(ack.attr_id) == 0) return;
+  uint64_t& acked = peer.udp_acked[ack.attr_id];
+  acked = std::max(acked, ack.seq);
+  if (acked >= attrs_[ack.attr_id].version) udp_unacked_.erase({ep, ack.attr_id});
+}
+
 void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
   namespace udp = net::udp;
   // Whose key: the client id in the clear, then the MAC under that client's key, then the
@@ -677,18 +695,14 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
       r.type = udp::Type::kRegistered;
       return SendDatagram(peer, r);
     }
-    case udp::Type::kAck: {
-      if (peer.declared.count(d->ack.attr_id) == 0) return;
-      uint64_t& acked = peer.udp_acked[d->ack.attr_id];
-      acked = std::max(acked, d->ack.seq);
-      if (acked >= attrs_[d->ack.attr_id].version) udp_unacked_.erase({ep->second, d->ack.attr_id});
-      return;
-    }
+    case udp::Type::kAck:
+      return OnUdpAck(ep->second, peer, d->ack);
     case udp::Type::kData:
       break;
     default:
       return;
   }
+  if (d->piggy_ack) OnUdpAck(ep->second, peer, d->ack);
   const uint32_t attr_id = d->data.header.attr_id;
   if (peer.declared.count(attr_id) == 0) {
     ++udp_dropped_bad_;

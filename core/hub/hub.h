@@ -106,6 +106,8 @@ class Hub final : public net::UcxWorker::Handler {
   // Drains the UDP socket.
   bool OnUdp();
   void HandleDatagram(const net::UdpAddress& from, ByteSpan datagram);
+  // A subscriber says which version of an attribute it holds.
+  void OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack);
   // Seals and sends one datagram to the peer's registered address.
   void SendDatagram(Peer& peer, net::udp::Datagram& d);
   // Sends the attribute's latest value to a UDP subscriber, in fragments (best effort: it is

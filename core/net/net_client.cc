@@ -211,6 +211,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void HandleDatagram(ByteSpan datagram);
   void SendDatagram(udp::Datagram& d);
   void SendOwedAcks();
+  void OnUdpAck(const udp::Ack& ack);
   // Sends r's pending write by datagrams.
   void SendUdpWrite(Replica& r);
   // Keeps a write of a UDP attribute: shown at once with a provisional version, sent by
@@ -1218,6 +1219,17 @@ void NetClient::StartUdp() {
 }
 
 void NetClient::SendDatagram(udp::Datagram& d) {
+  if (d.type == udp::Type::kData && !d.piggy_ack && !acks_owed_.empty()) {
+    // An owed ACK rides along: no datagram (and no wake-up at the hub) of its own.
+    const uint32_t attr_id = *acks_owed_.begin();
+    acks_owed_.erase(acks_owed_.begin());
+    if (acks_owed_.empty()) acks_due_ns_ = 0;
+    auto it = by_hub_.find(attr_id);
+    if (it != by_hub_.end()) {
+      d.piggy_ack = true;
+      d.ack = udp::Ack{attr_id, replicas_[it->second].load()->version.load(), 0};
+    }
+  }
   d.direction = udp::Direction::kClientToHub;
   d.client_id = id();
   d.counter = ++udp_counter_;
@@ -1332,6 +1344,30 @@ bool NetClient::OnUdp() {
   return any;
 }
 
+void NetClient::OnUdpAck(const udp::Ack& ack) {
+  auto it = by_hub_.find(ack.attr_id);
+  if (it == by_hub_.end()) return;
+  Replica& r = *replicas_[it->second].load();
+  // Our write `seq` got version `version`: now it counts as that version.
+  std::unique_lock<std::mutex> lock(r.mu);
+  if (!r.udp_pending || ack.seq != r.udp_seq) return;  // an older write's ACK
+  if (ack.version == 0) {
+    // The hub no longer holds the delta's base: the same write goes again, whole.
+    r.udp_pending_delta.reset();
+    Count(shard().resyncs, 1);
+    lock.unlock();
+    SendUdpWrite(r);
+    return;
+  }
+  r.udp_acked_version = ack.version;
+  if (ack.version > r.info.version) {
+    UpdateInfo info = r.udp_pending_info;
+    info.version = ack.version;
+    Install(r, std::move(r.udp_pending), r.udp_pending_offset, info, std::nullopt);
+  }
+  r.udp_pending.reset();
+}
+
 void NetClient::HandleDatagram(ByteSpan datagram) {
   CounterShard& c = shard();
   auto d = udp::Open(udp_key_, datagram, udp::Direction::kHubToClient, udp::kMaxValueBytes);
@@ -1350,31 +1386,12 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
     udp_ready_.store(true);
     return;
   }
-  const uint32_t attr_id = d->type == udp::Type::kAck ? d->ack.attr_id : d->data.header.attr_id;
+  if (d->type == udp::Type::kAck || d->piggy_ack) OnUdpAck(d->ack);
+  if (d->type != udp::Type::kData) return;
+  const uint32_t attr_id = d->data.header.attr_id;
   auto it = by_hub_.find(attr_id);
   if (it == by_hub_.end()) return;
   Replica& r = *replicas_[it->second].load();
-  if (d->type == udp::Type::kAck) {
-    // Our write `seq` got version `version`: now it counts as that version.
-    std::unique_lock<std::mutex> lock(r.mu);
-    if (!r.udp_pending || d->ack.seq != r.udp_seq) return;  // an older write's ACK
-    if (d->ack.version == 0) {
-      // The hub no longer holds the delta's base: the same write goes again, whole.
-      r.udp_pending_delta.reset();
-      Count(c.resyncs, 1);
-      lock.unlock();
-      SendUdpWrite(r);
-      return;
-    }
-    r.udp_acked_version = d->ack.version;
-    if (d->ack.version > r.info.version) {
-      UpdateInfo info = r.udp_pending_info;
-      info.version = d->ack.version;
-      Install(r, std::move(r.udp_pending), r.udp_pending_offset, info, std::nullopt);
-    }
-    r.udp_pending.reset();
-    return;
-  }
   if (d->type != udp::Type::kData) return;
   const uint64_t stale0 = reassembler_.stale(), incomplete0 = reassembler_.incomplete();
   auto done = reassembler_.Add(attr_id, d->data);

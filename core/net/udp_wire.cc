@@ -11,7 +11,6 @@
 namespace easysync::net::udp {
 namespace {
 
-constexpr size_t kDataMinDatagram = kHeaderBytes + kDataBodyBytes + kMacBytes;
 constexpr size_t kAckDatagram = kHeaderBytes + kAckBodyBytes + kMacBytes;
 
 void InitSodium() {
@@ -139,7 +138,9 @@ Status CheckFragment(const Data& d, uint64_t max_value_bytes) {
 size_t Seal(const Key& key, const Datagram& d, std::span<std::byte> out) {
   if (!Sealable(d)) return 0;
   size_t body = 0;
-  if (d.type == Type::kData) body = kDataBodyBytes + d.data.payload.size();
+  if (d.type == Type::kData) {
+    body = kDataBodyBytes + (d.piggy_ack ? kAckBodyBytes : 0) + d.data.payload.size();
+  }
   if (d.type == Type::kAck) body = kAckBodyBytes;
   const size_t size = kHeaderBytes + body + kMacBytes;
   if (out.size() < size) return 0;
@@ -150,6 +151,7 @@ size_t Seal(const Key& key, const Datagram& d, std::span<std::byte> out) {
   w.U8(static_cast<uint8_t>(d.type));
   uint8_t flags = d.direction == Direction::kHubToClient ? kFlagFromHub : 0;
   if (d.type == Type::kData && d.data.header.codec) flags |= kFlagCodec;
+  if (d.type == Type::kData && d.piggy_ack) flags |= kFlagAck;
   w.U8(flags);
   w.U8(0);
   w.U32(d.client_id);
@@ -164,6 +166,11 @@ size_t Seal(const Key& key, const Datagram& d, std::span<std::byte> out) {
     w.U32(m.total_bytes);
     w.U16(m.frag_index);
     w.U16(m.frag_count);
+    if (d.piggy_ack) {
+      w.U32(d.ack.attr_id);
+      w.U64(d.ack.seq);
+      w.U64(d.ack.version);
+    }
     w.Raw(m.payload);
   } else if (d.type == Type::kAck) {
     w.U32(d.ack.attr_id);
@@ -194,7 +201,8 @@ Result<Datagram> Open(const Key& key, ByteSpan datagram, Direction from, uint64_
   d.direction = (e.flags & kFlagFromHub) != 0 ? Direction::kHubToClient : Direction::kClientToHub;
   if (d.direction != from) return Bad("travels the other way (reflected?)");
   if (e.counter == 0) return Bad("counter 0");
-  const uint8_t may_flag = kFlagFromHub | (e.type == uint8_t(Type::kData) ? kFlagCodec : 0);
+  const uint8_t may_flag =
+      kFlagFromHub | (e.type == uint8_t(Type::kData) ? kFlagCodec | kFlagAck : 0);
   if ((e.flags & ~may_flag) != 0 || e.reserved != 0) return Bad("reserved bits set");
 
   switch (e.type) {
@@ -218,7 +226,11 @@ Result<Datagram> Open(const Key& key, ByteSpan datagram, Direction from, uint64_
     }
     case uint8_t(Type::kData): {
       d.type = Type::kData;
-      if (datagram.size() < kDataMinDatagram) return Bad("DATA shorter than its body");
+      d.piggy_ack = (e.flags & kFlagAck) != 0;
+      const size_t fixed = kDataBodyBytes + (d.piggy_ack ? kAckBodyBytes : 0);
+      if (datagram.size() < kHeaderBytes + fixed + kMacBytes) {
+        return Bad("DATA shorter than its body");
+      }
       Reader r(datagram.subspan(kHeaderBytes, signed_bytes - kHeaderBytes));
       Data& m = d.data;
       m.header.attr_id = r.U32();
@@ -230,7 +242,12 @@ Result<Datagram> Open(const Key& key, ByteSpan datagram, Direction from, uint64_
       m.total_bytes = r.U32();
       m.frag_index = r.U16();
       m.frag_count = r.U16();
-      m.payload = r.Raw(signed_bytes - kHeaderBytes - kDataBodyBytes);
+      if (d.piggy_ack) {
+        d.ack.attr_id = r.U32();
+        d.ack.seq = r.U64();
+        d.ack.version = r.U64();
+      }
+      m.payload = r.Raw(signed_bytes - kHeaderBytes - fixed);
       EASYSYNC_RETURN_IF_ERROR(CheckFragment(m, max_value_bytes));
       return d;
     }

@@ -12,13 +12,14 @@
 //   body: REGISTER, REGISTERED: empty
 //         DATA (kDataBodyBytes = 40): attr id u32, seq u64, clock u64, writer u32,
 //                                     write ns i64, total bytes u32, frag index u16,
-//                                     frag count u16, then the fragment's payload
+//                                     frag count u16, [with kFlagAck: an ACK body], then
+//                                     the fragment's payload
 //         ACK (kAckBodyBytes = 20): attr id u32, seq u64, version u64 (hub -> writer: the
 //                                   version its write `seq` got; else 0)
 //   MAC (kMacBytes = 16): keyed BLAKE2b over everything before it.
-// Header flags: bit 0 kFlagCodec (DATA only), bit 7 kFlagFromHub (the direction: set on every
-// hub -> client datagram, so a datagram reflected back to its sender does not open); all other
-// bits 0.
+// Header flags: bit 0 kFlagCodec and bit 1 kFlagAck (DATA only), bit 7 kFlagFromHub (the direction:
+// set on every hub -> client datagram, so a datagram reflected back to its sender does not open);
+// all other bits 0.
 //
 // Decoders never trust their input: a bad datagram is Status::Corruption, never a crash, and
 // a decoded payload points into the caller's buffer.
@@ -55,12 +56,14 @@ inline constexpr size_t kHeaderBytes = 20;
 inline constexpr size_t kDataBodyBytes = 40;
 inline constexpr size_t kAckBodyBytes = 20;
 // 20 + 40 + 1200 + 16 = 1276 bytes: the largest datagram, the size of a receive buffer.
-inline constexpr size_t kMaxDatagram = kHeaderBytes + kDataBodyBytes + kMaxPayload + kMacBytes;
+inline constexpr size_t kMaxDatagram =
+    kHeaderBytes + kDataBodyBytes + kAckBodyBytes + kMaxPayload + kMacBytes;
 inline constexpr size_t kMinDatagram = kHeaderBytes + kMacBytes;
 // The largest value the path carries (frag count is a u16: 65535 fragments would be ~75 MiB).
 // Larger values belong on the reliable path.
 inline constexpr uint64_t kMaxValueBytes = 64ull << 20;
 inline constexpr uint8_t kFlagCodec = 1;       // DATA: a codec value (net/wire_value.h)
+inline constexpr uint8_t kFlagAck = 2;         // DATA: an ACK rides along (before the payload)
 inline constexpr uint8_t kFlagFromHub = 0x80;  // every hub -> client datagram
 // The key derivation's label (docs/net_protocol.md, "UDP").
 inline constexpr std::string_view kKeyLabel = "easysync-v1 udp key";
@@ -115,7 +118,10 @@ struct Datagram {
   // Per key and direction, strictly increasing at the sender, from 1 (ReplayWindow).
   uint64_t counter = 0;
   Data data;  // type kData only
-  Ack ack;    // type kAck only
+  Ack ack;    // type kAck; type kData with piggy_ack
+  // A DATA datagram that also carries an ACK (kFlagAck): acknowledgements ride on traffic
+  // that goes anyway instead of costing datagrams (and wake-ups) of their own.
+  bool piggy_ack = false;
 };
 
 // 1 for an empty value, else ceil(total_bytes / kMaxPayload).
