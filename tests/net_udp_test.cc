@@ -123,6 +123,46 @@ TEST(NetUdp, LossReorderingAndDuplicationConvergeAndNeverGoBack) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetUdp, ReaderProcessUnderLossNeverGoesBackAndConverges) {
+  // The same with the reader in a process of its own: it watches, then says by its exit
+  // code whether values ever went back (3) or it did not converge (4).
+  ScopedFaults faults("loss=0.2,dup=0.2,reorder=0.3,seed=13");
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  const uint16_t port = hub.port();
+  constexpr int kWrites = 2000;
+  testing::Gate ready;
+  const pid_t reader = testing::Spawn([&] {
+    auto cb = connect(Options(port));
+    Player b(*cb);
+    ready.Open();
+    double last = 0;
+    uint64_t last_version = 0;
+    const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+    while (b.pos_x.get() != kWrites) {
+      if (std::chrono::steady_clock::now() > deadline) return 4;
+      b.pos_x.wait_for_change(milliseconds(5));
+      const double v = b.pos_x.get();
+      const uint64_t version = b.pos_x.version();
+      if (v < last || version < last_version) return 3;
+      last = v;
+      last_version = version;
+    }
+    const Stats s = cb->stats();
+    std::fprintf(stderr, "reader: %s\n", s.ToString().c_str());
+    return s.datagrams_dropped_bad == 0 ? 0 : 5;
+  });
+  ASSERT_TRUE(ready.Wait(seconds(30)));
+  auto ca = connect(Options(port));
+  Player a(*ca);
+  for (int i = 1; i <= kWrites; ++i) {
+    a.pos_x = static_cast<double>(i);
+    if (i % 100 == 0) std::this_thread::sleep_for(milliseconds(2));
+  }
+  EXPECT_EQ(testing::WaitChild(reader, seconds(90)), 0);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 struct Scan : SyncedObject {
   Synced<Tensor> image{this, "image"};
   explicit Scan(Client& c) : SyncedObject(c, "Scan", "", Transport::kUdp) {}
