@@ -1,0 +1,312 @@
+// NetClient: the network client's class, shared by its translation units
+// (net_client.cc: connection, requests, replicas and reliable writes; net_client_udp.cc: the
+// best-effort UDP path; net_client_device.cc: writes of GPU tensors). Internal to core/: the
+// public API is easysync/net.h.
+//
+// A local replica of each declared attribute, fed by the hub. Reads never leave the process.
+// The UCX progress thread applies updates to the replicas (swapping in the received value,
+// which readers share: a reader sees a whole value) and rings the bell waiters sleep on.
+// Declare and reliable writes wait for the hub's answer; UDP writes do not.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+#include "easysync/device_codec.h"
+#include "net/protocol.h"
+#include "net/ucx_worker.h"
+#include "net/udp_socket.h"
+#include "net/udp_wire.h"
+#include "net/wire_value.h"
+
+#include "easysync/client.h"
+#include "easysync/net.h"
+
+namespace easysync::net {
+
+constexpr uint32_t kMaxAttributes = 1u << 16;
+// Datagram writes not acknowledged, and REGISTER until answered, go again this often.
+constexpr int64_t kUdpResendNs = 20'000'000;
+// How long a received value's ACK may wait to go with others (under kUdpResendNs).
+constexpr int64_t kAckDelayNs = 10'000'000;
+
+class NetClient final : public Client, public UcxWorker::Handler {
+ public:
+  NetClient(const NetOptions& options, uint16_t version)
+      : options_(options),
+        version_(version),
+        cluster_(options.host + ":" + std::to_string(options.port)),
+        replicas_(new std::atomic<Replica*>[kMaxAttributes]) {
+    for (uint32_t i = 0; i < kMaxAttributes; ++i) replicas_[i].store(nullptr);
+  }
+  ~NetClient() override {
+    StopCallbacks();
+    if (worker_) worker_->Stop();  // before reset(): the thread still uses worker_
+    worker_.reset();
+    for (uint32_t i = 0; i < count_.load(); ++i) delete replicas_[i].load();
+  }
+  Status Connect();
+
+  uint32_t id() const override { return id_.load(std::memory_order_relaxed); }
+  const std::string& cluster() const override { return cluster_; }
+  Result<AttrId> Declare(std::string_view object, std::string_view attribute, ValueKind kind,
+                         const Initial* initial, Transport transport) override;
+  using Client::Declare;
+  Result<uint64_t> Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) override;
+  Result<uint64_t> WriteTensor(AttrId attr, const TensorView& view) override;
+  // Tests: the UDP socket's local port and the datagram key (after the handshake).
+  uint16_t udp_port_for_tests() {
+    uint16_t port = 0;
+    RunOnProgressThread([&] { port = udp_ ? udp_->local_port() : 0; });
+    return port;
+  }
+  udp::Key udp_key_for_tests() {
+    udp::Key key{};
+    RunOnProgressThread([&] { key = udp_key_; });
+    return key;
+  }
+  // Tests: host tensors take the device path too, on the kernels' host twins.
+  void set_device_path_for_host_tensors(bool on) { device_path_for_host_ = on; }
+  uint64_t LatestVersion(AttrId attr) override {
+    Replica* r = Find(attr);
+    return r == nullptr ? 0 : r->version.load(std::memory_order_acquire);
+  }
+  Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
+                                                FunctionRef<Status(ByteSpan)> decode) override;
+  bool WaitUntil(FunctionRef<bool()> ready, Deadline deadline) override;
+  void Kick() override { Ring(); }
+
+  // UcxWorker::Handler, on the progress thread.
+  void OnFrame(ucp_ep_h ep, Frame frame) override;
+  void OnOversize(ucp_ep_h ep, size_t bytes) override {
+    if (ep != ep_) return;
+    Lost(Status::ResourceExhausted("the hub sent a message of " + std::to_string(bytes) +
+                                   " bytes, over max_message_bytes"));
+  }
+  void OnEndpointError(ucp_ep_h ep, ucs_status_t status) override {
+    if (ep != ep_) return;  // an endpoint given up already
+    Lost(Status::Unavailable("connection to the hub at " + cluster_ +
+                             " failed: " + ucs_status_string(status)));
+  }
+  int OnIdle() override;
+
+ private:
+  // One attribute's local replica. Its value is raw (what shared-memory mode stores):
+  // holder's bytes from offset on, shared with readers that copy the pointer.
+  struct Replica {
+    ValueKind kind = ValueKind::kBool;
+    std::string object, attribute;  // to declare it again after a reconnect
+    std::atomic<uint32_t> hub_id{0};
+    std::atomic<uint64_t> version{0};
+    std::mutex mu;  // guards the fields below
+    std::shared_ptr<Frame> holder;
+    size_t offset = 0;
+    UpdateInfo info;
+    std::optional<uint64_t> data_hash;  // XXH3-64 of a tensor's data, when verified
+    // Written while disconnected: info.version is provisional, the value not yet sent.
+    bool dirty = false;
+    bool resync_requested = false;  // a whole value was asked for; deltas wait for it
+    std::shared_ptr<Frame> spare;   // a former value buffer, reused for the next one
+    // Writes of device tensors: the delta is computed where the tensor lives.
+    std::mutex device_mu;  // guards device, device_acked; taken before mu
+    std::unique_ptr<codec::DeviceEncoder> device;
+    uint64_t device_acked = 0;  // the hub's version of the device encoder's base
+    // Best effort: this attribute's updates come as UDP datagrams, and its writes go as them.
+    bool udp = false;
+    // The last write sent by datagram and not yet acknowledged (guarded by mu): it is sent
+    // again until the hub's ACK says which version it got.
+    std::shared_ptr<Frame> udp_pending;
+    size_t udp_pending_offset = 0;
+    uint64_t udp_seq = 0;  // the writer's own sequence of datagram writes
+    UpdateInfo udp_pending_info;
+    // A tensor write may go as a delta against the version the hub gave this client's last
+    // acknowledged write (udp_acked_version), if nothing came since; dropped if the hub
+    // answers that it no longer holds that base.
+    std::shared_ptr<const std::vector<std::byte>> udp_pending_delta;
+    uint64_t udp_acked_version = 0;
+    int64_t udp_pending_sent_ns = 0;  // when the pending write was last sent
+
+    ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
+  };
+  struct Pending {
+    bool done = false;
+    Status status;
+    bool lost = false;        // the connection went down before the answer
+    bool stale_base = false;  // the hub did not hold the base of a delta
+    // DECLARE: what the replica is; the answer's local index.
+    ValueKind kind = ValueKind::kBool;
+    std::string object, attribute;
+    bool udp = false;
+    uint32_t local = 0;
+    // WRITE: the answer.
+    uint64_t version = 0, clock = 0;
+    // Requests the progress thread makes while resyncing (answered there, never waited on).
+    bool internal = false;
+    std::shared_ptr<Frame> value;  // an internal WRITE's raw value
+    size_t value_offset = 0;
+  };
+  enum class State { kConnecting, kReady, kReconnecting, kResyncing, kFailed };
+
+  Replica* Find(AttrId attr) const {
+    return attr.index < kMaxAttributes ? replicas_[attr.index].load(std::memory_order_acquire)
+                                       : nullptr;
+  }
+  // Installs a value if it is newer than the replica's. Returns whether it was. A value from
+  // the hub (local = false) never replaces a write kept while disconnected: that write is
+  // sent after the resync and wins.
+  bool Apply(Replica& r, std::shared_ptr<Frame> holder, size_t offset, UpdateInfo info,
+             std::optional<uint64_t> hash, bool local = false);
+  // REQUIRES: r.mu held.
+  void Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset, const UpdateInfo& info,
+               std::optional<uint64_t> hash);
+  // A buffer of `bytes` for a new value of r: its spare when free, else a new one.
+  std::shared_ptr<Frame> Buffer(Replica& r, size_t bytes);
+  void OnUpdate(const Update& m, std::shared_ptr<Frame> frame);
+  void RequestResync(Replica& r);  // REQUIRES: r.mu held
+  void OnDeclared(const Declared& m, std::shared_ptr<Frame> frame);
+  void OnWritten(const Written& m);
+  void OnError(const ErrorMsg& m);
+  void OnPong(const Pong& m);
+  void Ring();
+  // A failure the client cannot recover from: every pending and later request fails.
+  void Fail(Status status);
+  // The connection is gone: reconnect (unless that is off or it never worked).
+  void Lost(Status status);
+  void ScheduleReconnect();
+  void TryReconnect();
+  void StartResync();
+  void FinishResync();
+  void SendFrame(std::shared_ptr<const Frame> frame);
+  // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
+  // Pending::lost when the connection is down or went down before the answer.
+  Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
+                          std::string_view what);
+  uint32_t NextRequest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return next_request_++;
+  }
+  // Keeps a write made while disconnected; returns its provisional version.
+  uint64_t QueueDirty(Replica& r, std::shared_ptr<Frame> holder, size_t offset, uint64_t clock,
+                      int64_t now);
+  // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
+  // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
+  Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
+                                                         uint64_t clock, int64_t now, bool whole,
+                                                         std::optional<uint64_t>* hash);
+  // The UDP path (progress thread).
+  void StartUdp();
+  bool OnUdp();
+  void HandleDatagram(ByteSpan datagram);
+  void SendDatagram(udp::Datagram& d);
+  void SendOwedAcks();
+  void OnUdpAck(const udp::Ack& ack);
+  // Sends r's pending write by datagrams.
+  void SendUdpWrite(Replica& r);
+  // Keeps a write of a UDP attribute: shown at once with a provisional version, sent by
+  // datagrams until acknowledged. Returns the provisional version.
+  uint64_t WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t offset, uint64_t clock,
+                    int64_t now);
+  // Runs fn on the progress thread and waits for it.
+  void RunOnProgressThread(const std::function<void()>& fn) {
+    std::promise<void> done;
+    worker_->Post([&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
+  int64_t ToLocal(int64_t hub_ns) const {
+    return hub_ns - offset_ns_.load(std::memory_order_relaxed);
+  }
+  int64_t ToHub(int64_t local_ns) const {
+    return local_ns + offset_ns_.load(std::memory_order_relaxed);
+  }
+
+  NetOptions options_;
+  uint16_t version_;
+  std::string cluster_;
+  std::unique_ptr<UcxWorker> worker_;
+  std::atomic<uint32_t> id_{0};
+  std::atomic<int64_t> offset_ns_{0};                        // hub clock minus ours
+  std::atomic<uint64_t> hub_max_message_bytes_{UINT64_MAX};  // from WELCOME
+  // The largest message both ends accept.
+  uint64_t MaxMessageBytes() const {
+    return std::min<uint64_t>(options_.max_message_bytes, hub_max_message_bytes_.load());
+  }
+  std::atomic<uint64_t> clock_{0};
+
+  // Progress thread only:
+  ucp_ep_h ep_ = nullptr;
+  Nonce nonce_{}, hub_nonce_{};
+  int64_t auth_sent_ns_ = 0;
+  int64_t attempt_started_ns_ = 0;  // when the current connection attempt began
+  int64_t next_attempt_ns_ = 0;     // when to try again while reconnecting (0: not scheduled)
+  int attempts_ = 0;                // failed attempts since the connection was lost
+  int64_t last_heard_ns_ = 0;
+  int64_t next_ping_ns_ = 0;
+  int pings_ = 0;
+  int64_t best_rtt_ns_ = 0;  // of the PONG the clock offset was taken from
+  int64_t best_rtt_at_ns_ = 0;
+  size_t resync_outstanding_ = 0;
+  std::unordered_map<uint32_t, uint32_t> by_hub_;
+  codec::Decoder decoder_;
+  std::optional<UdpSocket> udp_;
+  std::atomic<bool> udp_ready_{false};  // registered: datagram writes may go
+  udp::Key udp_key_{};
+  udp::ReplayWindow udp_replay_;
+  uint64_t udp_counter_ = 0;
+  bool udp_registered_ = false;
+  int64_t next_udp_ns_ = 0;  // next REGISTER or resend of pending writes
+  // ACKs of received values are sent a little later, together: an ACK only stops resends
+  // (20 ms apart) and names a delta base, and sending it at once would wake the hub while
+  // the value's reader still needs the CPU.
+  std::set<uint32_t> acks_owed_;  // hub attribute ids
+  int64_t acks_due_ns_ = 0;       // 0: none owed
+  udp::Reassembler reassembler_{udp::kMaxValueBytes};
+
+  std::unique_ptr<std::atomic<Replica*>[]> replicas_;
+  std::atomic<uint32_t> count_{0};
+
+  std::atomic<bool> device_path_for_host_{false};
+  std::mutex encode_mu_;  // guards encoder_ and scratch_
+  codec::Encoder encoder_;
+  std::unique_ptr<std::byte[]> scratch_;
+  size_t scratch_bytes_ = 0;
+  // The scratch buffer, at least `bytes` long. REQUIRES: encode_mu_ held.
+  std::byte* Scratch(size_t bytes) {
+    if (scratch_bytes_ < bytes) {
+      scratch_.reset(new std::byte[bytes]);  // uninitialized: encoders write what they use
+      scratch_bytes_ = bytes;
+    }
+    return scratch_.get();
+  }
+
+  std::mutex mu_;  // guards state_, failure_, pending_, next_request_
+  std::condition_variable cv_;
+  State state_ = State::kConnecting;
+  Status failure_;
+  std::map<uint32_t, Pending> pending_;
+  uint32_t next_request_ = 1;
+
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  std::atomic<int> waiters_{0};
+};
+
+}  // namespace easysync::net
