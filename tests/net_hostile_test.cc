@@ -311,6 +311,51 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
+  // A writer's corrupt delta is relayed before the hub applies it (it names the hub's base):
+  // a real client subscribed to the attribute must refuse it, ask for the whole value, and
+  // end with the value the hub kept, never with the corrupt one.
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = 8192;
+  const auto v1 = RawTensor(kN, 1.0f);
+  auto v2 = v1;
+  reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[99] = -5.0f;
+  NetOptions o;
+  o.port = hub.port();
+  o.token = testing::kTestToken;
+  auto reader = TryConnect(o);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto attr = (*reader)->Declare("H", "t", ValueKind::kTensor, nullptr);
+  ASSERT_TRUE(attr.ok());
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  const auto value_is = [&](const std::vector<std::byte>& want) {
+    bool same = false;
+    auto r = (*reader)->ReadIfNewer(*attr, 0, [&](ByteSpan got) {
+      same = std::equal(got.begin(), got.end(), want.begin(), want.end());
+      return Status::Ok();
+    });
+    return r.ok() && same;
+  };
+  ASSERT_TRUE(testing::WaitFor([&] { return value_is(v1); }));
+  Frame bad = CodecWrite(3, d.attr_id, v2, v1, 1);
+  bad.back() ^= std::byte{0x40};
+  p.Send(bad);
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  // The reader ends at the republished version 3 with v1, having asked for it whole.
+  EXPECT_TRUE(testing::WaitFor([&] { return (*reader)->LatestVersion(*attr) == 3; }));
+  EXPECT_TRUE(value_is(v1));
+  EXPECT_GE((*reader)->stats().resyncs, 1u);
+  EXPECT_EQ((*reader)->stats().deltas_recv, 0u);
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetHostile, PeerThatNeverAuthenticatesIsDropped) {
   testing::HubProcess hub({"--handshake-timeout-ms", "200"});
   ASSERT_NE(hub.port(), 0);
