@@ -22,7 +22,9 @@ constexpr char kUsage[] =
     "  --ucx-transports LIST  UCX transport list, UCX_TLS syntax (e.g. tcp, shm,tcp, rc,ud)\n"
     "  --handshake-timeout-ms N  drop peers that have not authenticated by then (10000)\n"
     "  --max-total-value-bytes N  bound on the latest values the hub keeps, all together\n"
-    "                         (default 17179869184); writes past it are refused\n"
+    "                         (default 17179869184); writes past it are refused. Tensors\n"
+    "                         with UDP subscribers also keep their previous value (the\n"
+    "                         base of those subscribers' deltas): up to twice this\n"
     "  --max-attributes N     bound on the attributes the hub keeps (default 1048576)\n"
     "  --spin-us N            spin this long after a message before sleeping (default: 50\n"
     "                         with 4 or more CPUs, else 0)\n";
