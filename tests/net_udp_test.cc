@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -263,7 +265,8 @@ TEST(NetUdp, TensorStepsUnderLossShowOnlyWrittenValuesAndConverge) {
 }
 
 TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
-  HubProcess hub;
+  const std::string log = "/tmp/easysync_udp_spoof_" + std::to_string(getpid()) + ".log";
+  HubProcess hub({}, log);
   ASSERT_NE(hub.port(), 0);
   auto ca = connect(Options(hub.port()));
   Player a(*ca);
@@ -312,15 +315,30 @@ TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
     return s.datagrams_dropped_bad == s0.datagrams_dropped_bad + 2 &&
            s.datagrams_dropped_stale >= s0.datagrams_dropped_stale + 1;
   })) << ca->stats().ToString();
-  // Junk on the hub's UDP port changes nothing: the client still syncs by datagram.
-  to.sin_port = htons(hub.port());
-  for (int i = 0; i < 50; ++i) send(ByteSpan(forged.data(), n - (i % 7)));
+  // Junk on the hub's UDP port changes nothing: the client still syncs by datagram. (From a
+  // socket of its own: while the forger shares the hub's port, datagrams to that port may
+  // go to either.)
   close(fd);
+  const int junk = socket(AF_INET, SOCK_DGRAM, 0);
+  ASSERT_GE(junk, 0);
+  to.sin_port = htons(hub.port());
+  for (int i = 0; i < 50; ++i) {
+    const size_t len = n - static_cast<size_t>(i % 7);
+    ASSERT_EQ(sendto(junk, forged.data(), len, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)),
+              static_cast<ssize_t>(len));
+  }
+  close(junk);
   auto cb = connect(Options(hub.port()));
   Player b(*cb);
   a.pos_x = 42.0;
   EXPECT_TRUE(WaitFor([&] { return b.pos_x.get() == 42.0; }, seconds(30)));
   EXPECT_EQ(hub.Stop(), 0);
+  // The hub said so, once (at most a line a minute), naming where they came from.
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("UDP datagram(s) that did not authenticate"), std::string::npos) << text;
+  EXPECT_NE(text.find("(the last from 127.0.0.1:"), std::string::npos) << text;
+  std::remove(log.c_str());
 }
 
 }  // namespace

@@ -665,6 +665,18 @@ void Hub::SendUdpValue(Peer& peer, uint32_t id, Attr& a) {
   });
 }
 
+void Hub::DroppedBadDatagram(const net::UdpAddress& from) {
+  ++udp_dropped_bad_;
+  udp_last_bad_from_ = from.ToString();
+  const int64_t now = NowNanos();
+  if (now - udp_drop_logged_ns_ < 60'000'000'000 && udp_drop_logged_ns_ != 0) return;
+  udp_drop_logged_ns_ = now;
+  Log("dropped " + std::to_string(udp_dropped_bad_ - udp_dropped_logged_) +
+      " UDP datagram(s) that did not authenticate or were malformed (the last from " +
+      udp_last_bad_from_ + ")");
+  udp_dropped_logged_ = udp_dropped_bad_;
+}
+
 void Hub::OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack) {
   if (peer.declared.count(ack.attr_id) == 0) return;
   uint64_t& acked = peer.udp_acked[ack.attr_id];
@@ -679,14 +691,12 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
   auto id = udp::PeekClientId(datagram);
   auto ep = id.ok() ? by_id_.find(*id) : by_id_.end();
   if (ep == by_id_.end()) {
-    ++udp_dropped_bad_;
-    return;
+    return DroppedBadDatagram(from);
   }
   Peer& peer = peers_.at(ep->second);
   auto d = udp::Open(peer.udp_key, datagram, udp::Direction::kClientToHub, udp::kMaxValueBytes);
   if (!d.ok() || !peer.udp_replay.Accept(d->counter)) {
-    ++udp_dropped_bad_;
-    return;
+    return DroppedBadDatagram(from);
   }
   peer.udp_addr = from;  // authenticated: follow the client's address (NAT rebinding)
   switch (d->type) {
@@ -705,8 +715,7 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
   if (d->piggy_ack) OnUdpAck(ep->second, peer, d->ack);
   const uint32_t attr_id = d->data.header.attr_id;
   if (peer.declared.count(attr_id) == 0) {
-    ++udp_dropped_bad_;
-    return;
+    return DroppedBadDatagram(from);
   }
   auto done = reassembler_.Add((uint64_t{peer.id} << 32) | attr_id, d->data);
   if (!done) return;

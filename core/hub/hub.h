@@ -177,7 +177,12 @@ class Hub final : public net::UcxWorker::Handler {
   void SendOwedAcks();
   void ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes);
   int64_t next_udp_resend_ns_ = 0;
-  uint64_t udp_dropped_bad_ = 0;
+  // Datagrams that did not authenticate (or were malformed): logged at most once a minute,
+  // with the last sender, so an operator sees spoofing or a misconfigured client.
+  uint64_t udp_dropped_bad_ = 0, udp_dropped_logged_ = 0;
+  int64_t udp_drop_logged_ns_ = 0;
+  std::string udp_last_bad_from_;
+  void DroppedBadDatagram(const net::UdpAddress& from);
   codec::Encoder encoder_;
   codec::Decoder decoder_;
   uint32_t next_peer_id_ = 1;
