@@ -260,6 +260,25 @@ TEST(NetTransports, ATransportWithoutADeviceNamesWhatUcxFound) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetAuth, OptionsThatWouldSpinOrGiveUpAtOnceAreRefused) {
+  NetOptions o = Options(1);  // refused before any connection is tried
+  o.keepalive_interval = std::chrono::milliseconds(0);
+  auto r = TryConnect(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("keepalive_interval"), std::string::npos);
+  o = Options(1);
+  o.keepalive_timeout = o.keepalive_interval;
+  EXPECT_EQ(TryConnect(o).status().code(), StatusCode::kInvalidArgument);
+  o = Options(1);
+  o.reconnect_backoff_max = std::chrono::milliseconds(10);
+  o.reconnect_backoff_min = std::chrono::milliseconds(20);
+  EXPECT_EQ(TryConnect(o).status().code(), StatusCode::kInvalidArgument);
+  o = Options(1);
+  o.request_timeout = std::chrono::milliseconds(0);
+  EXPECT_EQ(TryConnect(o).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(NetAuth, NoHubIsUnavailableNotAHang) {
   uint16_t port;
   {

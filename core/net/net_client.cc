@@ -15,6 +15,27 @@ Status ValidName(std::string_view what, std::string_view name) {
   return Status::Ok();
 }
 
+// Timings that would make the client spin or give up at once are refused up front.
+Status CheckOptions(const NetOptions& o) {
+  using std::chrono::milliseconds;
+  const auto bad = [](const std::string& why) {
+    return Status::InvalidArgument("NetOptions: " + why);
+  };
+  if (o.connect_timeout <= milliseconds(0) || o.request_timeout <= milliseconds(0)) {
+    return bad("connect_timeout and request_timeout must be positive");
+  }
+  if (o.keepalive_interval < milliseconds(1)) return bad("keepalive_interval must be >= 1 ms");
+  if (o.keepalive_timeout <= o.keepalive_interval) {
+    return bad("keepalive_timeout must be longer than keepalive_interval");
+  }
+  if (o.reconnect_backoff_min < milliseconds(1) ||
+      o.reconnect_backoff_max < o.reconnect_backoff_min) {
+    return bad("reconnect backoff must be >= 1 ms, its maximum no less than its minimum");
+  }
+  if (o.max_message_bytes < 1024) return bad("max_message_bytes must be >= 1024");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status NetClient::Connect() {
@@ -24,6 +45,7 @@ Status NetClient::Connect() {
   if (options_.token.empty()) {
     return Status::InvalidArgument("no token: set NetOptions::token or EASYSYNC_TOKEN");
   }
+  EASYSYNC_RETURN_IF_ERROR(CheckOptions(options_));
   options_.spin = ResolveSpin(options_.spin);
   UcxOptions uo;
   uo.transports = options_.ucx_transports;
