@@ -35,6 +35,7 @@
 #include "easysync/easysync.h"
 #include "easysync/net.h"
 #include "net_test_util.h"
+#include "net_udp_test_util.h"
 #include "process_util.h"
 
 namespace easysync {
@@ -42,9 +43,12 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using testing::Filled;
 using testing::HubProcess;
-using testing::kTestToken;
+using testing::Player;
+using testing::Scan;
 using testing::Spawn;
+using testing::UdpTestOptions;
 using testing::WaitChild;
 using testing::WaitFor;
 
@@ -242,14 +246,6 @@ const std::string& SkipReason() {
   return reason;
 }
 
-NetOptions Options(uint16_t port) {
-  NetOptions o;
-  o.port = port;
-  o.token = kTestToken;
-  o.ucx_transports = "tcp";
-  return o;
-}
-
 // Runs scenario inside a lossy namespace, in a child, and returns the child's Outcome.
 template <class Scenario>
 int RunInLossyNamespace(int percent, Scenario scenario) {
@@ -275,17 +271,11 @@ int RunInLossyNamespace(int percent, Scenario scenario) {
   return WaitChild(pid, seconds(120));
 }
 
-struct Player : SyncedObject {
-  Synced<double> pos_x{this, "pos_x", 0.0};  // the object's transport: UDP
-  Synced<std::vector<std::string>> inventory{this, "inventory", AttrOptions{Transport::kReliable}};
-  explicit Player(Client& c) : SyncedObject(c, "Player", "", Transport::kUdp) {}
-};
-
 TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
   if (!SkipReason().empty()) GTEST_SKIP() << SkipReason();
   const int rc = RunInLossyNamespace(20, [](uint16_t port) -> int {
-    auto ca = connect(Options(port));
-    auto cb = connect(Options(port));
+    auto ca = connect(UdpTestOptions(port));
+    auto cb = connect(UdpTestOptions(port));
     Player a(*ca), b(*cb);
     // b watches every value it shows: each must be newer than the one before (values grow
     // with versions here, so a value going back would be a version going back).
@@ -336,23 +326,11 @@ TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
   EXPECT_EQ(rc, kOk) << Describe(rc);
 }
 
-struct Scan : SyncedObject {
-  Synced<Tensor> image{this, "image"};
-  explicit Scan(Client& c) : SyncedObject(c, "Scan", "", Transport::kUdp) {}
-};
-
-Tensor Filled(uint32_t seed) {
-  Tensor t(DType::kInt32, {1 << 20});       // 4 MiB: about 3500 datagrams
-  auto* p = t.mutable_data_as<uint32_t>();  // the bits are what matters
-  for (uint32_t i = 0; i < (1u << 20); ++i) p[i] = i * 2654435761u ^ seed;
-  return t;
-}
-
 TEST(NetUdpNetns, FourMibTensorAtFivePercentKernelLossArrivesWholeOrNotAtAll) {
   if (!SkipReason().empty()) GTEST_SKIP() << SkipReason();
   const int rc = RunInLossyNamespace(5, [](uint16_t port) -> int {
-    auto ca = connect(Options(port));
-    auto cb = connect(Options(port));
+    auto ca = connect(UdpTestOptions(port));
+    auto cb = connect(UdpTestOptions(port));
     Scan a(*ca), b(*cb);
     const Tensor first = Filled(1), second = Filled(2);
     a.image = first;

@@ -26,23 +26,19 @@
 #include "net/net_client.h"
 #include "net/udp_wire.h"
 #include "net_test_util.h"
+#include "net_udp_test_util.h"
 
 namespace easysync {
 namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using testing::Filled;
 using testing::HubProcess;
-using testing::kTestToken;
+using testing::Player;
+using testing::Scan;
+using testing::UdpTestOptions;
 using testing::WaitFor;
-
-NetOptions Options(uint16_t port) {
-  NetOptions o;
-  o.port = port;
-  o.token = kTestToken;
-  o.ucx_transports = "tcp";
-  return o;
-}
 
 // Faults for everything started while it lives (the hub inherits the environment).
 class ScopedFaults {
@@ -51,18 +47,12 @@ class ScopedFaults {
   ~ScopedFaults() { unsetenv("EASYSYNC_UDP_FAULTS"); }
 };
 
-struct Player : SyncedObject {
-  Synced<double> pos_x{this, "pos_x", 0.0};  // the object's transport: UDP
-  Synced<std::vector<std::string>> inventory{this, "inventory", AttrOptions{Transport::kReliable}};
-  explicit Player(Client& c) : SyncedObject(c, "Player", "", Transport::kUdp) {}
-};
-
 TEST(NetUdp, MixedObjectKeepsTheReliableInventoryExact) {
   ScopedFaults faults("loss=0.3,dup=0.1,reorder=0.2,seed=3");
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Player a(*ca), b(*cb);
   std::vector<std::string> items;
   for (int i = 1; i <= 200; ++i) {
@@ -86,8 +76,8 @@ TEST(NetUdp, LossReorderingAndDuplicationConvergeAndNeverGoBack) {
   ScopedFaults faults("loss=0.2,dup=0.2,reorder=0.3,seed=11");
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Player a(*ca), b(*cb);
   // b watches every value it sees: each must be newer than the one before (values grow with
   // versions here, so a value going back would be a version going back).
@@ -136,7 +126,7 @@ TEST(NetUdp, ReaderProcessUnderLossNeverGoesBackAndConverges) {
   constexpr int kWrites = 2000;
   testing::Gate ready;
   const pid_t reader = testing::Spawn([&] {
-    auto cb = connect(Options(port));
+    auto cb = connect(UdpTestOptions(port));
     Player b(*cb);
     ready.Open();
     double last = 0;
@@ -156,7 +146,7 @@ TEST(NetUdp, ReaderProcessUnderLossNeverGoesBackAndConverges) {
     return s.datagrams_dropped_bad == 0 ? 0 : 5;
   });
   ASSERT_TRUE(ready.Wait(seconds(30)));
-  auto ca = connect(Options(port));
+  auto ca = connect(UdpTestOptions(port));
   Player a(*ca);
   for (int i = 1; i <= kWrites; ++i) {
     a.pos_x = static_cast<double>(i);
@@ -166,24 +156,12 @@ TEST(NetUdp, ReaderProcessUnderLossNeverGoesBackAndConverges) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
-struct Scan : SyncedObject {
-  Synced<Tensor> image{this, "image"};
-  explicit Scan(Client& c) : SyncedObject(c, "Scan", "", Transport::kUdp) {}
-};
-
-Tensor Filled(uint32_t seed) {
-  Tensor t(DType::kInt32, {1 << 20});       // 4 MiB: about 3500 datagrams
-  auto* p = t.mutable_data_as<uint32_t>();  // the bits are what matters
-  for (uint32_t i = 0; i < (1u << 20); ++i) p[i] = i * 2654435761u ^ seed;
-  return t;
-}
-
 TEST(NetUdp, FourMibTensorAtFivePercentLossArrivesWholeOrNotAtAll) {
   ScopedFaults faults("loss=0.05,seed=5");
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Scan a(*ca), b(*cb);
   const Tensor first = Filled(1), second = Filled(2);
   a.image = first;
@@ -206,8 +184,8 @@ TEST(NetUdp, FourMibTensorAtFivePercentLossArrivesWholeOrNotAtAll) {
 TEST(NetUdp, TensorDeltasGoAgainstTheAcknowledgedVersion) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Scan a(*ca), b(*cb);
   Tensor t = Filled(1);
   a.image = t;
@@ -242,8 +220,8 @@ TEST(NetUdp, TensorStepsUnderLossShowOnlyWrittenValuesAndConverge) {
   ScopedFaults faults("loss=0.2,dup=0.1,reorder=0.2,seed=9");
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Scan a(*ca), b(*cb);
   Tensor t = Filled(3);
   std::vector<Tensor> written;
@@ -269,7 +247,7 @@ TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
   const std::string log = "/tmp/easysync_udp_spoof_" + std::to_string(getpid()) + ".log";
   HubProcess hub({}, log);
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
+  auto ca = connect(UdpTestOptions(hub.port()));
   Player a(*ca);
   ASSERT_TRUE(WaitFor([&] { return net::UdpPortForTests(*ca) != 0; }));
   const uint16_t port = net::UdpPortForTests(*ca);
@@ -329,7 +307,7 @@ TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
               static_cast<ssize_t>(len));
   }
   close(junk);
-  auto cb = connect(Options(hub.port()));
+  auto cb = connect(UdpTestOptions(hub.port()));
   Player b(*cb);
   a.pos_x = 42.0;
   EXPECT_TRUE(WaitFor([&] { return b.pos_x.get() == 42.0; }, seconds(30)));
