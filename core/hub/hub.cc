@@ -531,9 +531,9 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   auto write = std::make_shared<net::Frame>(std::move(frame));
   if (!m.codec) {
     if (!Fits(ep, m.request_id, a, m.value.size())) return;
-    written();
-    return Publish(m.attr_id, a, stamp, std::move(write), net::kWriteValueOffset, std::nullopt, {},
-                   ep);
+    // The relay first: it is what the readers wait for; the writer's WRITTEN can follow.
+    Publish(m.attr_id, a, stamp, std::move(write), net::kWriteValueOffset, std::nullopt, {}, ep);
+    return written();
   }
   const auto info = CheckCodecWrite(ep, a, m);
   if (!info) return;
@@ -543,7 +543,6 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   // off the path from writer to readers. Each receiver verifies the result itself.
   const bool cut_through = delta && a.data_hash && *a.data_hash == info->frame.base_hash;
   if (cut_through) {
-    written();
     net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
                   stamp.write_ns, m.value,       /*codec=*/true};
     auto relay = std::make_shared<const net::Frame>(net::Encode(u));
@@ -551,6 +550,7 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
       // UDP subscribers get the whole value once it is applied (Publish below).
       if (s != ep && !UdpSubscriber(s, m.attr_id)) worker_->Send(s, relay);
     }
+    written();
   }
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
@@ -576,8 +576,9 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     Relay(m.attr_id, a, relay, nullptr);
     return;
   }
+  // Here WRITTEN goes first: Publish may re-encode a whole tensor for the subscribers, and the
+  // writer need not wait for that. A relayed delta is not sent again (see Publish).
   if (!cut_through) written();
-  // A relayed delta is not sent again (codec value empty and no re-encode: see Publish).
   Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash,
           cut_through ? ByteSpan() : m.value, cut_through ? kEveryone : ep);
 }
