@@ -143,8 +143,11 @@ void NetClient::Lost(Status status) {
   udp_registered_ = false;
   udp_ready_.store(false);
   reassembler_ = udp::Reassembler(udp::kMaxValueBytes);
-  acks_owed_.clear();
-  acks_due_ns_ = 0;
+  {
+    std::lock_guard<std::mutex> lock(udp_mu_);
+    acks_owed_.clear();
+    acks_due_ns_ = 0;
+  }
   // Datagram writes not acknowledged yet are kept like any write made while disconnected.
   const uint32_t n = count_.load();
   for (uint32_t i = 0; i < n; ++i) {
@@ -241,9 +244,14 @@ int NetClient::OnIdle() {
       }
       next_udp_ns_ = pending ? now + kUdpResendNs : INT64_MAX;
     }
-    wake = std::min(wake, next_udp_ns_);
-    if (acks_due_ns_ != 0 && now >= acks_due_ns_) SendOwedAcks();
-    if (acks_due_ns_ != 0) wake = std::min(wake, acks_due_ns_);
+    wake = std::min(wake, next_udp_ns_.load());
+    int64_t acks_due;
+    {
+      std::lock_guard<std::mutex> lock(udp_mu_);
+      if (acks_due_ns_ != 0 && now >= acks_due_ns_) SendOwedAcksLocked();
+      acks_due = acks_due_ns_;
+    }
+    if (acks_due != 0) wake = std::min(wake, acks_due);
   } else {
     return -1;
   }

@@ -215,6 +215,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void HandleDatagram(ByteSpan datagram);
   void SendDatagram(udp::Datagram& d);
   void SendOwedAcks();
+  void SendOwedAcksLocked();  // REQUIRES: udp_mu_ held
   void OnUdpAck(const udp::Ack& ack);
   // Sends r's pending write by datagrams.
   void SendUdpWrite(Replica& r);
@@ -268,16 +269,23 @@ class NetClient final : public Client, public UcxWorker::Handler {
   codec::Decoder decoder_;
   std::optional<UdpSocket> udp_;
   std::atomic<bool> udp_ready_{false};  // registered: datagram writes may go
-  udp::Key udp_key_{};
   udp::ReplayWindow udp_replay_;
-  uint64_t udp_counter_ = 0;
   bool udp_registered_ = false;
-  int64_t next_udp_ns_ = 0;  // next REGISTER or resend of pending writes
-  // ACKs of received values are sent a little later, together: an ACK only stops resends
-  // (20 ms apart) and names a delta base, and sending it at once would wake the hub while
-  // the value's reader still needs the CPU.
-  std::set<uint32_t> acks_owed_;  // hub attribute ids
-  int64_t acks_due_ns_ = 0;       // 0: none owed
+  // Next REGISTER or resend check of pending writes (INT64_MAX: none). Atomic: a writer
+  // sending from its own thread moves it earlier.
+  std::atomic<int64_t> next_udp_ns_{0};
+  // Sending: a datagram write goes out from the writer's own thread (no wake-up of the
+  // progress thread on the way), so what sending touches is behind udp_mu_.
+  std::mutex udp_mu_;
+  udp::Key udp_key_{};        // written under udp_mu_ (by the progress thread)
+  uint64_t udp_counter_ = 0;  // guarded by udp_mu_
+  // ACKs of received values go a little later, together, or ride on a write's datagram: an
+  // ACK only stops resends (20 ms apart) and names a delta base, and sending it at once
+  // would wake the hub while the value's reader still needs the CPU. Guarded by udp_mu_.
+  std::map<uint32_t, Replica*> acks_owed_;  // by hub attribute id
+  int64_t acks_due_ns_ = 0;                 // 0: none owed
+  // REQUIRES: udp_mu_ held.
+  void SendDatagramLocked(udp::Datagram& d);
   udp::Reassembler reassembler_{udp::kMaxValueBytes};
 
   std::unique_ptr<std::atomic<Replica*>[]> replicas_;

@@ -6,9 +6,14 @@
 namespace easysync::net {
 
 void NetClient::StartUdp() {
-  udp_key_ = udp::DeriveKey(options_.token, nonce_, hub_nonce_);
+  {
+    std::lock_guard<std::mutex> lock(udp_mu_);
+    udp_key_ = udp::DeriveKey(options_.token, nonce_, hub_nonce_);
+    udp_counter_ = 0;
+    acks_owed_.clear();
+    acks_due_ns_ = 0;
+  }
   udp_replay_ = udp::ReplayWindow();
-  udp_counter_ = 0;
   udp_registered_ = false;
   next_udp_ns_ = 0;
   if (udp_) return;
@@ -24,16 +29,18 @@ void NetClient::StartUdp() {
 }
 
 void NetClient::SendDatagram(udp::Datagram& d) {
+  std::lock_guard<std::mutex> lock(udp_mu_);
+  SendDatagramLocked(d);
+}
+
+void NetClient::SendDatagramLocked(udp::Datagram& d) {
   if (d.type == udp::Type::kData && !d.piggy_ack && !acks_owed_.empty()) {
     // An owed ACK rides along: no datagram (and no wake-up at the hub) of its own.
-    const uint32_t attr_id = *acks_owed_.begin();
+    const auto [attr_id, replica] = *acks_owed_.begin();
     acks_owed_.erase(acks_owed_.begin());
     if (acks_owed_.empty()) acks_due_ns_ = 0;
-    auto it = by_hub_.find(attr_id);
-    if (it != by_hub_.end()) {
-      d.piggy_ack = true;
-      d.ack = udp::Ack{attr_id, replicas_[it->second].load()->version.load(), 0};
-    }
+    d.piggy_ack = true;
+    d.ack = udp::Ack{attr_id, replica->version.load(), 0};
   }
   d.direction = udp::Direction::kClientToHub;
   d.client_id = id();
@@ -125,11 +132,18 @@ uint64_t NetClient::WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t o
     version = info.version;
   }
   Count(shard().updates_sent, 1);
-  Replica* rp = &r;
-  worker_->Post([this, rp] {
-    SendUdpWrite(*rp);
-    next_udp_ns_ = std::min(next_udp_ns_, MonotonicNanos() + kUdpResendNs);
-  });
+  // Sent from this thread: waking the progress thread to send it would cost more than the
+  // datagram. The progress thread resends it if no ACK comes; it only needs telling when it
+  // has no resend check scheduled (it may be asleep for up to a second).
+  SendUdpWrite(r);
+  if (next_udp_ns_.load() == INT64_MAX) {
+    worker_->Post([this] {
+      int64_t next = next_udp_ns_.load();
+      const int64_t want = MonotonicNanos() + kUdpResendNs;
+      while (want < next && !next_udp_ns_.compare_exchange_weak(next, want)) {
+      }
+    });
+  }
   Ring();
   return version;
 }
@@ -227,23 +241,27 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
   }
   // Tell the hub what we hold, so it stops sending this value again: a tensor at once (the
   // hub's next delta needs this version as its base), anything else a little later.
-  acks_owed_.insert(attr_id);
+  std::lock_guard<std::mutex> lock(udp_mu_);
+  acks_owed_[attr_id] = &r;
   if (UseCodec(r.kind, r.info.bytes)) {
-    SendOwedAcks();
+    SendOwedAcksLocked();
   } else if (acks_due_ns_ == 0) {
     acks_due_ns_ = MonotonicNanos() + kAckDelayNs;
   }
 }
 
 void NetClient::SendOwedAcks() {
-  for (uint32_t attr_id : acks_owed_) {
-    auto it = by_hub_.find(attr_id);
-    if (it == by_hub_.end()) continue;
+  std::lock_guard<std::mutex> lock(udp_mu_);
+  SendOwedAcksLocked();
+}
+
+void NetClient::SendOwedAcksLocked() {
+  for (const auto& [attr_id, replica] : acks_owed_) {
     udp::Datagram ack;
     ack.type = udp::Type::kAck;
     ack.ack.attr_id = attr_id;
-    ack.ack.seq = replicas_[it->second].load()->version.load();
-    SendDatagram(ack);
+    ack.ack.seq = replica->version.load();
+    SendDatagramLocked(ack);
   }
   acks_owed_.clear();
   acks_due_ns_ = 0;
