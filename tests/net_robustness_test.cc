@@ -38,6 +38,9 @@ NetOptions Options(uint16_t port, uint64_t max_message_bytes = 256ull << 20) {
   o.max_message_bytes = max_message_bytes;
   // Large values: leave room for the UCX transfers on a loaded machine.
   o.request_timeout = milliseconds(60000);
+  // The hub answers no PING while it verifies and applies a 1 GiB value: seconds under the
+  // sanitizers, more than the default keep-alive timeout.
+  o.keepalive_timeout = milliseconds(120000);
   return o;
 }
 

@@ -235,7 +235,10 @@ UcxWorker::~UcxWorker() {
   RunPosted();         // closes the handler queued
   for (ucp_ep_h ep : std::vector<ucp_ep_h>(endpoints_)) Close(ep, /*flush=*/true);
   RunPosted();
-  if (worker_ != nullptr) Drain(std::chrono::milliseconds(1000));
+  // Long enough for UCX to finish cancelling what a force-closed endpoint still had in
+  // flight (a large rendezvous transfer under a sanitizer takes seconds): destroying the
+  // worker before that trips UCX's own assertion.
+  if (worker_ != nullptr) Drain(std::chrono::milliseconds(10000));
   if (listener_ != nullptr) ucp_listener_destroy(listener_);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
