@@ -277,28 +277,7 @@ TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
     auto ca = connect(UdpTestOptions(port));
     auto cb = connect(UdpTestOptions(port));
     Player a(*ca), b(*cb);
-    // b watches every value it shows: each must be newer than the one before (values grow
-    // with versions here, so a value going back would be a version going back).
-    std::atomic<bool> stop{false};
-    std::atomic<int> backwards{0}, seen{0};
-    std::thread watcher([&] {
-      double last = 0;
-      uint64_t last_version = 0;
-      while (!stop.load()) {
-        b.pos_x.wait_for_change(milliseconds(5));
-        const double v = b.pos_x.get();
-        const uint64_t version = b.pos_x.version();
-        if (v < last || version < last_version) {
-          std::fprintf(stderr, "went back: %g (v%llu) after %g (v%llu)\n", v,
-                       static_cast<unsigned long long>(version), last,
-                       static_cast<unsigned long long>(last_version));
-          backwards.fetch_add(1);
-        }
-        if (v != last) seen.fetch_add(1);
-        last = v;
-        last_version = version;
-      }
-    });
+    testing::MonotonicWatch watch(b.pos_x);
     constexpr int kWrites = 2000;
     std::vector<std::string> items;
     for (int i = 1; i <= kWrites; ++i) {
@@ -311,16 +290,15 @@ TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
       }
     }
     const bool converged = WaitFor([&] { return b.pos_x.get() == kWrites; }, seconds(30));
-    stop.store(true);
-    watcher.join();
+    watch.Stop();
     const bool reliable_exact = WaitFor([&] { return b.inventory.get() == items; }, seconds(30)) &&
                                 b.inventory.version() == a.inventory.version();
-    std::fprintf(stderr, "b saw %d values, holds %g; %s\n", seen.load(), b.pos_x.get(),
+    std::fprintf(stderr, "b saw %d values, holds %g; %s\n", watch.seen(), b.pos_x.get(),
                  cb->stats().ToString().c_str());
-    if (backwards.load() != 0) return kWentBack;
+    if (watch.backwards() != 0) return kWentBack;
     if (!converged || a.pos_x.get() != kWrites) return kNotConverged;
     if (!reliable_exact) return kReliableWrong;
-    if (seen.load() <= 1) return kNothingWatched;
+    if (watch.seen() <= 1) return kNothingWatched;
     return kOk;
   });
   EXPECT_EQ(rc, kOk) << Describe(rc);

@@ -79,37 +79,20 @@ TEST(NetUdp, LossReorderingAndDuplicationConvergeAndNeverGoBack) {
   auto ca = connect(UdpTestOptions(hub.port()));
   auto cb = connect(UdpTestOptions(hub.port()));
   Player a(*ca), b(*cb);
-  // b watches every value it sees: each must be newer than the one before (values grow with
-  // versions here, so a value going back would be a version going back).
-  std::atomic<bool> stop{false};
-  std::atomic<int> backwards{0}, seen{0};
-  std::thread watcher([&] {
-    double last = 0;
-    uint64_t last_version = 0;
-    while (!stop.load()) {
-      b.pos_x.wait_for_change(milliseconds(5));
-      const double v = b.pos_x.get();
-      const uint64_t version = b.pos_x.version();
-      if (v < last || version < last_version) backwards.fetch_add(1);
-      if (v != last) seen.fetch_add(1);
-      last = v;
-      last_version = version;
-    }
-  });
+  testing::MonotonicWatch watch(b.pos_x);
   constexpr int kWrites = 2000;
   for (int i = 1; i <= kWrites; ++i) {
     a.pos_x = static_cast<double>(i);
     if (i % 100 == 0) std::this_thread::sleep_for(milliseconds(2));
   }
   const bool converged = WaitFor([&] { return b.pos_x.get() == kWrites; }, seconds(30));
-  stop.store(true);
-  watcher.join();
+  watch.Stop();
   EXPECT_TRUE(converged) << "b holds " << b.pos_x.get();
-  EXPECT_EQ(backwards.load(), 0);
-  EXPECT_GT(seen.load(), 1);
+  EXPECT_EQ(watch.backwards(), 0);
+  EXPECT_GT(watch.seen(), 1);
   EXPECT_EQ(a.pos_x.get(), kWrites);  // the writer converges on its own last write too
   const Stats s = cb->stats();
-  std::fprintf(stderr, "b saw %d values; %s\n", seen.load(), s.ToString().c_str());
+  std::fprintf(stderr, "b saw %d values; %s\n", watch.seen(), s.ToString().c_str());
   // Duplicates and late ones were refused (counted as stale; how many depends on the draw),
   // and none was taken for a forgery.
   EXPECT_EQ(s.datagrams_dropped_bad, 0u);

@@ -2,8 +2,12 @@
 // Scan) and a recognisable 4 MiB tensor.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "easysync/easysync.h"
@@ -39,5 +43,44 @@ inline Tensor Filled(uint32_t seed) {
   for (uint32_t i = 0; i < (1u << 20); ++i) p[i] = i * 2654435761u ^ seed;
   return t;
 }
+
+// Watches a growing double on its own thread until destroyed: every value it shows must be
+// newer than the one before (values grow with versions in these tests, so a value going
+// back would be a version going back).
+class MonotonicWatch {
+ public:
+  explicit MonotonicWatch(Synced<double>& x) : x_(x), thread_([this] { Run(); }) {}
+  ~MonotonicWatch() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  int backwards() const { return backwards_.load(); }
+  int seen() const { return seen_.load(); }
+
+ private:
+  void Run() {
+    double last = 0;
+    uint64_t last_version = 0;
+    while (!stop_.load()) {
+      x_.wait_for_change(std::chrono::milliseconds(5));
+      const double v = x_.get();
+      const uint64_t version = x_.version();
+      if (v < last || version < last_version) {
+        std::fprintf(stderr, "went back: %g (v%llu) after %g (v%llu)\n", v,
+                     static_cast<unsigned long long>(version), last,
+                     static_cast<unsigned long long>(last_version));
+        backwards_.fetch_add(1);
+      }
+      if (v != last) seen_.fetch_add(1);
+      last = v;
+      last_version = version;
+    }
+  }
+  Synced<double>& x_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> backwards_{0}, seen_{0};
+  std::thread thread_;
+};
 
 }  // namespace easysync::testing
