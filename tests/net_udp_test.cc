@@ -226,6 +226,31 @@ TEST(NetUdp, TensorStepsUnderLossShowOnlyWrittenValuesAndConverge) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetUdp, ATensorTooBigForDatagramsReachesAUdpSubscriberOverUcx) {
+  // Over 64 MiB a value does not go by datagrams: a subscriber that asked for UDP gets it
+  // over UCX like everyone else, also when a delta is relayed before the hub applies it.
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto cw = connect(UdpTestOptions(hub.port()));
+  auto cr = connect(UdpTestOptions(hub.port()));
+  struct Writer : SyncedObject {
+    Synced<Tensor> t{this, "t"};
+    explicit Writer(Client& c) : SyncedObject(c, "Huge") {}
+  } w(*cw);
+  struct Reader : SyncedObject {
+    Synced<Tensor> t{this, "t"};
+    explicit Reader(Client& c) : SyncedObject(c, "Huge", "", Transport::kUdp) {}
+  } r(*cr);
+  Tensor t(DType::kFloat32, {int64_t{17} << 20});  // 68 MiB
+  w.t = t;
+  ASSERT_TRUE(WaitFor([&] { return r.t.version() == 1; }, seconds(60)));
+  t.mutable_data_as<float>()[12345] = 1;  // a delta, relayed before the hub applies it
+  w.t = t;
+  EXPECT_TRUE(WaitFor([&] { return r.t.get() == t; }, seconds(60)));
+  EXPECT_EQ(cr->stats().deltas_recv, 1u);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetUdp, SpoofedAndReplayedDatagramsAreDroppedAndCounted) {
   const std::string log = "/tmp/easysync_udp_spoof_" + std::to_string(getpid()) + ".log";
   HubProcess hub({}, log);

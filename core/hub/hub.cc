@@ -390,11 +390,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   if (except == kEveryone) {
     // Relayed already over UCX; the UDP subscribers get the whole value now.
     for (ucp_ep_h s : a.subscribers) {
-      if (UdpSubscriber(s, id) && peers_.at(s).id != a.writer &&
-          a.value().size() <= net::udp::kMaxValueBytes) {
-        SendUdpValue(peers_.at(s), id, a);
-        ScheduleResend(s, id, a.value().size());
-      }
+      if (peers_.at(s).id != a.writer && ByUdp(s, id, a.value().size())) SendByUdp(s, id, a);
     }
     return;
   }
@@ -447,19 +443,22 @@ void Hub::ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes) {
   next_udp_resend_ns_ = std::min(next_udp_resend_ns_, next);
 }
 
-bool Hub::UdpSubscriber(ucp_ep_h ep, uint32_t id) {
+bool Hub::ByUdp(ucp_ep_h ep, uint32_t id, size_t value_bytes) {
   auto it = peers_.find(ep);
-  return it != peers_.end() && it->second.udp_addr && it->second.udp_attrs.count(id) != 0;
+  return it != peers_.end() && it->second.udp_addr && it->second.udp_attrs.count(id) != 0 &&
+         value_bytes <= net::udp::kMaxValueBytes;
+}
+
+void Hub::SendByUdp(ucp_ep_h ep, uint32_t id, Attr& a) {
+  SendUdpValue(peers_.at(ep), id, a);
+  ScheduleResend(ep, id, a.value().size());
 }
 
 void Hub::Relay(uint32_t id, Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except) {
   for (ucp_ep_h s : a.subscribers) {
     if (s == except) continue;
-    // A UDP subscriber gets the whole value by datagrams, unless it is too big for them (or
-    // the subscriber has not told us its address yet): then over UCX, like everyone else.
-    if (UdpSubscriber(s, id) && a.value().size() <= net::udp::kMaxValueBytes) {
-      SendUdpValue(peers_.at(s), id, a);
-      ScheduleResend(s, id, a.value().size());
+    if (ByUdp(s, id, a.value().size())) {
+      SendByUdp(s, id, a);
     } else {
       worker_->Send(s, update);
     }
@@ -548,7 +547,7 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     auto relay = std::make_shared<const net::Frame>(net::Encode(u));
     for (ucp_ep_h s : a.subscribers) {
       // UDP subscribers get the whole value once it is applied (Publish below).
-      if (s != ep && !UdpSubscriber(s, m.attr_id)) worker_->Send(s, relay);
+      if (s != ep && !ByUdp(s, m.attr_id, info->raw_bytes)) worker_->Send(s, relay);
     }
     written();
   }

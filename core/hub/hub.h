@@ -116,7 +116,11 @@ class Hub final : public net::UcxWorker::Handler {
   // Relays an UPDATE to every subscriber but `except`: over UCX, or over UDP to those that
   // asked for it (they get the whole value).
   void Relay(uint32_t id, Attr& a, std::shared_ptr<const net::Frame> update, ucp_ep_h except);
-  bool UdpSubscriber(ucp_ep_h ep, uint32_t id);
+  // Whether `ep` gets the attribute's values by datagrams: it asked for UDP, told the hub
+  // its address, and the value fits the UDP path (else it goes over UCX, like everyone's).
+  bool ByUdp(ucp_ep_h ep, uint32_t id, size_t value_bytes);
+  // Sends the latest value by datagrams and schedules its resend.
+  void SendByUdp(ucp_ep_h ep, uint32_t id, Attr& a);
 
   void Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload);
   void HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m);
