@@ -43,10 +43,8 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-using testing::Filled;
 using testing::HubProcess;
 using testing::Player;
-using testing::Scan;
 using testing::Spawn;
 using testing::UdpTestOptions;
 using testing::WaitChild;
@@ -307,25 +305,9 @@ TEST(NetUdpNetns, TwentyPercentKernelLossConvergesAndNeverGoesBack) {
 TEST(NetUdpNetns, FourMibTensorAtFivePercentKernelLossArrivesWholeOrNotAtAll) {
   if (!SkipReason().empty()) GTEST_SKIP() << SkipReason();
   const int rc = RunInLossyNamespace(5, [](uint16_t port) -> int {
-    auto ca = connect(UdpTestOptions(port));
-    auto cb = connect(UdpTestOptions(port));
-    Scan a(*ca), b(*cb);
-    const Tensor first = Filled(1), second = Filled(2);
-    a.image = first;
-    if (!WaitFor([&] { return b.image.get() == first; }, seconds(60))) return kTensorMissing;
-    a.image = second;
-    // Every value b shows is one of the two, whole: never a mix of their fragments.
-    bool whole = true;
-    const bool arrived = WaitFor(
-        [&] {
-          const Tensor t = b.image.get();
-          whole = whole && (t == first || t == second);
-          return t == second;
-        },
-        seconds(60));
-    std::fprintf(stderr, "b: %s\n", cb->stats().ToString().c_str());
-    if (!whole) return kTorn;
-    if (!arrived) return kTensorMissing;
+    const testing::WholeOrNot r = testing::SendTwoTensors(port);
+    if (!r.whole) return kTorn;
+    if (!r.first_arrived || !r.second_arrived) return kTensorMissing;
     return kOk;
   });
   EXPECT_EQ(rc, kOk) << Describe(rc);

@@ -143,24 +143,10 @@ TEST(NetUdp, FourMibTensorAtFivePercentLossArrivesWholeOrNotAtAll) {
   ScopedFaults faults("loss=0.05,seed=5");
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(UdpTestOptions(hub.port()));
-  auto cb = connect(UdpTestOptions(hub.port()));
-  Scan a(*ca), b(*cb);
-  const Tensor first = Filled(1), second = Filled(2);
-  a.image = first;
-  ASSERT_TRUE(WaitFor([&] { return b.image.get() == first; }, seconds(60)));
-  a.image = second;
-  // Every value b shows is one of the two, whole: never a mix of their fragments.
-  bool whole = true;
-  const bool arrived = WaitFor(
-      [&] {
-        const Tensor t = b.image.get();
-        whole = whole && (t == first || t == second);
-        return t == second;
-      },
-      seconds(60));
-  EXPECT_TRUE(whole);
-  EXPECT_TRUE(arrived);
+  const testing::WholeOrNot r = testing::SendTwoTensors(hub.port());
+  ASSERT_TRUE(r.first_arrived);
+  EXPECT_TRUE(r.whole);
+  EXPECT_TRUE(r.second_arrived);
   EXPECT_EQ(hub.Stop(), 0);
 }
 

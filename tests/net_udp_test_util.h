@@ -44,6 +44,32 @@ inline Tensor Filled(uint32_t seed) {
   return t;
 }
 
+// A writes one 4 MiB tensor to B over UDP, then another; B must show only those two, whole
+// (never a mix of their fragments), and end with the second.
+struct WholeOrNot {
+  bool first_arrived = false, whole = true, second_arrived = false;
+};
+inline WholeOrNot SendTwoTensors(uint16_t port) {
+  auto ca = connect(UdpTestOptions(port));
+  auto cb = connect(UdpTestOptions(port));
+  Scan a(*ca), b(*cb);
+  const Tensor first = Filled(1), second = Filled(2);
+  WholeOrNot r;
+  a.image = first;
+  r.first_arrived = WaitFor([&] { return b.image.get() == first; }, std::chrono::seconds(60));
+  if (!r.first_arrived) return r;
+  a.image = second;
+  r.second_arrived = WaitFor(
+      [&] {
+        const Tensor t = b.image.get();
+        r.whole = r.whole && (t == first || t == second);
+        return t == second;
+      },
+      std::chrono::seconds(60));
+  std::fprintf(stderr, "b: %s\n", cb->stats().ToString().c_str());
+  return r;
+}
+
 // Watches a growing double on its own thread until destroyed: every value it shows must be
 // newer than the one before (values grow with versions in these tests, so a value going
 // back would be a version going back).

@@ -28,6 +28,11 @@ constexpr int64_t kUdpResendMaxNs = 1'000'000'000;  // ... backing off up to thi
 constexpr int64_t kNsPerByte = 10;                  // ... from a floor of 10 ns per byte
 constexpr int64_t kAckDelayNs = 10'000'000;         // ACKs of datagram writes wait this long
 
+// The first wait before a UDP value goes again: more for a value that takes longer to send.
+int64_t ResendFloorNs(size_t value_bytes) {
+  return std::max<int64_t>(kUdpResendNs, static_cast<int64_t>(value_bytes) * kNsPerByte);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
@@ -142,8 +147,8 @@ int Hub::OnIdle() {
       if (now >= r.next_ns) {
         SendUdpValue(p->second, it->first.second, a);
         ++r.tries;
-        const int64_t floor = std::max<int64_t>(kUdpResendNs, a.value().size() * kNsPerByte);
-        r.next_ns = now + std::min<int64_t>(kUdpResendMaxNs, floor << std::min(r.tries, 10));
+        r.next_ns = now + std::min<int64_t>(kUdpResendMaxNs, ResendFloorNs(a.value().size())
+                                                                 << std::min(r.tries, 10));
       }
       next_udp_resend_ns_ = std::min(next_udp_resend_ns_, r.next_ns);
       ++it;
@@ -437,8 +442,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
 
 void Hub::ScheduleResend(ucp_ep_h ep, uint32_t id, size_t value_bytes) {
   // A new version was just sent: its own first wait, from the floor.
-  const int64_t next =
-      NowNanos() + std::max<int64_t>(kUdpResendNs, static_cast<int64_t>(value_bytes) * kNsPerByte);
+  const int64_t next = NowNanos() + ResendFloorNs(value_bytes);
   udp_unacked_[{ep, id}] = Resend{next, 0};
   next_udp_resend_ns_ = std::min(next_udp_resend_ns_, next);
 }

@@ -285,9 +285,7 @@ void NetClient::Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset
 
 bool NetClient::Apply(Replica& r, std::shared_ptr<Frame> holder, size_t offset, UpdateInfo info,
                       std::optional<uint64_t> hash, bool local) {
-  uint64_t c = clock_.load(std::memory_order_relaxed);
-  while (c < info.clock && !clock_.compare_exchange_weak(c, info.clock)) {
-  }
+  SeeClock(info.clock);
   std::lock_guard<std::mutex> lock(r.mu);
   if (info.version <= r.info.version || (r.dirty && !local)) return false;
   Install(r, std::move(holder), offset, info, hash);
@@ -316,9 +314,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     std::lock_guard<std::mutex> lock(r.mu);
     return RequestResync(r);
   }
-  uint64_t c0 = clock_.load(std::memory_order_relaxed);
-  while (c0 < m.clock && !clock_.compare_exchange_weak(c0, m.clock)) {
-  }
+  SeeClock(m.clock);
   if (peek->frame.is_full_value()) {
     auto out = Buffer(r, peek->raw_bytes);
     if (!DecodeCodecValue(decoder_, m.value, {}, std::nullopt, *out).ok()) {

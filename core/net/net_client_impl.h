@@ -232,6 +232,12 @@ class NetClient final : public Client, public UcxWorker::Handler {
     });
     done.get_future().wait();
   }
+  // The Lamport clock moves up to a clock seen on an update.
+  void SeeClock(uint64_t seen) {
+    uint64_t c = clock_.load(std::memory_order_relaxed);
+    while (c < seen && !clock_.compare_exchange_weak(c, seen)) {
+    }
+  }
   int64_t ToLocal(int64_t hub_ns) const {
     return hub_ns - offset_ns_.load(std::memory_order_relaxed);
   }
