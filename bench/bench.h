@@ -25,6 +25,8 @@ int RunUdpLatency(int argc, char** argv, int first);
 
 // net-tensor likewise (net_tensor.cc).
 int RunNetTensor(int argc, char** argv, int first);
+// py-overhead: the Python package's ping-pong against C++'s, in one run.
+int RunPyOverhead(int argc, char** argv, int first);
 
 // The codec suite parses its own flags, argv[first..argc) (codec_bench.cc); it also returns 2 for
 // bad usage and 3 for --device cuda without a device.

@@ -38,6 +38,9 @@ void Usage(std::FILE* out) {
       "                  [--hub HOST:PORT --token T] [--ucx-transports LIST (tcp)]\n"
       "                  (default step: synthetic rl-bf16, 1.5% of elements move by 1 ULP;\n"
       "                  --steps: snapshot pairs as in codec, tiled to the size)\n"
+      "  py-overhead     one-way latency of a Python attribute update between two Python\n"
+      "                  processes against the same from C++, shared memory, poll mode; own\n"
+      "                  flags: [--json] [--iters N] [--seconds S] [--python PATH]\n"
       "flags (shm-*):\n"
       "  --json          one JSON object per line per configuration, nothing else on stdout\n"
       "  --iters N       measured samples per configuration (after warm-up)\n"
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
   if (suite == "net-latency") return easysync::bench::RunNetLatency(argc, argv, 2);
   if (suite == "udp-latency") return easysync::bench::RunUdpLatency(argc, argv, 2);
   if (suite == "net-tensor") return easysync::bench::RunNetTensor(argc, argv, 2);
+  if (suite == "py-overhead") return easysync::bench::RunPyOverhead(argc, argv, 2);
   const bool latency = suite == "shm-latency";
   const bool throughput = suite == "shm-throughput";
   if (!latency && !throughput) return BadUsage("unknown suite '" + std::string(suite) + "'");

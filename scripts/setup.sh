@@ -12,7 +12,7 @@ DEBIAN_PACKAGES=(
   clang libclang-rt-14-dev clang-format
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev libxxhash-dev libucx-dev libsodium-dev libmsgpack-cxx-dev libeigen3-dev
-  python3 python3-venv
+  python3 python3-venv python3-dev
   nftables  # tests/net_udp_netns_test.cc: real packet loss in a network namespace
 )
 
@@ -28,3 +28,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "setup: Debian packages present"
+
+# Python: build/py-venv has what the package's tests use from PyPI (torch as users install
+# it, NumPy, pytest, and the build requirements); build/py-venv-lite has pytest only, to test
+# the package without torch and NumPy.
+PY_VENV=build/py-venv
+PY_LITE=build/py-venv-lite
+PY_PACKAGES=(torch numpy pytest expecttest pybind11 scikit-build-core)
+if ! "$PY_VENV/bin/python" -c "import torch, numpy, pytest, expecttest, pybind11, scikit_build_core" 2>/dev/null; then
+  echo "setup: installing ${PY_PACKAGES[*]} into $PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/python" -m pip install -q --upgrade pip
+  "$PY_VENV/bin/python" -m pip install -q "${PY_PACKAGES[@]}"
+fi
+if ! "$PY_LITE/bin/python" -c "import pytest" 2>/dev/null; then
+  echo "setup: installing pytest into $PY_LITE"
+  python3 -m venv "$PY_LITE"
+  "$PY_LITE/bin/python" -m pip install -q pytest
+fi
+echo "setup: Python environments present"

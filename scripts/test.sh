@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test: the Release build with warnings as errors, the same
-# tests under AddressSanitizer + UndefinedBehaviorSanitizer, and each decoder's fuzzer for
-# a bounded time. Usage: scripts/test.sh [--quick]   (--quick: the Release build only)
+# Sets up, builds and runs every test: the Release build with warnings as errors, the Python
+# package (pytest, with and without torch), the same tests under AddressSanitizer +
+# UndefinedBehaviorSanitizer, and each decoder's fuzzer for a bounded time. Usage: scripts/test.sh [--quick]   (--quick: the Release build only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,7 +14,28 @@ run_preset() {
   ctest --preset "$1"
 }
 
+# The torch extension and its C++ tests build against the torch users install from PyPI.
+export EASYSYNC_PYTHON="$PWD/build/py-venv/bin/python"
+
+# The Python package as `pip install .` builds it (one wheel, installed in both
+# environments), tested across real processes with and without torch.
+python_tests() {
+  echo "== python =="
+  rm -rf build/wheels
+  "$EASYSYNC_PYTHON" -m pip wheel . --no-deps -q -w build/wheels
+  local wheel
+  wheel=$(ls build/wheels/easysync-*.whl)
+  "$EASYSYNC_PYTHON" -m pip install -q --force-reinstall --no-deps "$wheel"
+  build/py-venv-lite/bin/python -m pip install -q --force-reinstall --no-deps "$wheel"
+  (cd tests/python &&
+    EASYSYNC_TORCH_LIB=$("$EASYSYNC_PYTHON" -c "import easysync; print(easysync.torch_library_path() or '')") \
+      "$EASYSYNC_PYTHON" -m pytest -q -p no:cacheprovider . &&
+    EASYSYNC_EXPECT_NO_TORCH=1 ../../build/py-venv-lite/bin/python -m pytest -q -p no:cacheprovider \
+      test_package.py test_without_torch.py)
+}
+
 run_preset ci
+python_tests
 [ "${1:-}" = "--quick" ] && exit 0
 run_preset asan
 run_preset fuzz "fuzz_frame_decoder fuzz_sparse_decoder fuzz_roundtrip"

@@ -81,6 +81,18 @@ msgpack::sbuffer& ThreadMsgpackBuffer();
 // msgpack::unpack with limits fit for untrusted input (depth, counts, sizes).
 Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out);
 
+// packer::pack_double writes integral doubles as integers; a float must stay a float for a
+// dynamic value (easysync::Value, Python), so this writes float64 (0xcb, big-endian) itself.
+template <class Packer>
+void PackFloat64(Packer& p, double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  char raw[9];
+  raw[0] = static_cast<char>(0xcb);
+  for (int i = 0; i < 8; ++i) raw[1 + i] = static_cast<char>(bits >> (56 - 8 * i));
+  p.pack_bin_body(raw, sizeof(raw));  // appends raw bytes
+}
+
 // Tensor bytes in a slot: a fixed 128-byte header, then the row-major data.
 inline constexpr size_t kTensorHeaderBytes = 128;
 size_t EncodedTensorSize(DType dtype, size_t data_bytes);
@@ -207,14 +219,7 @@ MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
             if constexpr (std::is_same_v<X, std::monostate>) {
               p.pack_nil();
             } else if constexpr (std::is_same_v<X, double>) {
-              // packer::pack_double writes integral doubles as integers; a float must stay a
-              // float for the dynamic Value, so write float64 (0xcb, big-endian) ourselves.
-              uint64_t bits;
-              std::memcpy(&bits, &x, sizeof(bits));
-              char raw[9];
-              raw[0] = static_cast<char>(0xcb);
-              for (int i = 0; i < 8; ++i) raw[1 + i] = static_cast<char>(bits >> (56 - 8 * i));
-              p.pack_bin_body(raw, sizeof(raw));  // appends raw bytes
+              easysync::detail::PackFloat64(p, x);
             } else if constexpr (std::is_same_v<X, easysync::Bytes>) {
               p.pack_bin(static_cast<uint32_t>(x.size()));
               p.pack_bin_body(reinterpret_cast<const char*>(x.data()),

@@ -1,0 +1,207 @@
+// py-overhead: what the Python package adds to a shared-memory update.
+//
+// The same ping-pong twice in one run, both sides spinning (poll wait mode), one process per
+// CPU: two C++ processes through Synced<int64_t>, and two Python processes through an int
+// attribute of a @SyncedObject (bench/workloads/py_ping_pong.py). Python's attribute travels
+// as msgpack, C++'s as a fixed int64, so the difference also counts that encoding (~50 ns).
+// Overhead per update = Python one-way p50 - C++ one-way p50. Goal: <= 5 us.
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench.h"
+#include "easysync/client.h"
+#include "hub_process.h"  // BenchBinaryDir
+#include "ping_pong.h"
+#include "proc_util.h"
+#include "stats_util.h"
+
+namespace easysync::bench {
+namespace {
+
+struct Flags {
+  bool json = false;
+  int64_t iters = 20000;
+  double seconds = 5;
+  std::string python;
+};
+
+std::string FindScript() {
+  if (const char* env = std::getenv("EASYSYNC_PY_PING_PONG"); env != nullptr && *env != '\0')
+    return env;
+  const std::string installed = BenchBinaryDir() + "/../share/easysync/py_ping_pong.py";
+  if (access(installed.c_str(), R_OK) == 0) return installed;
+  return EASYSYNC_BENCH_WORKLOADS_DIR "/py_ping_pong.py";
+}
+
+// Starts `args` pinned to the nth CPU; its stdout goes to *out_fd when out_fd is not null.
+pid_t Spawn(std::vector<std::string> args, int nth_cpu, int* out_fd) {
+  int out[2] = {-1, -1};
+  if (out_fd != nullptr && pipe2(out, O_CLOEXEC) != 0) return -1;
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    PinToNthCpu(nth_cpu);
+    if (out_fd != nullptr) dup2(out[1], STDOUT_FILENO);
+    ExecArgs(args);
+    std::fprintf(stderr, "easysync-bench: py-overhead: cannot run %s: %s\n", args[0].c_str(),
+                 std::strerror(errno));
+    _exit(127);
+  }
+  if (out_fd != nullptr) {
+    close(out[1]);
+    *out_fd = out[0];
+  }
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  if (pid <= 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Python one-way samples in microseconds; empty on failure (why on stderr).
+std::vector<double> PythonPingPong(const Flags& f, const std::string& cluster) {
+  const std::string script = FindScript();
+  const int64_t warmup = std::max<int64_t>(1000, f.iters / 10);
+  const pid_t echo = Spawn({f.python, script, "echo", cluster}, 1, nullptr);
+  int out = -1;
+  const pid_t ping = Spawn({f.python, script, "ping", cluster, std::to_string(warmup),
+                            std::to_string(f.iters), std::to_string(f.seconds)},
+                           0, &out);
+  std::string text;
+  char buf[65536];
+  ssize_t got;
+  while (ping > 0 && (got = read(out, buf, sizeof(buf))) != 0) {
+    if (got > 0) text.append(buf, static_cast<size_t>(got));
+    if (got < 0 && errno != EINTR) break;
+  }
+  if (out >= 0) close(out);
+  const int rc_ping = Wait(ping);
+  if (rc_ping != 0 && echo > 0) kill(echo, SIGKILL);
+  const int rc_echo = Wait(echo);
+  std::vector<double> samples;
+  const size_t list = text.find("\"one_way_us\": [");
+  for (const char* p = list == std::string::npos ? nullptr : text.c_str() + list + 15;
+       p != nullptr && *p != ']' && *p != '\0';) {
+    char* end = nullptr;
+    const double s = std::strtod(p, &end);
+    if (end == p) break;
+    samples.push_back(s);
+    p = end + std::strspn(end, ", ");
+  }
+  if (rc_ping != 0 || rc_echo != 0 || samples.empty()) {
+    std::fprintf(stderr,
+                 "easysync-bench: py-overhead: the Python ping-pong failed (ping %d, echo %d)%s\n",
+                 rc_ping, rc_echo,
+                 rc_ping == 3 ? ": easysync is not importable by --python (pip install .)" : "");
+    samples.clear();
+  }
+  return samples;
+}
+
+std::vector<double> CppPingPong(const Flags& f, const std::string& cluster) {
+  ShmOptions options;
+  options.wait_mode = WaitMode::kPoll;
+  const RoundPlan plan{std::max<int64_t>(1000, f.iters / 10), std::chrono::milliseconds(0), f.iters,
+                       std::chrono::duration<double>(f.seconds)};
+  const pid_t pid = ForkPinned([&] {
+    auto client = shm_connect(cluster, options);
+    return PingPong(*client, "bench_cpp_overhead").Echo();
+  });
+  if (pid < 0) return {};
+  std::vector<double> samples;
+  bool ok = false;
+  try {
+    auto client = shm_connect(cluster, options);
+    PingPong pp(*client, "bench_cpp_overhead");
+    ok =
+        pp.WaitReady() && MeasureRoundTrips(plan, &samples, [&](int64_t i) { return pp.Round(i); });
+    pp.Finish();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "easysync-bench: py-overhead: %s\n", e.what());
+  }
+  if (!JoinChild(pid, !ok) || !ok) samples.clear();
+  return samples;
+}
+
+int Usage(const char* why) {
+  if (why != nullptr) std::fprintf(stderr, "easysync-bench: py-overhead: %s\n", why);
+  std::fputs(
+      "usage: easysync-bench py-overhead [--json] [--iters N (20000)] [--seconds S (5)]\n"
+      "                                  [--python PATH ($EASYSYNC_PYTHON or python3)]\n",
+      why != nullptr ? stderr : stdout);
+  return why != nullptr ? 2 : 0;
+}
+
+}  // namespace
+
+int RunPyOverhead(int argc, char** argv, int first) {
+  Flags f;
+  if (const char* env = std::getenv("EASYSYNC_PYTHON"); env != nullptr && *env != '\0') {
+    f.python = env;
+  } else {
+    f.python = "python3";
+  }
+  for (int i = first; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") return Usage(nullptr);
+    if (flag == "--json") {
+      f.json = true;
+      continue;
+    }
+    if (i + 1 >= argc) return Usage((flag + " needs a value").c_str());
+    const char* value = argv[++i];
+    char* end = nullptr;
+    if (flag == "--python") {
+      f.python = value;
+    } else if (flag == "--iters") {
+      f.iters = std::strtoll(value, &end, 10);
+      if (*end != '\0' || f.iters <= 0) return Usage("--iters needs a positive integer");
+    } else if (flag == "--seconds") {
+      f.seconds = std::strtod(value, &end);
+      if (*end != '\0' || !(f.seconds > 0)) return Usage("--seconds needs a positive number");
+    } else {
+      return Usage(("unknown flag " + flag).c_str());
+    }
+  }
+  const std::string base = "bench_pyo_" + std::to_string(getpid());
+  std::vector<double> cpp = CppPingPong(f, base + "_cpp");
+  std::vector<double> py = PythonPingPong(f, base + "_py");
+  if (cpp.empty() || py.empty()) return 1;
+  const double cpp_p50 = Percentile(cpp, 0.5), cpp_p99 = Percentile(cpp, 0.99);
+  const double py_p50 = Percentile(py, 0.5), py_p99 = Percentile(py, 0.99);
+  const double overhead = py_p50 - cpp_p50;
+  if (f.json) {
+    std::printf(
+        "{\"suite\": \"py-overhead\", \"mode\": \"shm-poll\", \"cpp_p50_us\": %.3f, "
+        "\"cpp_p99_us\": %.3f, \"python_p50_us\": %.3f, \"python_p99_us\": %.3f, "
+        "\"overhead_p50_us\": %.3f, \"goal_us\": 5, \"goal_met\": %s, \"cpp_samples\": %zu, "
+        "\"python_samples\": %zu}\n",
+        cpp_p50, cpp_p99, py_p50, py_p99, overhead, overhead <= 5 ? "true" : "false", cpp.size(),
+        py.size());
+  } else {
+    std::printf("py-overhead (shared memory, poll): one-way latency of an attribute update\n");
+    std::printf("  %-8s p50 %8.2f us  p99 %8.2f us  (%zu samples)\n", "C++", cpp_p50, cpp_p99,
+                cpp.size());
+    std::printf("  %-8s p50 %8.2f us  p99 %8.2f us  (%zu samples)\n", "Python", py_p50, py_p99,
+                py.size());
+    std::printf("  Python adds %.2f us per update at p50 (goal <= 5 us: %s)\n", overhead,
+                overhead <= 5 ? "met" : "missed");
+  }
+  return 0;
+}
+
+}  // namespace easysync::bench

@@ -1,0 +1,148 @@
+"""Clients: shm_connect(), connect(), and the default client SyncedObject uses."""
+
+import atexit
+import os
+import threading
+import weakref
+
+from . import _core
+
+_lock = threading.Lock()
+_last_client = None  # the most recently connected client that is still open
+_open_clients = weakref.WeakSet()
+
+
+class Client:
+    """A connection to a cluster (shared memory) or to a hub (network mode).
+
+    ``stats`` is a dict of counters (``latency_ms``, ``bytes_sent``, ``packets_recv``, ...).
+    Use it as a context manager, or call ``close()``; a closed client refuses every call.
+    """
+
+    def __init__(self, core):
+        self._core = core
+        self._objects = weakref.WeakSet()  # synced instances, for flush()
+
+    @property
+    def stats(self):
+        return self._core.stats()
+
+    @property
+    def id(self):
+        return self._core.id
+
+    @property
+    def cluster(self):
+        return self._core.cluster
+
+    @property
+    def mode(self):
+        """'shm' or 'net'."""
+        return self._core.mode
+
+    @property
+    def closed(self):
+        return self._core.closed
+
+    def flush(self):
+        """Publishes in-place changes of every synced object's tensors, arrays and containers."""
+        from ._synced import push
+
+        for obj in list(self._objects):
+            push(obj)
+
+    def close(self):
+        global _last_client
+        with _lock:
+            if _last_client is self:
+                _last_client = None
+        self._core.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"id={self.id}"
+        return f"<easysync.Client {self.mode} {self._core.address} {state}>"
+
+
+def _register(client):
+    global _last_client
+    with _lock:
+        _last_client = client
+        _open_clients.add(client)
+    return client
+
+
+def shm_connect(cluster_name=None, *, name=None, wait_mode="futex", spin_us=50.0,
+                max_attributes=4096, arena_bytes=16 << 20, attach_timeout=5.0):
+    """Joins (or creates) the shared-memory cluster ``cluster_name`` ([A-Za-z0-9_-], 1..64
+    characters; ``name=`` is accepted too).
+
+    No server: the shared segment is the bus; the last client to close removes it.
+    ``wait_mode='poll'`` spins while waiting (lowest latency, burns a core); 'futex' spins
+    ``spin_us`` then sleeps.
+    """
+    if (cluster_name is None) == (name is None):
+        raise TypeError("shm_connect() takes one cluster name (cluster_name= or name=)")
+    name = cluster_name if name is None else name
+    if not isinstance(name, str):
+        raise TypeError(f"cluster name must be a str, not {type(name).__name__}")
+    return _register(Client(_core.shm_connect(
+        name, wait_mode=wait_mode, spin_us=float(spin_us), max_attributes=max_attributes,
+        arena_bytes=arena_bytes, attach_timeout=float(attach_timeout))))
+
+
+def connect(host="127.0.0.1", port=5000, *, token=None, transports=None, timeout=10.0,
+            reconnect=True):
+    """Connects to an easysync-hub at host:port over UCX.
+
+    ``token``: the hub's shared secret (default: the EASYSYNC_TOKEN environment variable).
+    ``transports``: a UCX transport list ("tcp", "shm,tcp", "rc,ud"); default: UCX's choice.
+    Raises ConnectionError when the hub is unreachable, PermissionError on a wrong token.
+    """
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    return _register(Client(_core.connect(
+        host, port, token=token or "", transports=transports or "", timeout=float(timeout),
+        reconnect=bool(reconnect))))
+
+
+def default_client():
+    """The client SyncedObject uses when given none.
+
+    The most recently connected client that is still open; else one made from the
+    environment: EASYSYNC_CLUSTER=name (shared memory) or EASYSYNC_HUB=host:port.
+    """
+    with _lock:
+        client = _last_client
+    if client is not None and not client.closed:
+        return client
+    cluster = os.environ.get("EASYSYNC_CLUSTER")
+    if cluster:
+        return shm_connect(cluster)
+    hub = os.environ.get("EASYSYNC_HUB")
+    if hub:
+        host, sep, port = hub.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"EASYSYNC_HUB must be host:port, not {hub!r}")
+        return connect(host or "127.0.0.1", int(port))
+    raise RuntimeError(
+        "no easysync client: call easysync.shm_connect() or easysync.connect() first, or set "
+        "EASYSYNC_CLUSTER (shared memory) or EASYSYNC_HUB (host:port)")
+
+
+@atexit.register
+def _close_all():
+    # Before the interpreter tears down: a client's callback thread may want the GIL.
+    for client in list(_open_clients):
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

@@ -1,0 +1,343 @@
+"""The SyncedObject decorator: every public attribute of an instance is a synced attribute.
+
+An instance is the object `<name>` (the class's name, or `name=`), or
+`<name>[<key>]` with a key, the same identity C++'s easysync::SyncedObject uses. Attributes
+whose names start with an underscore stay local to the process.
+
+Joining never resets: the class-level defaults and every assignment made while __init__
+runs are initial values, written only when the cluster has no value for that attribute
+yet; the instance then holds the cluster's current values. Assignments after __init__ are
+writes. Tensors and arrays changed in place are published by easysync.push(obj) or
+client.flush(); a torch tensor's change is also found through its version counter whenever
+the attribute is read.
+"""
+
+import copy
+import functools
+
+from . import _arrays
+from ._client import default_client
+from ._containers import SyncedDict, SyncedList
+
+_MISSING = object()
+_TRANSPORTS = ("tcp", "reliable", "udp", "best_effort")
+
+
+class field:  # noqa: N801 - reads like dataclasses.field
+    """A class-level default with options:
+
+        @SyncedObject(transport="udp")
+        class Player:
+            pos_x = 0
+            inventory = easysync.field([], transport="tcp")   # stays reliable
+    """
+
+    __slots__ = ("default", "transport")
+
+    def __init__(self, default=_MISSING, *, transport=None):
+        if transport is not None and transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be 'tcp' or 'udp', not {transport!r}")
+        self.default = default
+        self.transport = transport
+
+
+class _Slot:
+    """One synced attribute of one instance."""
+
+    __slots__ = ("h", "state", "name", "array", "device", "local", "local_counter", "seen",
+                 "created")
+
+    def __init__(self, state, name, h, array, device, created):
+        self.h = h
+        self.state = state
+        self.name = name
+        self.array = array  # None for plain values; 'torch' or 'numpy'
+        self.device = device  # where a torch tensor attribute lives locally
+        self.local = None  # the array this process holds (tensor attributes)
+        self.local_counter = None  # its version counter when last published or read
+        self.seen = 0  # the version `local` holds
+        self.created = created  # this instance's initial value became version 1
+
+    def get(self):
+        if self.array is None:
+            v = self.h.get()
+            t = type(v)
+            if t is list or t is dict:
+                return self._wrap_root(v)
+            return v
+        return self._get_array()
+
+    def _wrap_root(self, v):
+        root = (SyncedList if type(v) is list else SyncedDict)(v, None)
+        root._publish = functools.partial(self._write_plain, root)
+        return root
+
+    def _get_array(self):
+        local = self.local
+        if local is not None and self.array == "torch" and local._version != self.local_counter:
+            self._write_array(local)  # changed in place since we last published or read it
+        if self.h.latest() > self.seen or local is None:
+            buf = self.h.get()
+            if buf is None:
+                return None
+            new = _arrays.from_buffer(buf, self.array, self.device)
+            if local is None or not _arrays.copy_into(local, new):
+                self.local = local = new
+            self.local_counter = _arrays.version_counter(local)
+            self.seen = self.h.version
+        return local
+
+    def write(self, value):
+        kind = _arrays.flavor(value)
+        if (kind is None) != (self.array is None):
+            what = "tensors and arrays" if self.array else "plain values"
+            raise TypeError(f"attribute {self.h.object}.{self.name} holds {what}; it cannot "
+                            f"take a {type(value).__name__}")
+        if kind is None:
+            self._write_plain(value)
+        else:
+            self._write_array(value)
+
+    def _write_plain(self, value):
+        self.h.set(value)
+
+    def _write_array(self, value):
+        arg, keep = _arrays.tensor_arg(value)
+        version = self.h.set_tensor(arg)
+        del keep
+        self.array = _arrays.flavor(value)
+        if self.array == "torch":
+            self.device = value.device
+        self.local = value
+        self.local_counter = _arrays.version_counter(value)
+        self.seen = max(self.seen, version)
+
+    def push(self):
+        """Publishes an in-place change of an array attribute; True when it wrote."""
+        if self.array is None or self.local is None:
+            return False
+        counter = _arrays.version_counter(self.local)
+        if counter is not None and counter == self.local_counter:
+            return False
+        self._write_array(self.local)
+        return True
+
+
+class _State:
+    """What a synced instance holds besides its class: the client and its slots."""
+
+    __slots__ = ("client", "object_id", "transport", "transports", "defaults", "slots",
+                 "initializing", "__weakref__")
+
+    def __init__(self, client, object_id, transport, transports, defaults):
+        self.client = client
+        self.object_id = object_id
+        self.transport = transport
+        self.transports = transports
+        self.defaults = defaults
+        self.slots = {}
+        self.initializing = True
+
+    def declare(self, name, value):
+        transport = self.transports.get(name, self.transport)
+        kind = _arrays.flavor(value)
+        core = self.client._core
+        if kind is None:
+            h = core.declare(self.object_id, name, "auto", value, True, transport)
+        else:
+            arg, keep = _arrays.tensor_arg(value, host=True)
+            h = core.declare(self.object_id, name, "tensor", arg, True, transport)
+            del keep
+        info = h.info
+        created = info["version"] == 1 and info["writer"] == self.client.id
+        device = value.device if kind == "torch" else None
+        slot = _Slot(self, name, h, kind, device, created)
+        if kind is not None and created:
+            slot.local = value
+            slot.local_counter = _arrays.version_counter(value)
+            slot.seen = 1
+        self.slots[name] = slot
+        return slot
+
+    def assign(self, name, value):
+        slot = self.slots.get(name)
+        if slot is None:
+            slot = self.declare(name, value)
+            if not slot.created and not self.initializing:
+                slot.write(value)  # an assignment after __init__ is a write
+        elif not self.initializing or slot.created:
+            slot.write(value)
+        # else: an initial value in __init__ while the cluster has one: the cluster's stands
+
+
+class _Field:
+    """The class-level descriptor of one synced attribute name."""
+
+    __slots__ = ("name", "default")
+
+    def __init__(self, name, default=_MISSING):
+        self.name = name
+        self.default = default
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            if self.default is _MISSING:
+                raise AttributeError(self.name)
+            return self.default
+        st = obj.__dict__["_easysync"]
+        slot = st.slots.get(self.name)
+        if slot is None:
+            if self.default is _MISSING:
+                raise AttributeError(
+                    f"{type(obj).__name__!r} object has no attribute {self.name!r}")
+            slot = st.declare(self.name, copy.deepcopy(self.default))
+        return slot.get()
+
+    def __set__(self, obj, value):
+        obj.__dict__["_easysync"].assign(self.name, value)
+
+    def __delete__(self, obj):
+        raise AttributeError(f"synced attribute {self.name!r} cannot be deleted")
+
+
+def _is_default(name, value):
+    if name.startswith("_"):
+        return False
+    if isinstance(value, field):
+        return True
+    if isinstance(value, (staticmethod, classmethod, property, type)) or callable(value):
+        return False
+    return not hasattr(value, "__get__") or _arrays.flavor(value) is not None
+
+
+def SyncedObject(client=None, *, transport="tcp", key=None, name=None, transports=None):  # noqa: N802
+    """Class decorator: instances are synced objects.
+
+    client: an easysync Client; None uses easysync.default_client() when an instance is made.
+    transport: 'tcp' (reliable, the default) or 'udp' (best effort, latest value wins) for
+        every attribute; transports={'inventory': 'tcp'} or easysync.field(...) per attribute.
+    key: tells instances of one class apart (several coexist); an instance may also be made
+        with sync_key=... as a keyword argument.
+    name: the object's name in the cluster (default: the class's name).
+
+    Usable bare (@SyncedObject) as well.
+    """
+    if isinstance(client, type):  # @SyncedObject without arguments
+        return SyncedObject()(client)
+    if transport not in _TRANSPORTS:
+        raise ValueError(f"transport must be 'tcp' or 'udp', not {transport!r}")
+    for attr_name, t in (transports or {}).items():
+        if t not in _TRANSPORTS:
+            raise ValueError(f"transport of {attr_name!r} must be 'tcp' or 'udp', not {t!r}")
+    if client is not None and not hasattr(client, "_core"):
+        raise TypeError("SyncedObject's client must come from easysync.shm_connect() or "
+                        f"easysync.connect(), not {type(client).__name__}")
+
+    def decorate(cls):
+        per_attr = dict(transports or {})
+        defaults = {}
+        for attr_name, value in list(vars(cls).items()):
+            if not _is_default(attr_name, value):
+                continue
+            if isinstance(value, field):
+                if value.transport is not None:
+                    per_attr[attr_name] = value.transport
+                value = value.default
+            defaults[attr_name] = value
+            setattr(cls, attr_name, _Field(attr_name, value))
+        object_name = name or cls.__name__
+        original_init = cls.__init__
+
+        @functools.wraps(original_init)
+        def __init__(self, *args, sync_key=None, **kwargs):  # noqa: N807
+            c = client if client is not None else default_client()
+            k = sync_key if sync_key is not None else key
+            object_id = object_name if k is None else f"{object_name}[{k}]"
+            st = _State(c, object_id, transport, per_attr, defaults)
+            object.__setattr__(self, "_easysync", st)
+            try:
+                if original_init is object.__init__:
+                    if args or kwargs:
+                        raise TypeError(f"{cls.__name__}() takes no arguments")
+                else:
+                    original_init(self, *args, **kwargs)
+            finally:
+                st.initializing = False
+            for attr_name, value in defaults.items():
+                if attr_name not in st.slots and value is not _MISSING:
+                    st.declare(attr_name, copy.deepcopy(value))
+            c._objects.add(self)
+
+        def __setattr__(self, attr_name, value):  # noqa: N807
+            if attr_name[0] == "_":
+                object.__setattr__(self, attr_name, value)
+                return
+            st = self.__dict__["_easysync"]
+            if attr_name not in st.slots:
+                existing = getattr(type(self), attr_name, None)
+                if existing is not None and not isinstance(existing, _Field):
+                    object.__setattr__(self, attr_name, value)  # a property or a method's name
+                    return
+                if existing is None:
+                    setattr(cls, attr_name, _Field(attr_name))
+            st.assign(attr_name, value)
+
+        cls.__init__ = __init__
+        cls.__setattr__ = __setattr__
+        cls._easysync_defaults = defaults
+        return cls
+
+    return decorate
+
+
+def _state(obj):
+    st = getattr(obj, "__dict__", {}).get("_easysync")
+    if st is None:
+        raise TypeError(f"{type(obj).__name__} is not a synced object (use @SyncedObject)")
+    return st
+
+
+def _slot(obj, name):
+    st = _state(obj)
+    slot = st.slots.get(name)
+    if slot is None:
+        raise AttributeError(f"{st.object_id} has no synced attribute {name!r}")
+    return slot
+
+
+def push(obj):
+    """Publishes in-place changes of obj's tensors and arrays (NumPy arrays always, torch
+    tensors whose version counter moved). Returns how many attributes were written."""
+    return sum(slot.push() for slot in list(_state(obj).slots.values()))
+
+
+def wait_for_change(obj, name=None, timeout=None):
+    """Waits until attribute `name` (or any attribute of obj) has a version newer than the
+    one this process last read. Returns False on timeout."""
+    t = 1e9 if timeout is None else float(timeout)
+    if name is not None:
+        return _slot(obj, name).h.wait_for_change(t)
+    st = _state(obj)
+    return st.client._core.wait_any([s.h for s in st.slots.values()], t)
+
+
+def on_change(obj, name, callback):
+    """Calls callback(new_value) on the client's callback thread after each new version of
+    obj.name (versions may coalesce). Returns a subscription; close() it to stop."""
+    slot = _slot(obj, name)
+    return slot.h.on_change(lambda: callback(getattr(obj, name)))
+
+
+def version(obj, name):
+    """The version of obj.name this process can read (versions start at 1)."""
+    return _slot(obj, name).h.version
+
+
+def info(obj, name):
+    """version, clock, writer, write_ns and bytes of the value of obj.name."""
+    return _slot(obj, name).h.info
+
+
+def attributes(obj):
+    """{name: kind} of obj's synced attributes."""
+    return {name: slot.h.kind for name, slot in _state(obj).slots.items()}
