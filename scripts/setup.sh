@@ -32,6 +32,8 @@ echo "setup: Debian packages present"
 # Python: build/py-venv has what the package's tests use from PyPI (torch as users install
 # it, NumPy, pytest, and the build requirements); build/py-venv-lite has pytest only, to test
 # the package without torch and NumPy.
+# EASYSYNC_SETUP_PYTHON=0 skips them (the C++ image in docker/ needs neither).
+[ "${EASYSYNC_SETUP_PYTHON:-1}" = "0" ] && exit 0
 PY_VENV=build/py-venv
 PY_LITE=build/py-venv-lite
 PY_PACKAGES=(torch numpy pytest expecttest pybind11 scikit-build-core)
