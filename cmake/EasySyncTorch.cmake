@@ -8,6 +8,9 @@
 # the torch the user installed (pip install . must build against it).
 set(EASYSYNC_TORCH_FOUND OFF)
 set(_py "${EASYSYNC_PYTHON}")
+if(NOT _py)
+  set(_py "$ENV{EASYSYNC_PYTHON}")  # also when an older cache holds it empty
+endif()
 if(NOT _py AND Python3_EXECUTABLE)
   set(_py "${Python3_EXECUTABLE}")  # a pip build passes the interpreter it runs under
 endif()

@@ -279,10 +279,15 @@ def test_torch_dtypes_round_trip(cluster, dtype):
         assert torch.equal(b.t.view(torch.uint8), src.transpose(0, 2).contiguous().view(torch.uint8))
 
 
-@pytest.mark.skipif(not os.environ.get("EASYSYNC_FORCE_CUDA_TESTS") and
-                    not (lambda: __import__("torch").cuda.is_available() if
-                         __import__("importlib").util.find_spec("torch") else False)(),
-                    reason="needs a CUDA device")
+def cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not cuda_available(), reason="needs torch with a CUDA device")
 def test_cuda_tensor_attribute(cluster):
     import torch
 

@@ -25,7 +25,10 @@ def load_ops():
                 raise ImportError(
                     "the easysync torch extension was not built: install easysync with torch "
                     "present (pip install --no-build-isolation . also works)")
-            torch.ops.load_library(path)
+            try:  # a training script may have loaded it already (torch.ops.load_library)
+                torch.ops.easysync.delta_encode
+            except (AttributeError, RuntimeError):
+                torch.ops.load_library(path)
             from ._fake import register_fake_kernels
 
             register_fake_kernels()
