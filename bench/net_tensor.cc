@@ -385,16 +385,7 @@ double GlooBroadcastSeconds(const Flags& f, size_t bytes) {
   int status = 0;
   if (pid < 0 || waitpid(pid, &status, 0) != pid) return NAN;
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::vector<double> seconds;
-  const size_t list = text.find("\"seconds\": [");
-  for (const char* p = list == std::string::npos ? nullptr : text.c_str() + list + 12;
-       p != nullptr && *p != ']' && *p != '\0';) {
-    char* end = nullptr;
-    const double s = std::strtod(p, &end);
-    if (end == p) break;
-    seconds.push_back(s);
-    p = end + std::strspn(end, ", ");
-  }
+  const std::vector<double> seconds = JsonNumberList(text, "seconds");
   if (rc == 0 && static_cast<int>(seconds.size()) == f.reps) return Median(seconds);
   std::string why = script + " failed with status " + std::to_string(rc);
   if (rc == 3) why = f.python + " cannot import torch with gloo (see above; --python PATH)";

@@ -92,16 +92,7 @@ std::vector<double> PythonPingPong(const Flags& f, const std::string& cluster) {
   const int rc_ping = Wait(ping);
   if (rc_ping != 0 && echo > 0) kill(echo, SIGKILL);
   const int rc_echo = Wait(echo);
-  std::vector<double> samples;
-  const size_t list = text.find("\"one_way_us\": [");
-  for (const char* p = list == std::string::npos ? nullptr : text.c_str() + list + 15;
-       p != nullptr && *p != ']' && *p != '\0';) {
-    char* end = nullptr;
-    const double s = std::strtod(p, &end);
-    if (end == p) break;
-    samples.push_back(s);
-    p = end + std::strspn(end, ", ");
-  }
+  std::vector<double> samples = JsonNumberList(text, "one_way_us");
   if (rc_ping != 0 || rc_echo != 0 || samples.empty()) {
     std::fprintf(stderr,
                  "easysync-bench: py-overhead: the Python ping-pong failed (ping %d, echo %d)%s\n",

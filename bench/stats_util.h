@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -108,6 +110,22 @@ class Table {
   std::vector<std::string> columns_;
   std::vector<std::vector<std::string>> rows_;
 };
+
+// The numbers of the JSON list `"key": [a, b, ...]` in text (a workload script's output).
+inline std::vector<double> JsonNumberList(const std::string& text, const std::string& key) {
+  std::vector<double> out;
+  const std::string open = "\"" + key + "\": [";
+  const size_t at = text.find(open);
+  for (const char* p = at == std::string::npos ? nullptr : text.c_str() + at + open.size();
+       p != nullptr && *p != ']' && *p != '\0';) {
+    char* end = nullptr;
+    const double v = std::strtod(p, &end);
+    if (end == p) break;
+    out.push_back(v);
+    p = end + std::strspn(end, ", ");
+  }
+  return out;
+}
 
 inline std::string Fixed(double v, int decimals) {
   char buf[64];
