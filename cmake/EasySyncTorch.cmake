@@ -7,12 +7,14 @@
 # interpreter is the same, so the query runs with pip's isolation variables removed to find
 # the torch the user installed (pip install . must build against it).
 set(EASYSYNC_TORCH_FOUND OFF)
+# The interpreter: EASYSYNC_PYTHON when set on the command line; in a pip build, the one pip
+# runs (the user's environment); else $EASYSYNC_PYTHON; else python3.
 set(_py "${EASYSYNC_PYTHON}")
-if(NOT _py)
-  set(_py "$ENV{EASYSYNC_PYTHON}")  # also when an older cache holds it empty
+if(NOT _py AND SKBUILD AND Python3_EXECUTABLE)
+  set(_py "${Python3_EXECUTABLE}")
 endif()
-if(NOT _py AND Python3_EXECUTABLE)
-  set(_py "${Python3_EXECUTABLE}")  # a pip build passes the interpreter it runs under
+if(NOT _py)
+  set(_py "$ENV{EASYSYNC_PYTHON}")
 endif()
 if(NOT _py)
   find_program(EASYSYNC_PYTHON3 NAMES python3 python)

@@ -17,16 +17,12 @@ run_preset() {
 # The torch extension and its C++ tests build against the torch users install from PyPI.
 export EASYSYNC_PYTHON="$PWD/build/py-venv/bin/python"
 
-# The Python package as `pip install .` builds it (one wheel, installed in both
-# environments), tested across real processes with and without torch.
+# The Python package as `pip install .` builds it, in an environment with torch and NumPy and
+# in one without, tested across real processes.
 python_tests() {
   echo "== python =="
-  rm -rf build/wheels
-  "$EASYSYNC_PYTHON" -m pip wheel . --no-deps -q -w build/wheels
-  local wheel
-  wheel=$(ls build/wheels/easysync-*.whl)
-  "$EASYSYNC_PYTHON" -m pip install -q --force-reinstall --no-deps "$wheel"
-  build/py-venv-lite/bin/python -m pip install -q --force-reinstall --no-deps "$wheel"
+  "$EASYSYNC_PYTHON" -m pip install -q --force-reinstall --no-deps .
+  build/py-venv-lite/bin/python -m pip install -q --force-reinstall --no-deps .
   (cd tests/python &&
     EASYSYNC_TORCH_LIB=$("$EASYSYNC_PYTHON" -c "import easysync; print(easysync.torch_library_path() or '')") \
       "$EASYSYNC_PYTHON" -m pytest -q -p no:cacheprovider . &&

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -150,8 +149,8 @@ sys.stdin.readline()
 
 
 def test_in_place_containers_numpy_and_torch_cross_processes(cluster, child):
-    np = pytest.importorskip("numpy")
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("numpy")
+    pytest.importorskip("torch")
     code = """
 import sys, easysync, numpy as np, torch
 client = easysync.shm_connect(sys.argv[1])
@@ -384,3 +383,100 @@ def test_hub_console_script_runs():
                          env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
                                   + os.environ.get("PATH", "")))
     assert "usage: easysync-hub" in out.stdout + out.stderr
+
+
+def test_fork_child_connects_again_and_parent_is_unaffected(cluster):
+    with shm_connect(cluster) as client:
+        @SyncedObject(client, name="Forked")
+        class S:
+            value = 1
+
+        s = S()
+        pid = os.fork()
+        if pid == 0:  # the child: the inherited client is left to the parent
+            code = 1
+            try:
+                try:
+                    s.value = 2
+                except ValueError as e:
+                    assert "fork" in str(e), e
+                    with shm_connect(cluster) as mine:
+                        @SyncedObject(mine, name="Forked")
+                        class C:
+                            value = 0
+
+                        c = C()
+                        assert c.value == 1
+                        c.value = 3
+                        code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert s.value == 3          # the child's write, through its own connection
+        s.value = 4
+        assert s.value == 4
+
+
+def test_a_long_wait_is_interrupted_by_ctrl_c(cluster, child):
+    import signal
+
+    waiter = child("""
+import sys, easysync
+client = easysync.shm_connect(sys.argv[1])
+
+@easysync.SyncedObject(client)
+class S:
+    x = 0
+
+s = S()
+try:
+    print("waiting", flush=True)
+    easysync.wait_for_change(s, "x")        # no timeout
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+""", cluster)
+    assert waiter.expect() == "waiting"
+    waiter.proc.send_signal(signal.SIGINT)  # wherever it is inside the try, it must surface
+    assert waiter.expect(timeout=10) == "interrupted"
+    waiter.finish()
+
+
+def test_a_writer_killed_mid_stream_leaves_whole_values(cluster, child):
+    np = pytest.importorskip("numpy")
+    code = """
+import sys, easysync, numpy as np
+client = easysync.shm_connect(sys.argv[1])
+
+@easysync.SyncedObject(client)
+class Stream:
+    def __init__(self):
+        self.block = np.zeros(1 << 20, dtype=np.int32)
+"""
+    writer = child(code + """
+s = Stream()
+i = 0
+print("writing", flush=True)
+while True:                    # killed with SIGKILL somewhere in here
+    i += 1
+    s.block = np.full(1 << 20, i, dtype=np.int32)
+""", cluster)
+    assert writer.expect() == "writing"
+    with shm_connect(cluster) as client:
+        @SyncedObject(client, name="Stream")
+        class Reader:
+            def __init__(self):
+                self.block = np.zeros(1, dtype=np.int32)
+
+        r = Reader()
+        for _ in range(50):
+            easysync.wait_for_change(r, "block", timeout=5)
+            b = r.block
+            assert b.shape == (1 << 20,) and (b == b[0]).all()
+        writer.proc.kill()
+        writer.proc.wait()
+        last = r.block.copy()
+        assert (last == last[0]).all()
+        # The cluster keeps working: this process writes and reads on.
+        r.block = np.full(8, 7, dtype=np.int32)
+        assert (r.block == 7).all()

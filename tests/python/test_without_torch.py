@@ -45,3 +45,8 @@ def test_plain_values_work(cluster):
 def test_torch_ops_say_what_is_missing():
     with pytest.raises(ImportError, match="torch"):
         easysync.ops
+
+
+def test_built_without_the_torch_extension():
+    # `pip install .` here found no torch, so it built the package without the extension.
+    assert easysync.torch_library_path() is None

@@ -90,13 +90,11 @@ def from_buffer(buf, kind, device=None):
         import numpy as np
 
         return np.frombuffer(buf, dtype=np.uint8).view(np.dtype(buf.dtype)).reshape(shape)
-    if kind == "numpy" and "torch" not in sys.modules:
-        try:
-            import torch  # noqa: F401 - NumPy has no bfloat16/float8; torch does
-        except ImportError:
-            raise TypeError(f"a {buf.dtype} tensor needs torch to be read (NumPy has no "
-                            f"{buf.dtype})") from None
-    import torch
+    try:
+        import torch  # NumPy has no bfloat16 or float8: such a tensor is read as torch's
+    except ImportError:
+        raise TypeError(f"a {buf.dtype} tensor needs torch to be read (NumPy has no "
+                        f"{buf.dtype})") from None
 
     dtype = getattr(torch, {"float8_e4m3": "float8_e4m3fn"}.get(buf.dtype, buf.dtype))
     if buf.nbytes == 0:

@@ -138,6 +138,19 @@ def default_client():
         "EASYSYNC_CLUSTER (shared memory) or EASYSYNC_HUB (host:port)")
 
 
+def _after_fork_in_child():
+    # The clients' threads did not survive fork(): leave them to the parent, untouched.
+    global _last_client
+    for client in list(_open_clients):
+        client._core.abandon()
+    _open_clients.clear()
+    _last_client = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _close_all():
     # Before the interpreter tears down: a client's callback thread may want the GIL.

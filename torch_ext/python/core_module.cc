@@ -27,9 +27,15 @@ struct ClientBox {
   std::shared_ptr<Client> client;
   std::string mode;  // "shm" or "net"
   std::string address;
+  bool inherited = false;  // this process is a fork() child of the one that connected
 
   std::shared_ptr<Client> Get() const {
-    if (!client) throw py::value_error("this easysync client is closed");
+    if (!client) {
+      throw py::value_error(inherited ? "this easysync client belongs to the parent process "
+                                        "(it was inherited through fork()); connect again in "
+                                        "this process"
+                                      : "this easysync client is closed");
+    }
     return client;
   }
   void Close() {
@@ -37,7 +43,30 @@ struct ClientBox {
     py::gil_scoped_release nogil;  // the callback thread may be waiting for the GIL
     c.reset();
   }
+  // In a fork() child: the client's threads did not survive the fork and its locks may be
+  // held by them, so it can neither be used nor destroyed. It is left behind, never touched;
+  // the parent's connection, segment and hub session are unaffected.
+  void Abandon() {
+    if (client) new std::shared_ptr<Client>(std::move(client));  // deliberately leaked
+    inherited = true;
+  }
 };
+
+// Waits in slices so that Ctrl-C (a Python signal handler) is honoured while waiting long.
+bool WaitWithSignals(Client& c, FunctionRef<bool()> ready, Deadline deadline) {
+  constexpr auto kSlice = std::chrono::milliseconds(50);
+  for (;;) {
+    const Deadline slice = std::min(deadline, Clock::now() + kSlice);
+    bool done;
+    {
+      py::gil_scoped_release nogil;
+      done = c.WaitUntil(ready, slice);
+    }
+    if (done) return true;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (Clock::now() >= deadline) return false;
+  }
+}
 
 Transport ParseTransport(const std::string& t) {
   if (t == "tcp" || t == "reliable" || t == "ucx") return Transport::kReliable;
@@ -157,8 +186,8 @@ class Attr {
     std::shared_ptr<Client> c = box_->Get();
     const uint64_t seen = version_;
     const AttrId id = id_;
-    py::gil_scoped_release nogil;
-    return c->WaitUntil([&] { return c->LatestVersion(id) > seen; }, DeadlineIn(timeout_s));
+    return WaitWithSignals(
+        *c, [&] { return c->LatestVersion(id) > seen; }, DeadlineIn(timeout_s));
   }
 
   uint64_t version() {
@@ -389,17 +418,20 @@ std::shared_ptr<ClientBox> NetConnect(const std::string& host, int port, const s
 struct PySubscription {
   std::shared_ptr<ClientBox> box;  // the client outlives the subscription
   Subscription sub;
+  // REQUIRES: the GIL.
   void Close() {
+    std::shared_ptr<Client> keep = box->client;
+    if (!keep) {
+      // Closed: the client's watches went with it. Inherited through fork(): its lock must
+      // not be touched. Either way the handle is left behind, never used.
+      new Subscription(std::move(sub));
+      return;
+    }
     py::gil_scoped_release nogil;  // a running callback holds the client's lock and wants the GIL
     sub.reset();
+    keep.reset();
   }
-  ~PySubscription() {
-    if (Py_IsInitialized() && PyGILState_Check()) {
-      Close();
-    } else {
-      sub.reset();
-    }
-  }
+  ~PySubscription() { Close(); }  // pybind11 destroys it with the GIL held
 };
 
 }  // namespace
@@ -442,6 +474,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("closed", [](const ep::ClientBox& b) { return !b.client; })
       .def("stats", [](const ep::ClientBox& b) { return ep::StatsDict(*b.Get()); })
       .def("close", &ep::ClientBox::Close)
+      .def("abandon", &ep::ClientBox::Abandon)
       .def(
           "declare",
           [](const std::shared_ptr<ep::ClientBox>& box, const std::string& object,
@@ -459,8 +492,8 @@ PYBIND11_MODULE(_core, m) {
             std::vector<std::pair<easysync::AttrId, uint64_t>> seen;
             for (ep::Attr* a : attrs) seen.emplace_back(a->id(), a->known_version());
             const auto deadline = ep::Attr::DeadlineIn(timeout_s);
-            py::gil_scoped_release nogil;
-            return c->WaitUntil(
+            return ep::WaitWithSignals(
+                *c,
                 [&] {
                   for (const auto& [id, v] : seen)
                     if (c->LatestVersion(id) > v) return true;
