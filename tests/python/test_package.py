@@ -480,3 +480,26 @@ while True:                    # killed with SIGKILL somewhere in here
         # The cluster keeps working: this process writes and reads on.
         r.block = np.full(8, 7, dtype=np.int32)
         assert (r.block == 7).all()
+
+
+def test_close_with_live_subscriptions_and_handles(cluster):
+    import threading
+
+    client = shm_connect(cluster)
+
+    @SyncedObject(client)
+    class S:
+        x = 0
+
+    s = S()
+    got = threading.Event()
+    sub = easysync.on_change(s, "x", lambda v: got.set())
+    s.x = 1
+    assert got.wait(10)
+    client.close()                 # the subscription and the attribute outlive the client
+    sub.close()
+    del sub
+    with pytest.raises(ValueError, match="closed"):
+        s.x
+    with pytest.raises(ValueError, match="closed"):
+        easysync.wait_for_change(s, "x", timeout=0)

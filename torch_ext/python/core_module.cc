@@ -52,6 +52,27 @@ struct ClientBox {
   }
 };
 
+// A call's hold on the client. When close() ran on another thread meanwhile, this may be the
+// last reference: the client is then destroyed without the GIL, which its callback thread
+// may be waiting for. REQUIRES: the GIL when it goes out of scope.
+class ClientRef {
+ public:
+  explicit ClientRef(std::shared_ptr<Client> c) : c_(std::move(c)) {}
+  ClientRef(const ClientRef&) = delete;
+  ClientRef& operator=(const ClientRef&) = delete;
+  ~ClientRef() {
+    if (c_.use_count() == 1) {  // nobody can take a new reference: the box no longer has it
+      py::gil_scoped_release nogil;
+      c_.reset();
+    }
+  }
+  Client* operator->() const { return c_.get(); }
+  Client& operator*() const { return *c_; }
+
+ private:
+  std::shared_ptr<Client> c_;
+};
+
 // Waits in slices so that Ctrl-C (a Python signal handler) is honoured while waiting long.
 bool WaitWithSignals(Client& c, FunctionRef<bool()> ready, Deadline deadline) {
   constexpr auto kSlice = std::chrono::milliseconds(50);
@@ -137,7 +158,7 @@ class Attr {
   uint64_t known_version() const { return version_; }
 
   uint64_t Set(py::handle value) {
-    std::shared_ptr<Client> c = box_->Get();
+    ClientRef c(box_->Get());
     if (kind_ == ValueKind::kTensor)
       throw py::type_error(Label() + " holds tensors; assign a NumPy array or a torch tensor");
     uint64_t version;
@@ -167,7 +188,7 @@ class Attr {
     if (kind_ != ValueKind::kTensor)
       throw py::type_error(Label() + " holds " + std::string(ValueKindName(kind_)) +
                            " values, not tensors");
-    std::shared_ptr<Client> c = box_->Get();
+    ClientRef c(box_->Get());
     const TensorView view = t.View();
     Result<uint64_t> r = Status::Internal("unset");
     {
@@ -183,7 +204,7 @@ class Attr {
   }
 
   bool WaitForChange(double timeout_s) {
-    std::shared_ptr<Client> c = box_->Get();
+    ClientRef c(box_->Get());
     const uint64_t seen = version_;
     const AttrId id = id_;
     return WaitWithSignals(
@@ -241,7 +262,7 @@ class Attr {
   }
 
   void Refresh() {
-    std::shared_ptr<Client> c = box_->Get();
+    ClientRef c(box_->Get());
     if (!stale_ && c->LatestVersion(id_) <= version_) return;
     const uint64_t have = stale_ ? 0 : version_;
     Result<std::optional<UpdateInfo>> r = Status::Internal("unset");
@@ -285,7 +306,7 @@ class Attr {
 std::unique_ptr<Attr> Declare(const std::shared_ptr<ClientBox>& box, const std::string& object,
                               const std::string& name, const std::string& kind, py::object initial,
                               bool has_initial, const std::string& transport) {
-  std::shared_ptr<Client> c = box->Get();
+  ClientRef c(box->Get());
   const Transport tr = ParseTransport(transport);
   auto declare = [&](ValueKind k, const std::string* bytes) {
     Result<AttrId> r = Status::Internal("unset");
@@ -488,7 +509,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "wait_any",
           [](const ep::ClientBox& b, const std::vector<ep::Attr*>& attrs, double timeout_s) {
-            std::shared_ptr<easysync::Client> c = b.Get();
+            ep::ClientRef c(b.Get());
             std::vector<std::pair<easysync::AttrId, uint64_t>> seen;
             for (ep::Attr* a : attrs) seen.emplace_back(a->id(), a->known_version());
             const auto deadline = ep::Attr::DeadlineIn(timeout_s);
