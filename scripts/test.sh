@@ -9,7 +9,7 @@ source scripts/env.sh
 
 run_preset() {
   echo "== $1 =="
-  cmake --preset "$1" >/dev/null
+  cmake --preset "$1" "${@:3}" >/dev/null
   cmake --build --preset "$1" -j2 ${2:+--target $2}
   ctest --preset "$1"
 }
@@ -30,7 +30,7 @@ python_tests() {
       test_package.py test_without_torch.py)
 }
 
-run_preset ci
+run_preset ci "" -DEASYSYNC_WITH_PYTHON=ON  # the bindings too, with warnings as errors
 python_tests
 [ "${1:-}" = "--quick" ] && exit 0
 run_preset asan

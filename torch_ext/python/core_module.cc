@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -308,20 +309,20 @@ std::unique_ptr<Attr> Declare(const std::shared_ptr<ClientBox>& box, const std::
                               bool has_initial, const std::string& transport) {
   ClientRef c(box->Get());
   const Transport tr = ParseTransport(transport);
-  auto declare = [&](ValueKind k, const std::string* bytes) {
+  // Declares with an initial value of `size` bytes that `encode` writes (none when size is
+  // SIZE_MAX).
+  auto declare_with = [&](ValueKind k, size_t size, FunctionRef<void(std::byte*)> encode) {
     Result<AttrId> r = Status::Internal("unset");
-    if (bytes != nullptr) {
-      auto encode = [&](std::byte* dst) {
-        if (!bytes->empty()) std::memcpy(dst, bytes->data(), bytes->size());
-      };
-      Client::Initial init{bytes->size(), encode};  // FunctionRef: `encode` must outlive it
-      py::gil_scoped_release nogil;
-      r = c->Declare(object, name, k, &init, tr);
-    } else {
-      py::gil_scoped_release nogil;
-      r = c->Declare(object, name, k, nullptr, tr);
-    }
+    Client::Initial init{size, encode};
+    py::gil_scoped_release nogil;
+    r = c->Declare(object, name, k, size == SIZE_MAX ? nullptr : &init, tr);
     return r;
+  };
+  auto declare = [&](ValueKind k, const std::string* bytes) {
+    auto copy = [&](std::byte* dst) {
+      if (!bytes->empty()) std::memcpy(dst, bytes->data(), bytes->size());
+    };
+    return declare_with(k, bytes == nullptr ? SIZE_MAX : bytes->size(), copy);
   };
   auto made = [&](ValueKind k, Result<AttrId> r) {
     return std::make_unique<Attr>(box, ValueOrRaise(std::move(r)), k, object, name);
@@ -332,10 +333,13 @@ std::unique_ptr<Attr> Declare(const std::shared_ptr<ClientBox>& box, const std::
     const TensorView v = arg.View();  // views arg.shape
     if (v.device != DeviceType::kCPU)
       throw py::value_error("an initial tensor must be in CPU memory");
-    std::string bytes(detail::EncodedTensorSize(v.dtype, v.nbytes()), '\0');
-    detail::EncodeTensorHeader(v.dtype, v.shape, reinterpret_cast<std::byte*>(bytes.data()));
-    if (v.nbytes() > 0) std::memcpy(bytes.data() + detail::kTensorHeaderBytes, v.data, v.nbytes());
-    return made(ValueKind::kTensor, declare(ValueKind::kTensor, &bytes));
+    auto encode = [&](std::byte* dst) {  // straight from the caller's memory
+      detail::EncodeTensorHeader(v.dtype, v.shape, dst);
+      if (v.nbytes() > 0) std::memcpy(dst + detail::kTensorHeaderBytes, v.data, v.nbytes());
+    };
+    return made(
+        ValueKind::kTensor,
+        declare_with(ValueKind::kTensor, detail::EncodedTensorSize(v.dtype, v.nbytes()), encode));
   }
   if (kind != "auto") throw py::value_error("kind must be 'auto' or 'tensor'");
   std::string packed;
