@@ -46,6 +46,27 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+def _load_torch_extension_if_torch_is_loaded():
+    # A program that imported torch gets torch.ops.easysync and torch.classes.easysync with
+    # the package; one that did not is not made to import torch (easysync.ops does, later).
+    import sys
+
+    if "torch" not in sys.modules or torch_library_path() is None:
+        return
+    try:
+        from ._torch import load_ops
+
+        load_ops()
+    except Exception as e:  # noqa: BLE001 - the package works without its extension
+        import warnings
+
+        warnings.warn(f"easysync: the torch extension did not load: {e}", RuntimeWarning,
+                      stacklevel=2)
+
+
+_load_torch_extension_if_torch_is_loaded()
+
+
 def __getattr__(name):
     # easysync.ops: torch.ops.easysync, loaded (with torch) on first use.
     if name == "ops":
