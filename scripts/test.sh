@@ -24,8 +24,7 @@ python_tests() {
   "$EASYSYNC_PYTHON" -m pip install -q --force-reinstall --no-deps .
   build/py-venv-lite/bin/python -m pip install -q --force-reinstall --no-deps .
   (cd tests/python &&
-    EASYSYNC_TORCH_LIB=$("$EASYSYNC_PYTHON" -c "import easysync; print(easysync.torch_library_path() or '')") \
-      "$EASYSYNC_PYTHON" -m pytest -q -p no:cacheprovider . &&
+    "$EASYSYNC_PYTHON" -m pytest -q -p no:cacheprovider . &&
     EASYSYNC_EXPECT_NO_TORCH=1 ../../build/py-venv-lite/bin/python -m pytest -q -p no:cacheprovider \
       test_package.py test_without_torch.py)
 }

@@ -1,10 +1,11 @@
 """torch.ops.easysync and torch.classes.easysync.Client from Python and TorchScript.
 
-Runs against a built extension named by EASYSYNC_TORCH_LIB:
+Runs against the installed package's extension, or the build named by EASYSYNC_TORCH_LIB:
 
     EASYSYNC_TORCH_LIB=build/x/torch_ext/csrc/libeasysync_torch.so python -m pytest tests/python/test_ops.py
 
-and skips as a whole when that is unset or names no file.
+and skips as a whole when there is neither (test_package.py checks that a package built
+with torch present has its extension).
 """
 
 import importlib.util
@@ -16,9 +17,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-_LIB = os.environ.get("EASYSYNC_TORCH_LIB", "")
+
+def _library_path():
+    path = os.environ.get("EASYSYNC_TORCH_LIB", "")
+    if not path:
+        try:
+            import easysync
+
+            path = easysync.torch_library_path() or ""
+        except ImportError:
+            pass
+    return path
+
+
+_LIB = _library_path()
 if not _LIB or not os.path.isfile(_LIB):
-    pytest.skip("EASYSYNC_TORCH_LIB does not name a built libeasysync_torch.so",
+    pytest.skip("no libeasysync_torch.so: neither the package's nor EASYSYNC_TORCH_LIB",
                 allow_module_level=True)
 
 

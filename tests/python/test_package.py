@@ -539,6 +539,8 @@ def test_network_tensor_steps_travel_as_deltas(hub):
 
 def test_import_with_torch_loaded_registers_the_extension():
     pytest.importorskip("torch")
+    # pip install . with torch present builds the extension into the package.
+    assert easysync.torch_library_path() is not None
     out = subprocess.run(
         [sys.executable, "-c", "import torch, easysync; "
          "print(hasattr(torch.ops.easysync, 'delta_encode'), torch.classes.easysync.Client)"],
