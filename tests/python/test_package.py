@@ -547,3 +547,30 @@ def test_import_with_torch_loaded_registers_the_extension():
         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("True")
+
+
+def test_dataclasses_and_subclasses(cluster):
+    import dataclasses
+
+    with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
+        @SyncedObject(c1)
+        @dataclasses.dataclass
+        class Cfg:                       # unhashable (eq=True): still tracked for flush()
+            lr: float = 0.1
+            layers: list = dataclasses.field(default_factory=lambda: [64])
+
+        class Big(Cfg):
+            pass
+
+        @SyncedObject(c2, name="Cfg")
+        class Peer:
+            lr = 0.0
+
+        cfg, big, peer = Cfg(), Big(lr=0.3), Peer()
+        assert peer.lr == 0.1            # Cfg created it first; Peer's default did not reset it
+        cfg.lr = 0.2
+        assert peer.lr == 0.2
+        assert big.lr == 0.3             # a subclass is an object of its own ("Big")
+        cfg.layers.append(32)
+        assert repr(cfg) == "test_dataclasses_and_subclasses.<locals>.Cfg(lr=0.2, layers=[64, 32])"
+        c1.flush()

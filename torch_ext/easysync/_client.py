@@ -21,7 +21,8 @@ class Client:
 
     def __init__(self, core):
         self._core = core
-        self._objects = weakref.WeakSet()  # synced instances, for flush()
+        # Synced instances, for flush(); by id, as an instance need not be hashable.
+        self._objects = weakref.WeakValueDictionary()
 
     @property
     def stats(self):
@@ -48,7 +49,7 @@ class Client:
         """Publishes in-place changes of every synced object's tensors, arrays and containers."""
         from ._synced import push
 
-        for obj in list(self._objects):
+        for obj in list(self._objects.values()):
             push(obj)
 
     def close(self):

@@ -245,13 +245,13 @@ def SyncedObject(client=None, *, transport="tcp", key=None, name=None, transport
                 value = value.default
             defaults[attr_name] = value
             setattr(cls, attr_name, _Field(attr_name, value))
-        object_name = name or cls.__name__
         original_init = cls.__init__
 
         @functools.wraps(original_init)
         def __init__(self, *args, sync_key=None, **kwargs):  # noqa: N807
             c = client if client is not None else default_client()
             k = sync_key if sync_key is not None else key
+            object_name = name or type(self).__name__  # a subclass is an object of its own
             object_id = object_name if k is None else f"{object_name}[{k}]"
             st = _State(c, object_id, transport, per_attr, defaults)
             object.__setattr__(self, "_easysync", st)
@@ -266,7 +266,7 @@ def SyncedObject(client=None, *, transport="tcp", key=None, name=None, transport
             for attr_name, value in defaults.items():
                 if attr_name not in st.slots and value is not _MISSING:
                     st.declare(attr_name, copy.deepcopy(value))
-            c._objects.add(self)
+            c._objects[id(self)] = self
 
         def __setattr__(self, attr_name, value):  # noqa: N807
             if attr_name[0] == "_":
