@@ -121,6 +121,22 @@ TEST(ShmBus, LateJoinerSeesCurrentStateAndNeverResetsIt) {
   EXPECT_EQ(g.score.version(), 2u);
 }
 
+TEST(ShmBus, InfoDescribesTheValueThisProcessWrote) {
+  auto client = shm_connect(UniqueCluster("info"));
+  auto other = shm_connect(client->cluster());
+  Game mine(*client), theirs(*other);
+  theirs.score = 5;
+  EXPECT_EQ(mine.score.info().writer, other->id());
+  const int64_t before = MonotonicNanos();
+  const uint64_t v = mine.score.set(6);
+  const UpdateInfo info = mine.score.info();  // no read in between: set() alone must update it
+  EXPECT_EQ(info.version, v);
+  EXPECT_EQ(info.writer, client->id());
+  EXPECT_GE(info.write_ns, before);
+  EXPECT_EQ(info.bytes, sizeof(int64_t));
+  EXPECT_EQ(mine.score.get(), 6);
+}
+
 TEST(ShmBus, KeysSeparateInstancesOfOneClass) {
   auto client = shm_connect(UniqueCluster("keys"));
   Game a(*client, "a"), b(*client, "b");

@@ -108,6 +108,8 @@ class Synced {
   UpdateInfo info() const {
     std::lock_guard<std::mutex> lock(mu_);
     Refresh(/*live=*/true);
+    // set() knows the version it wrote but not its clock or time: read them back.
+    if (info_.version != version_) ReadNewerThan(version_ - 1, /*record=*/false, /*live=*/false);
     return info_;
   }
 
@@ -155,12 +157,15 @@ class Synced {
   // Reads the cluster's value into the cache when it is newer. REQUIRES: mu_ is held.
   void Refresh(bool live) const {
     if (client_->LatestVersion(attr_) <= version_) return;
-    auto r = client_->ReadIfNewer(attr_, version_,
+    ReadNewerThan(version_, /*record=*/true, live);
+  }
+  void ReadNewerThan(uint64_t have, bool record, bool live) const {
+    auto r = client_->ReadIfNewer(attr_, have,
                                   [&](ByteSpan bytes) { return Traits::Decode(bytes, &value_); });
     if (!r.ok()) throw Error(r.status());
     if (r.value()) {
       info_ = *r.value();
-      client_->RecordApplied(info_, live);
+      if (record) client_->RecordApplied(info_, live);
       version_ = info_.version;
     }
   }
