@@ -574,3 +574,46 @@ def test_dataclasses_and_subclasses(cluster):
         cfg.layers.append(32)
         assert repr(cfg) == "test_dataclasses_and_subclasses.<locals>.Cfg(lr=0.2, layers=[64, 32])"
         c1.flush()
+
+
+def test_a_joiners_tensor_is_bound_to_the_attribute(cluster):
+    torch = pytest.importorskip("torch")
+    with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
+        mine = torch.nn.Parameter(torch.ones(4, 3))
+        theirs = torch.nn.Parameter(torch.zeros(4, 3))
+
+        @SyncedObject(c1, name="Bound")
+        class A:
+            def __init__(self):
+                self.w = mine
+
+        @SyncedObject(c2, name="Bound")
+        class B:
+            def __init__(self):
+                self.w = theirs          # joining: gets the cluster's value, in place
+
+        a, b = A(), B()
+        assert b.w is theirs and torch.equal(theirs.detach(), torch.ones(4, 3))
+        with torch.no_grad():
+            theirs.mul_(3)               # an optimizer step, say
+        c2.flush()
+        assert easysync.pull(a) == 1
+        assert torch.equal(mine.detach(), torch.full((4, 3), 3.0))   # the same Parameter object
+        assert a.w is mine
+        assert easysync.pull(a) == 0
+
+
+def test_examples_trainer_and_evaluator(cluster, child):
+    pytest.importorskip("torch")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir)
+    examples = os.path.join(root, "examples", "python")
+    evaluator = subprocess.Popen([sys.executable, os.path.join(examples, "evaluator.py"), cluster],
+                                 stdout=subprocess.PIPE, text=True)
+    trainer = subprocess.run([sys.executable, os.path.join(examples, "trainer.py"), cluster, "100"],
+                             capture_output=True, text=True, timeout=120)
+    out, _ = evaluator.communicate(timeout=60)
+    assert trainer.returncode == 0, trainer.stderr
+    assert evaluator.returncode == 0
+    assert out.startswith("evaluator: step 100, loss "), out
+    # It evaluated the trained model: the loss is what the trainer ended with, near 0.
+    assert float(out.split("loss ")[1].split(",")[0]) < 0.5, out

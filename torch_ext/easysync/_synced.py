@@ -152,11 +152,16 @@ class _State:
         created = info["version"] == 1 and info["writer"] == self.client.id
         device = value.device if kind == "torch" else None
         slot = _Slot(self, name, h, kind, device, created)
-        if kind is not None and created:
+        self.slots[name] = slot
+        if kind is not None:
+            # The caller's array stays bound to the attribute: in-place changes to it are
+            # published, and new versions are copied into it.
             slot.local = value
             slot.local_counter = _arrays.version_counter(value)
-            slot.seen = 1
-        self.slots[name] = slot
+            if created:
+                slot.seen = 1
+            else:
+                slot.get()  # joining: the cluster's value, copied into the caller's array
         return slot
 
     def assign(self, name, value):
@@ -309,6 +314,18 @@ def push(obj):
     """Publishes in-place changes of obj's tensors and arrays (NumPy arrays always, torch
     tensors whose version counter moved). Returns how many attributes were written."""
     return sum(slot.push() for slot in list(_state(obj).slots.values()))
+
+
+def pull(obj):
+    """Brings every attribute of obj up to date now: arrays bound to it (a model's parameters
+    assigned in __init__) receive the newest version in place. Returns how many attributes
+    had a newer version."""
+    newer = 0
+    for slot in list(_state(obj).slots.values()):
+        if slot.h.latest() > (slot.seen if slot.array else slot.h.known_version):
+            newer += 1
+        slot.get()
+    return newer
 
 
 def wait_for_change(obj, name=None, timeout=None):

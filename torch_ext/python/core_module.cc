@@ -533,6 +533,7 @@ PYBIND11_MODULE(_core, m) {
       .def("set", &ep::Attr::Set)
       .def("set_tensor", &ep::Attr::SetTensor)
       .def("latest", &ep::Attr::Latest)
+      .def_property_readonly("known_version", &ep::Attr::known_version)
       .def("wait_for_change", &ep::Attr::WaitForChange, py::arg("timeout"))
       .def_property_readonly("version", &ep::Attr::version)
       .def_property_readonly("info", &ep::Attr::Info)
