@@ -31,9 +31,9 @@ def hub_command():
 
 
 class Hub:
-    def __init__(self, token=TOKEN):
+    def __init__(self, token=TOKEN, *args):
         self.proc = subprocess.Popen(
-            [hub_command(), "--port", "0", "--token", token],
+            [hub_command(), "--port", "0", "--token", token, *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.port = None
         for line in self.proc.stdout:

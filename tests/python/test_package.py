@@ -617,3 +617,21 @@ def test_examples_trainer_and_evaluator(cluster, child):
     assert out.startswith("evaluator: step 100, loss "), out
     # It evaluated the trained model: the loss is what the trainer ended with, near 0.
     assert float(out.split("loss ")[1].split(",")[0]) < 0.5, out
+
+
+def test_an_oversize_value_is_refused_and_the_client_goes_on():
+    hub = Hub(TOKEN, "--max-message-bytes", str(1 << 20))
+    try:
+        with connect("127.0.0.1", hub.port, token=TOKEN) as c:
+            @SyncedObject(c)
+            class S:
+                x = 0
+
+            s = S()
+            with pytest.raises(easysync.Error, match="over the message limit"):
+                s.x = b"z" * (2 << 20)
+            assert s.x == 0
+            s.x = 5
+            assert s.x == 5 and c.stats["reconnects"] == 0
+    finally:
+        hub.stop()
