@@ -635,3 +635,24 @@ def test_an_oversize_value_is_refused_and_the_client_goes_on():
             assert s.x == 5 and c.stats["reconnects"] == 0
     finally:
         hub.stop()
+
+
+def test_values_no_reader_could_decode_are_refused_at_write(cluster):
+    with shm_connect(cluster) as c:
+        @SyncedObject(c)
+        class S:
+            x = 0
+
+        s = S()
+        deepest = []
+        for _ in range(63):           # 64 lists in all: the most a reader decodes
+            deepest = [deepest]
+        s.x = deepest
+        assert s.x == deepest
+        with pytest.raises(ValueError, match="nested more than 64 deep"):
+            s.x = [deepest]
+        with pytest.raises(TypeError, match="dict key of type 'tuple'"):
+            s.x = {(1, 2): 3}
+        assert s.x == deepest         # what was committed is still there, readable
+        s.x = {1: "a", None: b"b", 2.5: True, "k": [1]}
+        assert s.x == {1: "a", None: b"b", 2.5: True, "k": [1]}

@@ -14,7 +14,9 @@ py::object& ErrorType() {
   return *type;
 }
 
-constexpr int kMaxDepth = 64;  // the decoder's limit (UnpackUntrusted) as well
+// Containers nested in one another, the root included: the decoder's limit
+// (UnpackUntrusted), so that nothing is written that no reader could read.
+constexpr int kMaxDepth = 64;
 
 std::string TypeName(py::handle v) { return py::str(py::type::of(v).attr("__qualname__")); }
 
@@ -24,9 +26,26 @@ std::string TypeName(py::handle v) { return py::str(py::type::of(v).attr("__qual
                        "dict (nested), NumPy arrays and torch tensors");
 }
 
+void CheckDepth(int depth) {
+  if (depth >= kMaxDepth) {
+    throw py::value_error("value has containers nested more than " + std::to_string(kMaxDepth) +
+                          " deep");
+  }
+}
+
+// A dict key a reader can rebuild as a dict key: hashable once decoded (not a list or dict).
+void CheckKey(py::handle k) {
+  PyObject* o = k.ptr();
+  if (o == Py_None || PyBool_Check(o) || PyLong_Check(o) || PyFloat_Check(o) ||
+      PyUnicode_Check(o) || PyBytes_Check(o)) {
+    return;
+  }
+  throw py::type_error("cannot sync a dict key of type '" + TypeName(k) +
+                       "': keys must be str, int, float, bool, bytes or None");
+}
+
 template <class Packer>
 void Pack(py::handle v, Packer& p, int depth) {
-  if (depth > kMaxDepth) throw py::value_error("value nested deeper than 64 levels");
   PyObject* o = v.ptr();
   if (o == Py_None) {
     p.pack_nil();
@@ -67,13 +86,16 @@ void Pack(py::handle v, Packer& p, int depth) {
     p.pack_bin(n);
     p.pack_bin_body(static_cast<const char*>(info.ptr), n);
   } else if (PyList_Check(o) || PyTuple_Check(o)) {
+    CheckDepth(depth);
     py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
     p.pack_array(static_cast<uint32_t>(seq.size()));
     for (py::handle item : seq) Pack(item, p, depth + 1);
   } else if (PyDict_Check(o)) {
+    CheckDepth(depth);
     py::dict d = py::reinterpret_borrow<py::dict>(v);
     p.pack_map(static_cast<uint32_t>(d.size()));
     for (auto [k, item] : d) {
+      CheckKey(k);
       Pack(k, p, depth + 1);
       Pack(item, p, depth + 1);
     }
