@@ -76,6 +76,8 @@ void Pack(py::handle v, Packer& p, int depth) {
     Py_ssize_t n = 0;
     const char* s = PyUnicode_AsUTF8AndSize(o, &n);
     if (s == nullptr) throw py::error_already_set();
+    if (static_cast<uint64_t>(n) > std::numeric_limits<uint32_t>::max())
+      throw py::value_error("str value over 4 GiB");
     p.pack_str(static_cast<uint32_t>(n));
     p.pack_str_body(s, static_cast<uint32_t>(n));
   } else if (PyBytes_Check(o) || PyByteArray_Check(o) || PyMemoryView_Check(o)) {
