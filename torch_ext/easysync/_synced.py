@@ -14,6 +14,7 @@ the attribute is read.
 
 import copy
 import functools
+import threading
 
 from . import _arrays
 from ._client import default_client
@@ -45,7 +46,7 @@ class _Slot:
     """One synced attribute of one instance."""
 
     __slots__ = ("h", "state", "name", "array", "device", "local", "local_counter", "seen",
-                 "created")
+                 "created", "lock")
 
     def __init__(self, state, name, h, array, device, created):
         self.h = h
@@ -57,6 +58,9 @@ class _Slot:
         self.local_counter = None  # its version counter when last published or read
         self.seen = 0  # the version `local` holds
         self.created = created  # this instance's initial value became version 1
+        # An array attribute's local copy is read, compared and replaced in several steps; a
+        # change callback may run them on the client's thread while the program does too.
+        self.lock = threading.RLock()
 
     def get(self):
         if self.array is None:
@@ -73,6 +77,10 @@ class _Slot:
         return root
 
     def _get_array(self):
+        with self.lock:
+            return self._get_array_locked()
+
+    def _get_array_locked(self):
         local = self.local
         if local is not None and self.array == "torch" and local._version != self.local_counter:
             self._write_array(local)  # changed in place since we last published or read it
@@ -102,6 +110,10 @@ class _Slot:
         self.h.set(value)
 
     def _write_array(self, value):
+        with self.lock:
+            self._write_array_locked(value)
+
+    def _write_array_locked(self, value):
         arg, keep = _arrays.tensor_arg(value)
         version = self.h.set_tensor(arg)
         del keep
@@ -114,13 +126,16 @@ class _Slot:
 
     def push(self):
         """Publishes an in-place change of an array attribute; True when it wrote."""
-        if self.array is None or self.local is None:
+        if self.array is None:
             return False
-        counter = _arrays.version_counter(self.local)
-        if counter is not None and counter == self.local_counter:
-            return False
-        self._write_array(self.local)
-        return True
+        with self.lock:
+            if self.local is None:
+                return False
+            counter = _arrays.version_counter(self.local)
+            if counter is not None and counter == self.local_counter:
+                return False
+            self._write_array_locked(self.local)
+            return True
 
 
 class _State:
