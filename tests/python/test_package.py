@@ -656,3 +656,29 @@ def test_values_no_reader_could_decode_are_refused_at_write(cluster):
         assert s.x == deepest         # what was committed is still there, readable
         s.x = {1: "a", None: b"b", 2.5: True, "k": [1]}
         assert s.x == {1: "a", None: b"b", 2.5: True, "k": [1]}
+
+
+def test_new_versions_land_in_the_bound_array_or_replace_it(cluster):
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
+        @SyncedObject(c1, name="Land")
+        class A:
+            def __init__(self):
+                self.t = torch.zeros(1000)
+                self.a = np.zeros(10, dtype=np.int16)
+
+        @SyncedObject(c2, name="Land")
+        class B:
+            def __init__(self):
+                self.t = torch.zeros(1000)
+                self.a = np.frombuffer(bytes(20), dtype=np.int16)   # read-only
+
+        a, b = A(), B()
+        t, ptr = b.t, b.t.data_ptr()
+        a.t = torch.arange(1000, dtype=torch.float32)
+        assert b.t is t and t.data_ptr() == ptr and float(t[999]) == 999.0   # decoded in place
+        a.t = torch.ones(2, 3)                                              # another shape
+        assert b.t is not t and b.t.shape == (2, 3) and float(b.t.sum()) == 6.0
+        a.a = np.arange(10, dtype=np.int16)
+        assert (b.a == np.arange(10)).all()        # a read-only array is replaced, not written

@@ -106,6 +106,17 @@ def from_buffer(buf, kind, device=None):
     return t
 
 
+def decodable_into(local):
+    """Whether a new version can be decoded straight into `local`'s memory (contiguous,
+    writable, CPU): one copy, and no allocation."""
+    kind = flavor(local)
+    if kind == "torch":
+        return local.device.type == "cpu" and local.is_contiguous()
+    if kind == "numpy":
+        return local.flags.c_contiguous and local.flags.writeable and local.dtype.name in _NUMPY_NAMES
+    return False
+
+
 def copy_into(local, new):
     """Copies `new` into `local` when both have the same dtype and shape; False otherwise."""
     if flavor(local) == "torch":

@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -202,6 +203,42 @@ class Attr {
       stale_ = true;  // the package keeps the tensor it wrote; the buffer is read on demand
     }
     return version;
+  }
+
+  // Decodes a version newer than `have` straight into `dst` (CPU memory the caller keeps
+  // alive) when it has dst's dtype and shape: no allocation, one copy. Returns None when there
+  // is nothing newer, False when the newer value does not fit dst (read it with Get()), else
+  // True. A failed read may leave dst partly written; the bus keeps the value.
+  py::object ReadInto(const TensorArg& dst, uint64_t have) {
+    if (kind_ != ValueKind::kTensor) throw py::type_error(Label() + " does not hold tensors");
+    const TensorView v = dst.View();
+    if (v.device != DeviceType::kCPU) throw py::value_error("read_into needs CPU memory");
+    ClientRef c(box_->Get());
+    if (c->LatestVersion(id_) <= have) return py::none();
+    bool fits = true;
+    Result<std::optional<UpdateInfo>> r = Status::Internal("unset");
+    {
+      py::gil_scoped_release nogil;
+      r = c->ReadIfNewer(id_, have, [&](ByteSpan b) {
+        detail::TensorBytes tb;
+        EASYSYNC_RETURN_IF_ERROR(detail::ParseTensor(b, &tb));
+        fits = tb.dtype == v.dtype && tb.ndim == v.shape.size() &&
+               std::equal(v.shape.begin(), v.shape.end(), tb.shape);
+        if (fits && !tb.data.empty())
+          std::memcpy(const_cast<void*>(v.data), tb.data.data(), tb.data.size());
+        return Status::Ok();
+      });
+    }
+    if (!r.ok()) Raise(r.status());
+    if (!r.value()) return py::none();
+    if (!fits) return py::bool_(false);
+    if (r.value()->version > version_) {
+      info_ = *r.value();
+      version_ = info_.version;
+      stale_ = true;  // cached_ is not this version: Get() reads it again
+    }
+    c->RecordApplied(*r.value(), /*live=*/true);
+    return py::bool_(true);
   }
 
   bool WaitForChange(double timeout_s) {
@@ -532,6 +569,7 @@ PYBIND11_MODULE(_core, m) {
       .def("get", &ep::Attr::Get)
       .def("set", &ep::Attr::Set)
       .def("set_tensor", &ep::Attr::SetTensor)
+      .def("read_into", &ep::Attr::ReadInto, py::arg("dst"), py::arg("have"))
       .def("latest", &ep::Attr::Latest)
       .def_property_readonly("known_version", &ep::Attr::known_version)
       .def("wait_for_change", &ep::Attr::WaitForChange, py::arg("timeout"))
