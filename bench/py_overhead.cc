@@ -5,6 +5,10 @@
 // attribute of a @SyncedObject (bench/workloads/py_ping_pong.py). Python's attribute travels
 // as msgpack, C++'s as a fixed int64, so the difference also counts that encoding (~50 ns).
 // Overhead per update = Python one-way p50 - C++ one-way p50. Goal: <= 5 us.
+//
+// Then a tensor attribute (float32, --mib MiB): written by one client and read by another
+// into the tensor bound to it, from Python (torch) and from C++ (Synced<Tensor>), medians of
+// --reps; with torch missing, that part is skipped and said so.
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -21,6 +25,7 @@
 
 #include "bench.h"
 #include "easysync/client.h"
+#include "easysync/synced.h"
 #include "hub_process.h"  // BenchBinaryDir
 #include "ping_pong.h"
 #include "proc_util.h"
@@ -33,6 +38,8 @@ struct Flags {
   bool json = false;
   int64_t iters = 20000;
   double seconds = 5;
+  int64_t mib = 64;
+  int64_t reps = 20;
   std::string python;
 };
 
@@ -70,6 +77,72 @@ int Wait(pid_t pid) {
   int status = 0;
   if (pid <= 0 || waitpid(pid, &status, 0) != pid) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Runs `args` and returns its stdout, and its exit code in *rc.
+std::string RunForOutput(const std::vector<std::string>& args, int* rc) {
+  int out = -1;
+  const pid_t pid = Spawn(args, 0, &out);
+  std::string text;
+  char buf[65536];
+  ssize_t got;
+  while (pid > 0 && (got = read(out, buf, sizeof(buf))) != 0) {
+    if (got > 0) text.append(buf, static_cast<size_t>(got));
+    if (got < 0 && errno != EINTR) break;
+  }
+  if (out >= 0) close(out);
+  *rc = Wait(pid);
+  return text;
+}
+
+struct TensorTimes {
+  double write_ms = NAN, read_ms = NAN;
+};
+
+TensorTimes PythonTensor(const Flags& f, const std::string& cluster) {
+  int rc = 0;
+  const std::string text = RunForOutput(
+      {f.python, FindScript(), "tensor", cluster, std::to_string(f.mib), std::to_string(f.reps)},
+      &rc);
+  const std::vector<double> w = JsonNumberList(text, "write_ms");
+  const std::vector<double> r = JsonNumberList(text, "read_ms");
+  if (rc != 0 || w.empty() || r.empty()) {
+    std::fprintf(stderr, "easysync-bench: py-overhead: the Python tensor run failed (%d)\n", rc);
+    return {};
+  }
+  return {Median(w), Median(r)};
+}
+
+TensorTimes CppTensor(const Flags& f, const std::string& cluster) {
+  struct Holder : SyncedObject {
+    Synced<Tensor> w;
+    Holder(Client& c, int64_t n)
+        : SyncedObject(c, "bench_cpp_tensor"), w(this, "w", Tensor(DType::kFloat32, {n})) {}
+  };
+  const int64_t n = f.mib * (int64_t{1} << 20) / 4;
+  auto writer = shm_connect(cluster);
+  auto reader = shm_connect(cluster);
+  Holder a(*writer, n), b(*reader, n);
+  Tensor values[2] = {Tensor(DType::kFloat32, {n}), Tensor(DType::kFloat32, {n})};
+  for (int v = 0; v < 2; ++v) {
+    float* p = values[v].mutable_data_as<float>();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(v);
+  }
+  std::vector<double> w, r;
+  for (int64_t i = 0; i < f.reps; ++i) {
+    const auto t0 = Clock::now();
+    a.w.set(values[i % 2]);
+    const auto t1 = Clock::now();
+    const Tensor got = b.w.get();  // decodes into the reader's cache, which it then shares
+    const auto t2 = Clock::now();
+    if (got.data_as<float>()[n - 1] != static_cast<float>(i % 2)) {
+      std::fprintf(stderr, "easysync-bench: py-overhead: the C++ reader holds the wrong value\n");
+      return {};
+    }
+    w.push_back(NanosSince(t0, t1) / 1e6);
+    r.push_back(NanosSince(t1, t2) / 1e6);
+  }
+  return {Median(w), Median(r)};
 }
 
 // Python one-way samples in microseconds; empty on failure (why on stderr).
@@ -132,6 +205,7 @@ int Usage(const char* why) {
   if (why != nullptr) std::fprintf(stderr, "easysync-bench: py-overhead: %s\n", why);
   std::fputs(
       "usage: easysync-bench py-overhead [--json] [--iters N (20000)] [--seconds S (5)]\n"
+      "                                  [--mib M (64)] [--reps N (20)]\n"
       "                                  [--python PATH ($EASYSYNC_PYTHON or python3)]\n",
       why != nullptr ? stderr : stdout);
   return why != nullptr ? 2 : 0;
@@ -161,6 +235,10 @@ int RunPyOverhead(int argc, char** argv, int first) {
     } else if (flag == "--iters") {
       f.iters = std::strtoll(value, &end, 10);
       if (*end != '\0' || f.iters <= 0) return Usage("--iters needs a positive integer");
+    } else if (flag == "--mib" || flag == "--reps") {
+      const int64_t v = std::strtoll(value, &end, 10);
+      if (*end != '\0' || v <= 0 || v > 65536) return Usage((flag + " needs 1..65536").c_str());
+      (flag == "--mib" ? f.mib : f.reps) = v;
     } else if (flag == "--seconds") {
       f.seconds = std::strtod(value, &end);
       if (*end != '\0' || !(f.seconds > 0)) return Usage("--seconds needs a positive number");
@@ -175,6 +253,8 @@ int RunPyOverhead(int argc, char** argv, int first) {
   const double cpp_p50 = Percentile(cpp, 0.5), cpp_p99 = Percentile(cpp, 0.99);
   const double py_p50 = Percentile(py, 0.5), py_p99 = Percentile(py, 0.99);
   const double overhead = py_p50 - cpp_p50;
+  const TensorTimes cpp_t = CppTensor(f, base + "_cppt");
+  const TensorTimes py_t = PythonTensor(f, base + "_pyt");
   if (f.json) {
     std::printf(
         "{\"suite\": \"py-overhead\", \"mode\": \"shm-poll\", \"cpp_p50_us\": %.3f, "
@@ -191,6 +271,21 @@ int RunPyOverhead(int argc, char** argv, int first) {
                 py.size());
     std::printf("  Python adds %.2f us per update at p50 (goal <= 5 us: %s)\n", overhead,
                 overhead <= 5 ? "met" : "missed");
+  }
+  if (f.json) {
+    auto num = [](double v) { return std::isnan(v) ? std::string("null") : Fixed(v, 3); };
+    std::printf(
+        "{\"suite\": \"py-overhead\", \"mode\": \"shm-tensor\", \"mib\": %lld, "
+        "\"cpp_write_ms\": %s, \"cpp_read_ms\": %s, \"python_write_ms\": %s, "
+        "\"python_read_ms\": %s}\n",
+        static_cast<long long>(f.mib), num(cpp_t.write_ms).c_str(), num(cpp_t.read_ms).c_str(),
+        num(py_t.write_ms).c_str(), num(py_t.read_ms).c_str());
+  } else {
+    std::printf("tensor attribute, float32, %lld MiB (median of %lld):\n",
+                static_cast<long long>(f.mib), static_cast<long long>(f.reps));
+    std::printf("  %-8s write %8.2f ms  read %8.2f ms\n", "C++", cpp_t.write_ms, cpp_t.read_ms);
+    std::printf("  %-8s write %8.2f ms  read %8.2f ms%s\n", "Python", py_t.write_ms, py_t.read_ms,
+                std::isnan(py_t.read_ms) ? "  (not run: see above)" : "");
   }
   return 0;
 }
