@@ -1,5 +1,7 @@
 """Clients: shm_connect(), connect(), and the default client SyncedObject uses."""
 
+from __future__ import annotations
+
 import atexit
 import os
 import threading
@@ -25,34 +27,34 @@ class Client:
         self._objects = weakref.WeakValueDictionary()
 
     @property
-    def stats(self):
+    def stats(self) -> dict[str, int | float]:
         return self._core.stats()
 
     @property
-    def id(self):
+    def id(self) -> int:
         return self._core.id
 
     @property
-    def cluster(self):
+    def cluster(self) -> str:
         return self._core.cluster
 
     @property
-    def mode(self):
+    def mode(self) -> str:
         """'shm' or 'net'."""
         return self._core.mode
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._core.closed
 
-    def flush(self):
+    def flush(self) -> None:
         """Publishes in-place changes of every synced object's tensors, arrays and containers."""
         from ._synced import push
 
         for obj in list(self._objects.values()):
             push(obj)
 
-    def close(self):
+    def close(self) -> None:
         global _last_client
         with _lock:
             if _last_client is self:
@@ -79,8 +81,9 @@ def _register(client):
     return client
 
 
-def shm_connect(cluster_name=None, *, name=None, wait_mode="futex", spin_us=50.0,
-                max_attributes=4096, arena_bytes=16 << 20, attach_timeout=5.0):
+def shm_connect(cluster_name: str | None = None, *, name: str | None = None,
+                wait_mode: str = "futex", spin_us: float = 50.0, max_attributes: int = 4096,
+                arena_bytes: int = 16 << 20, attach_timeout: float = 5.0) -> Client:
     """Joins (or creates) the shared-memory cluster ``cluster_name`` ([A-Za-z0-9_-], 1..64
     characters; ``name=`` is accepted too).
 
@@ -98,8 +101,9 @@ def shm_connect(cluster_name=None, *, name=None, wait_mode="futex", spin_us=50.0
         arena_bytes=arena_bytes, attach_timeout=float(attach_timeout))))
 
 
-def connect(host="127.0.0.1", port=5000, *, token=None, transports=None, timeout=10.0,
-            reconnect=True):
+def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None,
+            transports: str | None = None, timeout: float = 10.0,
+            reconnect: bool = True) -> Client:
     """Connects to an easysync-hub at host:port over UCX.
 
     ``token``: the hub's shared secret (default: the EASYSYNC_TOKEN environment variable).
@@ -115,7 +119,7 @@ def connect(host="127.0.0.1", port=5000, *, token=None, transports=None, timeout
         reconnect=bool(reconnect))))
 
 
-def default_client():
+def default_client() -> Client:
     """The client SyncedObject uses when given none.
 
     The most recently connected client that is still open; else one made from the

@@ -12,9 +12,12 @@ client.flush(); a torch tensor's change is also found through its version counte
 the attribute is read.
 """
 
+from __future__ import annotations
+
 import copy
 import functools
 import threading
+from typing import Any, Callable
 
 from . import _arrays
 from ._client import default_client
@@ -237,7 +240,8 @@ def _is_default(name, value):
     return not hasattr(value, "__get__") or _arrays.flavor(value) is not None
 
 
-def SyncedObject(client=None, *, transport="tcp", key=None, name=None, transports=None):  # noqa: N802
+def SyncedObject(client: Any = None, *, transport: str = "tcp", key: str | None = None,  # noqa: N802
+                 name: str | None = None, transports: dict[str, str] | None = None) -> Any:
     """Class decorator: instances are synced objects.
 
     client: an easysync Client; None uses easysync.default_client() when an instance is made.
@@ -332,13 +336,13 @@ def _slot(obj, name):
     return slot
 
 
-def push(obj):
+def push(obj: Any) -> int:
     """Publishes in-place changes of obj's tensors and arrays (NumPy arrays always, torch
     tensors whose version counter moved). Returns how many attributes were written."""
     return sum(slot.push() for slot in list(_state(obj).slots.values()))
 
 
-def pull(obj):
+def pull(obj: Any) -> int:
     """Brings every attribute of obj up to date now: arrays bound to it (a model's parameters
     assigned in __init__) receive the newest version in place. Returns how many attributes
     had a newer version."""
@@ -350,7 +354,7 @@ def pull(obj):
     return newer
 
 
-def wait_for_change(obj, name=None, timeout=None):
+def wait_for_change(obj: Any, name: str | None = None, timeout: float | None = None) -> bool:
     """Waits until attribute `name` (or any attribute of obj) has a version newer than the
     one this process last read. Returns False on timeout."""
     t = 1e9 if timeout is None else float(timeout)
@@ -360,23 +364,23 @@ def wait_for_change(obj, name=None, timeout=None):
     return st.client._core.wait_any([s.h for s in st.slots.values()], t)
 
 
-def on_change(obj, name, callback):
+def on_change(obj: Any, name: str, callback: Callable[[Any], None]) -> Any:
     """Calls callback(new_value) on the client's callback thread after each new version of
     obj.name (versions may coalesce). Returns a subscription; close() it to stop."""
     slot = _slot(obj, name)
     return slot.h.on_change(lambda: callback(getattr(obj, name)))
 
 
-def version(obj, name):
+def version(obj: Any, name: str) -> int:
     """The version of obj.name this process can read (versions start at 1)."""
     return _slot(obj, name).h.version
 
 
-def info(obj, name):
+def info(obj: Any, name: str) -> dict[str, int]:
     """version, clock, writer, write_ns and bytes of the value of obj.name."""
     return _slot(obj, name).h.info
 
 
-def attributes(obj):
+def attributes(obj: Any) -> dict[str, str]:
     """{name: kind} of obj's synced attributes."""
     return {name: slot.h.kind for name, slot in _state(obj).slots.items()}
