@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <vector>
 
@@ -215,6 +217,39 @@ void Client::CallbackLoop() {
       if (watch_epoch_.load(std::memory_order_acquire) != epoch) break;  // list changed
     }
   }
+}
+
+namespace {
+struct SharedClients {
+  std::mutex mu;
+  uint64_t next = 1;
+  std::map<uint64_t, std::shared_ptr<Client>> waiting;
+};
+SharedClients& Shared() {
+  static auto* shared = new SharedClients();  // outlives every static destructor
+  return *shared;
+}
+}  // namespace
+
+uint64_t ShareClient(std::shared_ptr<Client> client) {
+  SharedClients& s = Shared();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const uint64_t ticket = s.next++;
+  s.waiting.emplace(ticket, std::move(client));
+  return ticket;
+}
+
+Result<std::shared_ptr<Client>> TakeSharedClient(uint64_t ticket) {
+  SharedClients& s = Shared();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.waiting.find(ticket);
+  if (it == s.waiting.end()) {
+    return Status::NotFound("no client was shared under ticket " + std::to_string(ticket) +
+                            " (each ticket is redeemed once, in the process that made it)");
+  }
+  std::shared_ptr<Client> client = std::move(it->second);
+  s.waiting.erase(it);
+  return client;
 }
 
 }  // namespace easysync

@@ -324,5 +324,17 @@ TEST(ShmBus, OneGibibyteTensor) {
   EXPECT_EQ(WaitChild(writer, seconds(120)), 0);
 }
 
+TEST(ShareClient, ATicketIsRedeemedOnceForTheSameConnection) {
+  auto client = shm_connect(UniqueCluster("share"));
+  const uint64_t ticket = ShareClient(client);
+  auto taken = TakeSharedClient(ticket);
+  ASSERT_TRUE(taken.ok()) << taken.status().ToString();
+  EXPECT_EQ(taken.value().get(), client.get());
+  auto again = TakeSharedClient(ticket);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(TakeSharedClient(ticket + 12345).ok());
+}
+
 }  // namespace
 }  // namespace easysync

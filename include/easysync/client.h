@@ -217,4 +217,11 @@ std::shared_ptr<Client> shm_connect(std::string_view name, const ShmOptions& opt
 // CLOCK_MONOTONIC in nanoseconds: comparable across processes of one machine.
 int64_t MonotonicNanos();
 
+// Hands a connection from one binding to another in this process (the Python package to
+// the torch extension's Client class): ShareClient keeps a reference and returns a ticket,
+// TakeSharedClient redeems it once. An unknown or redeemed ticket is NotFound, never a crash.
+// Thread-safe.
+uint64_t ShareClient(std::shared_ptr<Client> client);
+Result<std::shared_ptr<Client>> TakeSharedClient(uint64_t ticket);
+
 }  // namespace easysync

@@ -308,3 +308,22 @@ def test_client_writes_cuda_tensors(cluster):
     a.write_tensor("Model", "w", w)
     got = b.read_tensor("Model", "w")
     assert got.device.type == "cpu" and torch.equal(got, w.cpu())
+
+
+def test_a_python_client_shared_with_the_torch_class(cluster):
+    import easysync
+
+    with easysync.shm_connect(cluster) as client:
+        @easysync.SyncedObject(client, name="Shared")
+        class S:
+            def __init__(self):
+                self.w = torch.arange(6, dtype=torch.float32)
+
+        s = S()
+        tc = client.torch()
+        assert tc.id() == client.id                      # the same connection
+        assert torch.equal(tc.read_tensor("Shared", "w"), torch.arange(6, dtype=torch.float32))
+        tc.write_tensor("Shared", "w", torch.ones(6))
+        assert torch.equal(s.w, torch.ones(6))
+        with pytest.raises(RuntimeError, match="no client was shared under ticket 999999"):
+            torch.classes.easysync.Client("shared", "999999", 0, "")

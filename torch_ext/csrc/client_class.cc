@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 
 #include "easysync/device_codec.h"
 #include "easysync/net.h"
@@ -29,7 +30,15 @@ T OrThrow(Result<T>&& r, const char* method) {
 std::shared_ptr<Client> Connect(const std::string& mode, const std::string& address, int64_t port,
                                 const std::string& token) {
   if (mode == "shm") return OrThrow(TryShmConnect(address), "__init__");
-  TORCH_CHECK(mode == "net", kClass, ": mode must be \"shm\" or \"net\", got \"", mode, "\"");
+  if (mode == "shared") {  // a connection the Python package shares (easysync.Client.torch())
+    char* end = nullptr;
+    const uint64_t ticket = std::strtoull(address.c_str(), &end, 10);
+    TORCH_CHECK(!address.empty() && *end == '\0', kClass,
+                ": mode \"shared\" takes a ticket number, got \"", address, "\"");
+    return OrThrow(TakeSharedClient(ticket), "__init__");
+  }
+  TORCH_CHECK(mode == "net", kClass, ": mode must be \"shm\", \"net\" or \"shared\", got \"", mode,
+              "\"");
   TORCH_CHECK(port > 0 && port <= 65535, kClass, ": port must be in [1, 65535], got ", port);
   NetOptions options;
   options.host = address;

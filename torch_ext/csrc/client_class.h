@@ -35,7 +35,9 @@ namespace easysync::torch_ext {
 class TorchClient : public torch::CustomClassHolder {
  public:
   // mode "shm": join the shared-memory cluster named `address` (port and token unused);
-  // mode "net": connect to the hub at address:port with `token` (empty: $EASYSYNC_TOKEN).
+  // mode "net": connect to the hub at address:port with `token` (empty: $EASYSYNC_TOKEN);
+  // mode "shared": the connection shared under the ticket `address` (easysync::ShareClient;
+  // from Python, easysync.Client.torch()).
   TorchClient(std::string mode, std::string address, int64_t port, std::string token);
   // Wraps an existing connection (C++ callers).
   explicit TorchClient(std::shared_ptr<Client> client);

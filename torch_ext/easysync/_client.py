@@ -54,6 +54,16 @@ class Client:
         for obj in list(self._objects.values()):
             push(obj)
 
+    def torch(self):
+        """This connection as a torch.classes.easysync.Client (for TorchScript and C++ code):
+        the same client id, the same attributes, no second connection."""
+        from ._torch import load_ops
+
+        load_ops()
+        import torch
+
+        return torch.classes.easysync.Client("shared", str(self._core.share()), 0, "")
+
     def close(self) -> None:
         global _last_client
         with _lock:

@@ -537,6 +537,7 @@ PYBIND11_MODULE(_core, m) {
       .def("stats", [](const ep::ClientBox& b) { return ep::StatsDict(*b.Get()); })
       .def("close", &ep::ClientBox::Close)
       .def("abandon", &ep::ClientBox::Abandon)
+      .def("share", [](const ep::ClientBox& b) { return easysync::ShareClient(b.Get()); })
       .def(
           "declare",
           [](const std::shared_ptr<ep::ClientBox>& box, const std::string& object,
