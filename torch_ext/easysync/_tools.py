@@ -4,8 +4,16 @@ import os
 import sys
 
 
+def built_dir():
+    """Where the compiled parts live: beside the package's Python files, or elsewhere in an
+    editable install (pip install -e .), so found through the extension module."""
+    from . import _core
+
+    return os.path.dirname(os.path.abspath(_core.__file__))
+
+
 def hub_path():
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin", "easysync-hub")
+    return os.path.join(built_dir(), "bin", "easysync-hub")
 
 
 def hub_main():

@@ -9,7 +9,9 @@ _loaded = False
 
 def torch_library_path():
     """Path of libeasysync_torch.so (for torch.ops.load_library), or None if not built."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libeasysync_torch.so")
+    from ._tools import built_dir
+
+    path = os.path.join(built_dir(), "libeasysync_torch.so")
     return path if os.path.exists(path) else None
 
 
