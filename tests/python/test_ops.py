@@ -270,7 +270,7 @@ def test_wait_for_change_sees_a_write_from_another_thread(cluster):
 
 
 def test_client_errors():
-    with pytest.raises(RuntimeError, match='mode must be "shm" or "net"'):
+    with pytest.raises(RuntimeError, match='mode must be "shm", "net" or "shared"'):
         Client("udp", "x")
     with pytest.raises(RuntimeError):
         Client("shm", "not a valid name!")
