@@ -153,6 +153,9 @@ void NetClient::Lost(Status status) {
   for (uint32_t i = 0; i < n; ++i) {
     Replica& r = *replicas_[i].load();
     std::lock_guard<std::mutex> lock(r.mu);
+    // A whole value asked for on the lost connection will never come, and the resume step
+    // installs only a newer version: deltas must not keep waiting for it.
+    r.resync_requested = false;
     if (!r.udp_pending) continue;
     UpdateInfo info = r.udp_pending_info;
     info.version = r.info.version + 1;

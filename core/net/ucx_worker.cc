@@ -79,13 +79,6 @@ struct SendCtx {
   std::atomic<int>* inflight;
 };
 
-struct RecvCtx {
-  UcxWorker* worker;
-  ucp_ep_h ep;
-  Frame frame;
-  std::atomic<int>* inflight;
-};
-
 }  // namespace
 
 Status UcxError(ucs_status_t s, const char* what, const char* file, int line) {
@@ -416,32 +409,68 @@ ucs_status_t UcxWorker::OnAm(void* arg, const void*, size_t header_length, void*
     h->OnOversize(ep, length);
     return rndv ? UCS_ERR_MESSAGE_TRUNCATED : UCS_OK;
   }
+  auto queued = self->arrivals_.find(ep);
   if (!rndv) {
     const auto* b = static_cast<const std::byte*>(data);
-    h->OnFrame(ep, Frame(b, b + length));
+    if (queued == self->arrivals_.end()) {
+      h->OnFrame(ep, Frame(b, b + length));
+    } else {  // behind a rendezvous frame still arriving
+      auto a = std::make_shared<Arrival>();
+      a->frame.assign(b, b + length);
+      a->ready = true;
+      queued->second.push_back(std::move(a));
+    }
     return UCS_OK;
   }
-  auto* ctx = new RecvCtx{self, ep, Frame(length), &self->inflight_};
+  auto arrival = std::make_shared<Arrival>();
+  arrival->frame.resize(length);
+  self->arrivals_[ep].push_back(arrival);
+  struct RecvCtx {
+    UcxWorker* worker;
+    ucp_ep_h ep;
+    std::shared_ptr<Arrival> arrival;
+  };
+  auto* ctx = new RecvCtx{self, ep, arrival};
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   p.user_data = ctx;
   p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user_data) {
     auto* c = static_cast<RecvCtx*>(user_data);
-    Handler* handler = c->worker->handler_;
-    if (status == UCS_OK && handler != nullptr) handler->OnFrame(c->ep, std::move(c->frame));
-    c->inflight->fetch_sub(1);
+    c->arrival->ready = true;
+    c->arrival->dropped = status != UCS_OK;
+    c->worker->inflight_.fetch_sub(1);
+    c->worker->DeliverInOrder(c->ep);
     delete c;
     ucp_request_free(request);
   };
   const ucs_status_ptr_t r =
-      ucp_am_recv_data_nbx(self->worker_, data, ctx->frame.data(), length, &p);
+      ucp_am_recv_data_nbx(self->worker_, data, arrival->frame.data(), length, &p);
   if (UCS_PTR_IS_PTR(r)) {
     self->inflight_.fetch_add(1);
   } else {
-    if (r == nullptr) h->OnFrame(ep, std::move(ctx->frame));
+    arrival->ready = true;
+    arrival->dropped = r != nullptr;  // an error status
     delete ctx;
+    self->DeliverInOrder(ep);
   }
   return UCS_INPROGRESS;
+}
+
+void UcxWorker::DeliverInOrder(ucp_ep_h ep) {
+  for (;;) {
+    auto it = arrivals_.find(ep);
+    if (it == arrivals_.end()) return;
+    auto& queue = it->second;
+    if (queue.empty()) {
+      arrivals_.erase(it);
+      return;
+    }
+    if (!queue.front()->ready) return;
+    std::shared_ptr<Arrival> a = std::move(queue.front());
+    queue.pop_front();
+    if (queue.empty()) arrivals_.erase(it);  // before the handler, which may receive more
+    if (!a->dropped && handler_ != nullptr) handler_->OnFrame(ep, std::move(a->frame));
+  }
 }
 
 void UcxWorker::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {

@@ -14,11 +14,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "easysync/status.h"
@@ -113,6 +115,8 @@ class UcxWorker {
   static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
                            size_t length, const ucp_am_recv_param_t* param);
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  // Hands ep's frames that have arrived whole to the handler, in the order they were sent.
+  void DeliverInOrder(ucp_ep_h ep);
   static void OnConn(ucp_conn_request_h request, void* arg);
   void Drain(std::chrono::milliseconds limit);
   // ucp_ep_create with peer error handling added to `ep`; the endpoint is tracked.
@@ -135,6 +139,16 @@ class UcxWorker {
   };
   std::vector<Watched> watched_;
   std::atomic<int> inflight_{0};  // sends, receives and closes UCX still owns
+  // A rendezvous frame's data arrives after later eager frames of the same endpoint have
+  // been delivered: frames queue behind a rendezvous frame still arriving, so the handler
+  // sees every endpoint's frames in the order they were sent (the protocol relies on it: a
+  // DECLARED carrying a large value, then UPDATEs against it). Progress thread only.
+  struct Arrival {
+    Frame frame;
+    bool ready = false;    // its data is all here
+    bool dropped = false;  // its receive failed: skipped
+  };
+  std::unordered_map<ucp_ep_h, std::deque<std::shared_ptr<Arrival>>> arrivals_;
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
   std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
