@@ -73,12 +73,6 @@ def tensor_arg(value, *, host=False):
     raise TypeError(f"not an array: {type(value).__name__}")
 
 
-def changed_in_place(value, seen):
-    """Whether a tensor's version counter moved past `seen` (None: NumPy, no counter)."""
-    v = getattr(value, "_version", None)
-    return None if v is None else v != seen
-
-
 def version_counter(value):
     return getattr(value, "_version", None)
 

@@ -48,12 +48,11 @@ class field:  # noqa: N801 - reads like dataclasses.field
 class _Slot:
     """One synced attribute of one instance."""
 
-    __slots__ = ("h", "state", "name", "array", "device", "local", "local_counter", "seen",
-                 "created", "lock")
+    __slots__ = ("h", "name", "array", "device", "local", "local_counter", "seen", "created",
+                 "lock")
 
-    def __init__(self, state, name, h, array, device, created):
+    def __init__(self, name, h, array, device, created):
         self.h = h
-        self.state = state
         self.name = name
         self.array = array  # None for plain values; 'torch' or 'numpy'
         self.device = device  # where a torch tensor attribute lives locally
@@ -176,7 +175,7 @@ class _State:
         info = h.info
         created = info["version"] == 1 and info["writer"] == self.client.id
         device = value.device if kind == "torch" else None
-        slot = _Slot(self, name, h, kind, device, created)
+        slot = _Slot(name, h, kind, device, created)
         self.slots[name] = slot
         if kind is not None:
             # The caller's array stays bound to the attribute: in-place changes to it are
