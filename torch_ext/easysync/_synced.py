@@ -172,20 +172,18 @@ class _State:
             arg, keep = _arrays.tensor_arg(value, host=True)
             h = core.declare(self.object_id, name, "tensor", arg, True, transport)
             del keep
-        info = h.info
-        created = info["version"] == 1 and info["writer"] == self.client.id
         device = value.device if kind == "torch" else None
-        slot = _Slot(name, h, kind, device, created)
+        slot = _Slot(name, h, kind, device, False)
         self.slots[name] = slot
         if kind is not None:
             # The caller's array stays bound to the attribute: in-place changes to it are
-            # published, and new versions are copied into it.
+            # published, and new versions are copied into it, the cluster's current one first
+            # (decoded straight into it; its own bytes again when this declaration made it).
             slot.local = value
             slot.local_counter = _arrays.version_counter(value)
-            if created:
-                slot.seen = 1
-            else:
-                slot.get()  # joining: the cluster's value, copied into the caller's array
+            slot.get()
+        info = h.info  # what the read above left current: no second read of a tensor
+        slot.created = info["version"] == 1 and info["writer"] == self.client.id
         return slot
 
     def assign(self, name, value):

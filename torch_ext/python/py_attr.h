@@ -250,7 +250,8 @@ class Attr {
     return version_;
   }
   py::dict Info() {
-    Refresh();
+    // Not when info_ is current already (ReadInto leaves it so, with cached_ stale).
+    if (box_->Get()->LatestVersion(id_) > info_.version) Refresh();
     if (info_.version != version_) {  // this process wrote version_: read its details back
       stale_ = true;
       Refresh();
