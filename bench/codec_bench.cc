@@ -34,9 +34,7 @@ Record& Record::Put(Field f) {
 }
 
 std::optional<DType> ParseDType(std::string_view name) {
-  for (DType t : kAllDTypes) {
-    if (DTypeName(t) == name) return t;
-  }
+  if (const auto t = DTypeFromName(name)) return t;
   static constexpr std::pair<std::string_view, DType> kAliases[] = {
       {"f32", DType::kFloat32},
       {"f16", DType::kFloat16},

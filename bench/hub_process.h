@@ -35,6 +35,15 @@ inline std::string BenchBinaryDir() {
   return dir;
 }
 
+// A script from bench/workloads/: the path in env_var if set, else the installed copy
+// (<bench dir>/../share/easysync/), else the source tree's.
+inline std::string WorkloadScript(const char* env_var, const std::string& file) {
+  if (const char* env = std::getenv(env_var); env != nullptr && *env != '\0') return env;
+  const std::string installed = BenchBinaryDir() + "/../share/easysync/" + file;
+  if (access(installed.c_str(), R_OK) == 0) return installed;
+  return std::string(EASYSYNC_BENCH_WORKLOADS_DIR) + "/" + file;
+}
+
 // EASYSYNC_HUB if set, else easysync-hub next to the bench's build or install location:
 // <bench dir>/../core/easysync-hub (build tree), then <bench dir>/easysync-hub (installed).
 inline std::string FindHubBinary() {

@@ -17,7 +17,6 @@
 // EasySync may send it as a codec delta), then a tensor of random bits (full_s: no codec
 // shrinks it, so the whole tensor crosses). wire_bytes is what A's client sent for the delta
 // write (Stats::bytes_sent); codec_bytes is what codec::Encoder makes of the same pair here.
-#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -344,47 +343,14 @@ bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement&
 
 // ---- gloo: bench/workloads/gloo_broadcast.py
 
-// EASYSYNC_GLOO_SCRIPT if set, else the installed copy (<bench dir>/../share/easysync/), else
-// the source tree's.
-std::string FindGlooScript() {
-  if (const char* env = std::getenv("EASYSYNC_GLOO_SCRIPT"); env != nullptr && *env != '\0') {
-    return env;
-  }
-  const std::string installed = BenchBinaryDir() + "/../share/easysync/gloo_broadcast.py";
-  if (access(installed.c_str(), R_OK) == 0) return installed;
-  return EASYSYNC_BENCH_WORKLOADS_DIR "/gloo_broadcast.py";
-}
-
 // The median seconds of the script's broadcasts of `bytes`, or NaN when it could not run
 // (why on stderr: no such interpreter, no torch, a failed broadcast).
 double GlooBroadcastSeconds(const Flags& f, size_t bytes) {
-  const std::string script = FindGlooScript();
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return NAN;
-  std::vector<std::string> args = {
-      f.python, script, "--bytes", std::to_string(bytes), "--reps", std::to_string(f.reps)};
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(out[1], STDOUT_FILENO);  // its stdout is ours to parse; its stderr passes through
-    ExecArgs(args);
-    std::fprintf(stderr, "easysync-bench: net-tensor: cannot run %s: %s\n", f.python.c_str(),
-                 std::strerror(errno));
-    _exit(127);
-  }
-  close(out[1]);
-  std::string text;
-  char buf[4096];
-  ssize_t got;
-  while (pid > 0 && (got = read(out[0], buf, sizeof(buf))) != 0) {
-    if (got > 0) text.append(buf, static_cast<size_t>(got));
-    if (got < 0 && errno != EINTR) break;
-  }
-  close(out[0]);
-  int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) return NAN;
-  const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  const std::string script = WorkloadScript("EASYSYNC_GLOO_SCRIPT", "gloo_broadcast.py");
+  int rc = 0;
+  const std::string text = RunCapturingStdout(
+      {f.python, script, "--bytes", std::to_string(bytes), "--reps", std::to_string(f.reps)},
+      /*nth_cpu=*/-1, &rc);  // its stdout is ours to parse; its stderr passes through
   const std::vector<double> seconds = JsonNumberList(text, "seconds");
   if (rc == 0 && static_cast<int>(seconds.size()) == f.reps) return Median(seconds);
   std::string why = script + " failed with status " + std::to_string(rc);

@@ -1,9 +1,11 @@
 // Two-process plumbing for the bench suites: fork, pinning, anonymous shared memory.
 #pragma once
 
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
@@ -125,6 +128,62 @@ inline void ExecArgs(std::vector<std::string>& args) {
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   execvp(argv[0], argv.data());
+}
+
+// Starts args in a child that dies with this process, pinned to the nth_cpu-th startup CPU
+// when nth_cpu >= 0. Its stdout goes to a pipe whose read end lands in *out_fd when out_fd
+// is given; its stderr passes through. -1 when it could not start; exit code 127 when
+// args[0] could not be run.
+inline pid_t SpawnArgs(std::vector<std::string> args, int nth_cpu, int* out_fd) {
+  StartupCpus();  // captured before the first pin
+  int out[2] = {-1, -1};
+  if (out_fd != nullptr && pipe2(out, O_CLOEXEC) != 0) return -1;
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (nth_cpu >= 0) PinToNthCpu(nth_cpu);
+    if (out_fd != nullptr) dup2(out[1], STDOUT_FILENO);
+    ExecArgs(args);
+    std::fprintf(stderr, "easysync-bench: cannot run %s: %s\n", args[0].c_str(),
+                 std::strerror(errno));
+    _exit(127);
+  }
+  if (out_fd != nullptr) {
+    close(out[1]);
+    if (pid < 0) {
+      close(out[0]);
+    } else {
+      *out_fd = out[0];
+    }
+  }
+  return pid;
+}
+
+// A child's exit code (128 + signal when a signal ended it), -1 when it cannot be waited for.
+inline int WaitExitCode(pid_t pid) {
+  int status = 0;
+  if (pid <= 0) return -1;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Runs args (as SpawnArgs) to its end; returns what it wrote to stdout, its exit code in *rc.
+inline std::string RunCapturingStdout(std::vector<std::string> args, int nth_cpu, int* rc) {
+  int out = -1;
+  const pid_t pid = SpawnArgs(std::move(args), nth_cpu, &out);
+  std::string text;
+  char buf[65536];
+  ssize_t got;
+  while (pid > 0 && (got = read(out, buf, sizeof(buf))) != 0) {
+    if (got > 0) text.append(buf, static_cast<size_t>(got));
+    if (got < 0 && errno != EINTR) break;
+  }
+  if (out >= 0) close(out);
+  *rc = WaitExitCode(pid);
+  return text;
 }
 
 // An anonymous MAP_SHARED mapping made before fork: both processes see the same bytes.

@@ -9,9 +9,6 @@
 // Then a tensor attribute (float32, --mib MiB): written by one client and read by another
 // into the tensor bound to it, from Python (torch) and from C++ (Synced<Tensor>), medians of
 // --reps; with torch missing, that part is skipped and said so.
-#include <fcntl.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -43,57 +40,7 @@ struct Flags {
   std::string python;
 };
 
-std::string FindScript() {
-  if (const char* env = std::getenv("EASYSYNC_PY_PING_PONG"); env != nullptr && *env != '\0')
-    return env;
-  const std::string installed = BenchBinaryDir() + "/../share/easysync/py_ping_pong.py";
-  if (access(installed.c_str(), R_OK) == 0) return installed;
-  return EASYSYNC_BENCH_WORKLOADS_DIR "/py_ping_pong.py";
-}
-
-// Starts `args` pinned to the nth CPU; its stdout goes to *out_fd when out_fd is not null.
-pid_t Spawn(std::vector<std::string> args, int nth_cpu, int* out_fd) {
-  int out[2] = {-1, -1};
-  if (out_fd != nullptr && pipe2(out, O_CLOEXEC) != 0) return -1;
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    PinToNthCpu(nth_cpu);
-    if (out_fd != nullptr) dup2(out[1], STDOUT_FILENO);
-    ExecArgs(args);
-    std::fprintf(stderr, "easysync-bench: py-overhead: cannot run %s: %s\n", args[0].c_str(),
-                 std::strerror(errno));
-    _exit(127);
-  }
-  if (out_fd != nullptr) {
-    close(out[1]);
-    *out_fd = out[0];
-  }
-  return pid;
-}
-
-int Wait(pid_t pid) {
-  int status = 0;
-  if (pid <= 0 || waitpid(pid, &status, 0) != pid) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-// Runs `args` and returns its stdout, and its exit code in *rc.
-std::string RunForOutput(const std::vector<std::string>& args, int* rc) {
-  int out = -1;
-  const pid_t pid = Spawn(args, 0, &out);
-  std::string text;
-  char buf[65536];
-  ssize_t got;
-  while (pid > 0 && (got = read(out, buf, sizeof(buf))) != 0) {
-    if (got > 0) text.append(buf, static_cast<size_t>(got));
-    if (got < 0 && errno != EINTR) break;
-  }
-  if (out >= 0) close(out);
-  *rc = Wait(pid);
-  return text;
-}
+std::string Script() { return WorkloadScript("EASYSYNC_PY_PING_PONG", "py_ping_pong.py"); }
 
 struct TensorTimes {
   double write_ms = NAN, read_ms = NAN;
@@ -101,8 +48,8 @@ struct TensorTimes {
 
 TensorTimes PythonTensor(const Flags& f, const std::string& cluster) {
   int rc = 0;
-  const std::string text = RunForOutput(
-      {f.python, FindScript(), "tensor", cluster, std::to_string(f.mib), std::to_string(f.reps)},
+  const std::string text = RunCapturingStdout(
+      {f.python, Script(), "tensor", cluster, std::to_string(f.mib), std::to_string(f.reps)}, 0,
       &rc);
   const std::vector<double> w = JsonNumberList(text, "write_ms");
   const std::vector<double> r = JsonNumberList(text, "read_ms");
@@ -147,24 +94,16 @@ TensorTimes CppTensor(const Flags& f, const std::string& cluster) {
 
 // Python one-way samples in microseconds; empty on failure (why on stderr).
 std::vector<double> PythonPingPong(const Flags& f, const std::string& cluster) {
-  const std::string script = FindScript();
+  const std::string script = Script();
   const int64_t warmup = std::max<int64_t>(1000, f.iters / 10);
-  const pid_t echo = Spawn({f.python, script, "echo", cluster}, 1, nullptr);
-  int out = -1;
-  const pid_t ping = Spawn({f.python, script, "ping", cluster, std::to_string(warmup),
-                            std::to_string(f.iters), std::to_string(f.seconds)},
-                           0, &out);
-  std::string text;
-  char buf[65536];
-  ssize_t got;
-  while (ping > 0 && (got = read(out, buf, sizeof(buf))) != 0) {
-    if (got > 0) text.append(buf, static_cast<size_t>(got));
-    if (got < 0 && errno != EINTR) break;
-  }
-  if (out >= 0) close(out);
-  const int rc_ping = Wait(ping);
+  const pid_t echo = SpawnArgs({f.python, script, "echo", cluster}, 1, nullptr);
+  int rc_ping = 0;
+  const std::string text =
+      RunCapturingStdout({f.python, script, "ping", cluster, std::to_string(warmup),
+                          std::to_string(f.iters), std::to_string(f.seconds)},
+                         0, &rc_ping);
   if (rc_ping != 0 && echo > 0) kill(echo, SIGKILL);
-  const int rc_echo = Wait(echo);
+  const int rc_echo = WaitExitCode(echo);
   std::vector<double> samples = JsonNumberList(text, "one_way_us");
   if (rc_ping != 0 || rc_echo != 0 || samples.empty()) {
     std::fprintf(stderr,

@@ -85,6 +85,14 @@ constexpr std::string_view DTypeName(DType t) {
   return "invalid";
 }
 
+// The DType DTypeName gives this name, or nullopt.
+constexpr std::optional<DType> DTypeFromName(std::string_view name) {
+  for (DType t : kAllDTypes) {
+    if (DTypeName(t) == name) return t;
+  }
+  return std::nullopt;
+}
+
 // Validates a DType read from untrusted bytes.
 constexpr std::optional<DType> DTypeFromByte(uint8_t b) {
   if (b < 1 || b > 12) return std::nullopt;

@@ -96,9 +96,7 @@ inline Transport ParseTransport(const std::string& t) {
 }
 
 inline DType ParseDType(const std::string& name) {
-  for (DType t : kAllDTypes) {
-    if (DTypeName(t) == name) return t;
-  }
+  if (const auto t = DTypeFromName(name)) return *t;
   std::string all;
   for (DType t : kAllDTypes) {
     if (!all.empty()) all += ", ";
