@@ -204,18 +204,6 @@ TEST(NetHostile, AuthenticatedPeerSendingBadFramesIsDropped) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
-// The raw value of a float32 tensor of n elements, element i = i * k.
-std::vector<std::byte> RawTensor(size_t n, float k) {
-  Tensor t(DType::kFloat32, {static_cast<int64_t>(n)});
-  auto* f = reinterpret_cast<float*>(t.mutable_data());
-  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(i) * k;
-  return ValueTraits<Tensor>::WithEncoding(t, [](size_t size, auto&& encode) {
-    std::vector<std::byte> out(size);
-    encode(out.data());
-    return out;
-  });
-}
-
 // A codec WRITE of `cur` against `base` (empty: whole) at base_version.
 Frame CodecWrite(uint32_t request, uint32_t attr, const std::vector<std::byte>& cur,
                  const std::vector<std::byte>& base, uint64_t base_version) {
@@ -247,7 +235,7 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   testing::HubProcess hub;
   ASSERT_NE(hub.port(), 0);
   constexpr size_t kN = 8192;  // 32 KiB: travels as a codec value
-  const auto v1 = RawTensor(kN, 1.0f);
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   auto v2 = v1;
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[17] = -1.0f;
   auto v3 = v2;
@@ -318,7 +306,7 @@ TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   testing::HubProcess hub;
   ASSERT_NE(hub.port(), 0);
   constexpr size_t kN = 8192;
-  const auto v1 = RawTensor(kN, 1.0f);
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   auto v2 = v1;
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[99] = -5.0f;
   NetOptions o;

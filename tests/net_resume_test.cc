@@ -113,15 +113,14 @@ class ScriptedHub : public net::UcxWorker::Handler {
   std::deque<Frame> frames_;
 };
 
-std::vector<std::byte> RawFloats(size_t n, float k) {
-  Tensor t(DType::kFloat32, {static_cast<int64_t>(n)});
-  auto* f = reinterpret_cast<float*>(t.mutable_data());
-  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(i) * k;
-  return ValueTraits<Tensor>::WithEncoding(t, [](size_t size, auto&& encode) {
-    std::vector<std::byte> out(size);
-    encode(out.data());
-    return out;
-  });
+// A client of the scripted hub that comes back quickly after a lost connection.
+NetOptions ClientOptions(uint16_t port) {
+  NetOptions o;
+  o.port = port;
+  o.token = testing::kTestToken;
+  o.reconnect_backoff_min = milliseconds(10);
+  o.reconnect_backoff_max = milliseconds(50);
+  return o;
 }
 
 // An UPDATE carrying `cur` as a codec delta against `base` at base_version.
@@ -140,13 +139,10 @@ TEST(NetResume, AnUpdateRightAfterALargeDeclaredIsNotLost) {
   // eagerly: the client must still see them in the order the hub sent them.
   ScriptedHub hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
-  auto client = TryConnect(o);
+  auto client = TryConnect(ClientOptions(hub.port()));
   ASSERT_TRUE(client.ok()) << client.status().ToString();
   constexpr size_t kN = 1 << 18;  // 1 MiB of floats
-  const auto v1 = RawFloats(kN, 1.0f);
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   auto v2 = v1;
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[3] = -1.0f;
   auto declared = std::async(std::launch::async, [&] {
@@ -166,12 +162,7 @@ TEST(NetResume, AnUpdateRightAfterALargeDeclaredIsNotLost) {
 TEST(NetResume, AWholeValueAskedForOnALostConnectionDoesNotBlockLaterDeltas) {
   ScriptedHub hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
-  o.reconnect_backoff_min = milliseconds(10);
-  o.reconnect_backoff_max = milliseconds(50);
-  auto client = TryConnect(o);
+  auto client = TryConnect(ClientOptions(hub.port()));
   ASSERT_TRUE(client.ok()) << client.status().ToString();
   auto declared = std::async(std::launch::async, [&] {
     return (*client)->Declare("R", "t", ValueKind::kTensor, nullptr);
@@ -184,7 +175,7 @@ TEST(NetResume, AWholeValueAskedForOnALostConnectionDoesNotBlockLaterDeltas) {
   ASSERT_TRUE(attr.ok()) << attr.status().ToString();
 
   constexpr size_t kN = 4096;
-  const auto v1 = RawFloats(kN, 1.0f);
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   auto v2 = v1;
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[7] = -1.0f;
   hub.Send(net::Encode(net::Update{0, 1, 1, 1, 0, v1, /*codec=*/false}));

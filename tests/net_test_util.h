@@ -9,10 +9,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "easysync/tensor.h"
+#include "easysync/value_traits.h"
 #include "process_util.h"
 
 namespace easysync::testing {
@@ -103,5 +106,17 @@ class Gate {
  private:
   int fds_[2] = {-1, -1};
 };
+
+// The raw attribute value (header + data) of a float32 tensor of n elements, element i = i * k.
+inline std::vector<std::byte> RawFloatTensor(size_t n, float k) {
+  Tensor t(DType::kFloat32, {static_cast<int64_t>(n)});
+  auto* f = reinterpret_cast<float*>(t.mutable_data());
+  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(i) * k;
+  return ValueTraits<Tensor>::WithEncoding(t, [](size_t size, auto&& encode) {
+    std::vector<std::byte> out(size);
+    encode(out.data());
+    return out;
+  });
+}
 
 }  // namespace easysync::testing
