@@ -39,6 +39,9 @@ class DeviceBuffer {
   void Upload(const std::vector<T>& v) {
     ASSERT_EQ(cudaMemcpy(get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
               cudaSuccess);
+    // From pageable memory cudaMemcpy may return before the DMA lands, and the kernels run on a
+    // non-blocking stream that does not wait for the legacy one.
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
   template <class T>
   std::vector<T> Download(size_t count) const {
