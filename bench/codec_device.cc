@@ -148,7 +148,18 @@ bool MeasureDevicePair(const TensorPair& pair, const Reps& reps, size_t block_by
     return false;
   }
 
-  // Compaction of the last diff's changed blocks, checked against the host's count.
+  // Compaction of the last diff's changed blocks (timed), checked against the host's count.
+  double compact_ms = 0;
+  if (!time_ms(
+          [&] {
+            return cuda::CompactChangedBlocksDevice(xor_bytes.As<uint8_t>(), n, block_bytes,
+                                                    changed.As<uint8_t>(), ids.As<uint32_t>(),
+                                                    compacted.As<uint8_t>(), count.As<uint32_t>(),
+                                                    temp.As<void>(), *temp_bytes, se.stream);
+          },
+          "CompactChangedBlocksDevice", &compact_ms)) {
+    return false;
+  }
   uint32_t changed_blocks = 0;
   uint32_t last_id = 0;
   if (!Ok(cuda::CompactChangedBlocksDevice(xor_bytes.As<uint8_t>(), n, block_bytes,
@@ -186,12 +197,26 @@ bool MeasureDevicePair(const TensorPair& pair, const Reps& reps, size_t block_by
     return false;
   }
   auto gbps = [&](double ms) { return ms > 0 ? static_cast<double>(n) / (ms * 1e6) : 0.0; };
+  // Bandwidth counts what each moves through device memory: the copy reads and writes the
+  // tensor once; the diff reads two tensors, writes their XOR and the change map (and zeroes
+  // the map first).
+  const double copy_traffic = 2.0 * static_cast<double>(n);
+  const double diff_traffic = 3.0 * static_cast<double>(n) + 2.0 * static_cast<double>(blocks);
+  auto traffic_gbps = [](double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e6) : 0.0; };
   out->Add("device", std::string(prop.name))
       .Add("raw_bytes", static_cast<int64_t>(n))
       .Add("block_bytes", static_cast<int64_t>(block_bytes))
       .Add("diff_gbps", gbps(diff_ms))
       .Add("d2d_copy_gbps", gbps(copy_ms))
       .Add("diff_vs_copy", copy_ms > 0 && diff_ms > 0 ? copy_ms / diff_ms : 0.0)
+      .Add("diff_bandwidth_gbps", traffic_gbps(diff_traffic, diff_ms))
+      .Add("copy_bandwidth_gbps", traffic_gbps(copy_traffic, copy_ms))
+      .Add("diff_vs_copy_bandwidth",
+           copy_ms > 0 && diff_ms > 0
+               ? traffic_gbps(diff_traffic, diff_ms) / traffic_gbps(copy_traffic, copy_ms)
+               : 0.0)
+      .Add("compact_ms", compact_ms)
+      .Add("diff_ms", diff_ms)
       .Add("changed_blocks", static_cast<int64_t>(changed_blocks))
       .Add("compacted_bytes", static_cast<int64_t>(compacted_bytes))
       .Add("compacted_fraction",

@@ -5,38 +5,62 @@
 namespace easysync::cuda {
 namespace {
 
-// One CTA per change-map block (grid-stride over blocks); its threads stride over the block's
-// bytes and vote. kVec16: cur, base and out are 16-byte aligned and block_bytes is a multiple
-// of 16, so every block starts aligned and is read with 16-byte loads (only the tensor's last
-// block can end in a partial vector, done bytewise).
-template <bool kVec16>
-__global__ void XorDiffKernel(const uint8_t* __restrict__ cur, const uint8_t* __restrict__ base,
-                              size_t n, size_t block_bytes, size_t blocks,
-                              uint8_t* __restrict__ out, uint8_t* __restrict__ changed) {
-  for (size_t b = blockIdx.x; b < blocks; b += gridDim.x) {
-    const size_t begin = b * block_bytes;
-    const size_t end = min(n, begin + block_bytes);
-    unsigned any = 0;
-    size_t tail = begin;
-    if constexpr (kVec16) {
-      tail = begin + ((end - begin) & ~size_t{15});
-      for (size_t i = begin + 16 * size_t{threadIdx.x}; i < tail; i += 16 * size_t{blockDim.x}) {
-        const uint4 c = *reinterpret_cast<const uint4*>(cur + i);
-        const uint4 o = *reinterpret_cast<const uint4*>(base + i);
-        const uint4 x = make_uint4(c.x ^ o.x, c.y ^ o.y, c.z ^ o.z, c.w ^ o.w);
-        *reinterpret_cast<uint4*>(out + i) = x;
-        any |= x.x | x.y | x.z | x.w;
-      }
-    }
-    for (size_t i = tail + threadIdx.x; i < end; i += blockDim.x) {
-      const uint8_t x = cur[i] ^ base[i];
-      out[i] = x;
-      any |= x;
-    }
-    // Uniform across the CTA (b is), and a barrier before thread 0 writes.
-    const int changed_any = __syncthreads_or(any != 0 ? 1 : 0);
-    if (threadIdx.x == 0) changed[b] = changed_any != 0 ? 1 : 0;
+// One thread per word (16 bytes when kVec16, else one byte), grid-stride by whole warps so every
+// lane reaches each ballot. The change map was zeroed first; a word that differs marks its block,
+// and of the lanes of a warp that mark the same block only the lowest writes. Blocks hold whole
+// words (block_bytes % sizeof(Word) == 0), so a word never straddles two blocks.
+template <class Word>
+__device__ __forceinline__ Word XorWord(Word a, Word b) {
+  if constexpr (sizeof(Word) == 16) {
+    return make_uint4(a.x ^ b.x, a.y ^ b.y, a.z ^ b.z, a.w ^ b.w);
+  } else {
+    return static_cast<Word>(a ^ b);
   }
+}
+
+template <class Word>
+__device__ __forceinline__ bool NonZero(Word w) {
+  if constexpr (sizeof(Word) == 16) {
+    return (w.x | w.y | w.z | w.w) != 0;
+  } else {
+    return w != 0;
+  }
+}
+
+template <class Word>
+__global__ void XorDiffKernel(const Word* __restrict__ cur, const Word* __restrict__ base,
+                              size_t words, size_t words_per_block, Word* __restrict__ out,
+                              uint8_t* __restrict__ changed) {
+  const unsigned lane = threadIdx.x & 31u;
+  const size_t warp = (size_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
+  const size_t warps = (size_t{gridDim.x} * blockDim.x) >> 5;
+  for (size_t w0 = warp * 32; w0 < words; w0 += warps * 32) {
+    const size_t w = w0 + lane;
+    bool differs = false;
+    if (w < words) {
+      const Word x = XorWord(cur[w], base[w]);
+      out[w] = x;
+      differs = NonZero(x);
+    }
+    const unsigned votes = __ballot_sync(0xffffffffu, differs);
+    if (differs) {
+      const size_t b = w / words_per_block;
+      const size_t first = max(w0, b * words_per_block);  // this block's first word in the warp
+      const unsigned first_lane = static_cast<unsigned>(first - w0);
+      const unsigned below = votes & ((1u << lane) - 1u) & ~((1u << first_lane) - 1u);
+      if (below == 0) changed[b] = 1;
+    }
+  }
+}
+
+// The bytes after the last whole 16-byte word (fewer than 16), in the tensor's last block.
+__global__ void XorDiffTailKernel(const uint8_t* __restrict__ cur, const uint8_t* __restrict__ base,
+                                  size_t begin, size_t n, size_t block_bytes,
+                                  uint8_t* __restrict__ out, uint8_t* __restrict__ changed) {
+  const size_t i = begin + threadIdx.x;
+  const uint8_t x = i < n ? static_cast<uint8_t>(cur[i] ^ base[i]) : uint8_t{0};
+  if (i < n) out[i] = x;
+  if (__syncthreads_or(x != 0) && threadIdx.x == 0) changed[begin / block_bytes] = 1;
 }
 
 }  // namespace
@@ -54,15 +78,23 @@ Status XorDiffDevice(const uint8_t* cur, const uint8_t* base, size_t n, size_t b
   if (cur == nullptr || base == nullptr || out == nullptr || changed == nullptr) {
     return Status::InvalidArgument("XorDiffDevice: null pointer");
   }
-  const unsigned grid = detail::GridFor(blocks, 1);
+  const cudaStream_t s = detail::AsStream(stream);
+  EASYSYNC_CUDA_CHECK(cudaMemsetAsync(changed, 0, blocks, s));
   const bool vec16 = block_bytes % 16 == 0 && detail::Aligned(cur, 16) &&
                      detail::Aligned(base, 16) && detail::Aligned(out, 16);
   if (vec16) {
-    XorDiffKernel<true><<<grid, detail::kThreads, 0, detail::AsStream(stream)>>>(
-        cur, base, n, block_bytes, blocks, out, changed);
+    const size_t words = n / 16;
+    if (words != 0) {
+      XorDiffKernel<uint4><<<detail::GridFor(words, detail::kThreads), detail::kThreads, 0, s>>>(
+          reinterpret_cast<const uint4*>(cur), reinterpret_cast<const uint4*>(base), words,
+          block_bytes / 16, reinterpret_cast<uint4*>(out), changed);
+    }
+    if (n % 16 != 0) {
+      XorDiffTailKernel<<<1, 32, 0, s>>>(cur, base, words * 16, n, block_bytes, out, changed);
+    }
   } else {
-    XorDiffKernel<false><<<grid, detail::kThreads, 0, detail::AsStream(stream)>>>(
-        cur, base, n, block_bytes, blocks, out, changed);
+    XorDiffKernel<uint8_t><<<detail::GridFor(n, detail::kThreads), detail::kThreads, 0, s>>>(
+        cur, base, n, block_bytes, out, changed);
   }
   EASYSYNC_CUDA_LAUNCH_CHECK();
   return Status::Ok();

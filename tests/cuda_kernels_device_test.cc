@@ -68,7 +68,8 @@ class Stream {
 };
 
 constexpr size_t kDeviceSizes[] = {0, 1, 15, 16, 17, 4095, 4096, 4097, (1 << 20) + 13};
-constexpr size_t kDeviceBlocks[] = {1, 3, 16, 4096};
+// 48 and 256: 16-byte words, blocks of 3 and 16 words (a warp's 32 lanes straddle blocks).
+constexpr size_t kDeviceBlocks[] = {1, 3, 16, 48, 256, 4096};
 constexpr size_t kOffsets[] = {0, 1};
 
 TEST(CudaKernelsDevice, XorDiffMatchesHostTwin) {
