@@ -1,5 +1,7 @@
 // The CUDA DeltaBackend: cuda/ kernels on the caller's stream, device memory.
 #include <algorithm>
+#include <mutex>
+#include <unordered_set>
 
 #include "easysync/device_codec.h"
 
@@ -50,9 +52,31 @@ class CudaDeltaBackend final : public DeltaBackend {
     EASYSYNC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
     return Status::Ok();
   }
+  // Page-locked; where the system refuses to lock that much, pageable (slower copies, same
+  // bytes).
+  Result<uint8_t*> AllocateHost(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault) == cudaSuccess) {
+      return static_cast<uint8_t*>(p);
+    }
+    (void)cudaGetLastError();  // not sticky, but not left for the next check to report
+    EASYSYNC_ASSIGN_OR_RETURN(uint8_t * q, DeltaBackend::AllocateHost(bytes));
+    std::lock_guard<std::mutex> lock(mu_);
+    pageable_.insert(q);
+    return q;
+  }
+  void FreeHost(uint8_t* p) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pageable_.erase(p) != 0) return DeltaBackend::FreeHost(p);
+    }
+    cudaFreeHost(p);
+  }
 
  private:
   cudaStream_t stream_;
+  std::mutex mu_;
+  std::unordered_set<uint8_t*> pageable_;
 };
 
 }  // namespace

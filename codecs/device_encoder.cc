@@ -43,6 +43,14 @@ class HostDeltaBackend final : public DeltaBackend {
 
 }  // namespace
 
+Result<uint8_t*> DeltaBackend::AllocateHost(size_t bytes) {
+  auto* p = static_cast<uint8_t*>(std::malloc(std::max<size_t>(bytes, 1)));
+  if (p == nullptr) return Status::ResourceExhausted("out of host memory");
+  return p;
+}
+
+void DeltaBackend::FreeHost(uint8_t* p) { std::free(p); }
+
 std::unique_ptr<DeltaBackend> MakeHostDeltaBackend() {
   return std::make_unique<HostDeltaBackend>();
 }
@@ -56,6 +64,10 @@ DeviceEncoder::~DeviceEncoder() { FreeAll(); }
 void DeviceEncoder::FreeAll() {
   for (uint8_t** p : {&base_, &xor_, &changed_, &ids_, &compacted_, &count_dev_, &temp_}) {
     if (*p != nullptr) backend_->Free(*p);
+    *p = nullptr;
+  }
+  for (uint8_t** p : {&shadow_, &staging_}) {
+    if (*p != nullptr) backend_->FreeHost(*p);
     *p = nullptr;
   }
 }
@@ -72,7 +84,8 @@ Status DeviceEncoder::Prepare(DType dtype, size_t element_count) {
   if (cuda::NumBlocks(n, block_bytes_) > cuda::kMaxBlocks) {
     return Status::InvalidArgument("DeviceEncoder: too many blocks; use larger block_bytes");
   }
-  if (base_ != nullptr && dtype == dtype_ && element_count == count_) return Status::Ok();
+  // staging_ is allocated last: set only when every allocation below succeeded.
+  if (staging_ != nullptr && dtype == dtype_ && element_count == count_) return Status::Ok();
   FreeAll();
   base_version_ = 0;
   dtype_ = dtype;
@@ -87,8 +100,8 @@ Status DeviceEncoder::Prepare(DType dtype, size_t element_count) {
   EASYSYNC_ASSIGN_OR_RETURN(count_dev_, backend_->Allocate(sizeof(uint32_t)));
   EASYSYNC_ASSIGN_OR_RETURN(temp_bytes_, backend_->CompactTempBytes(n, block_bytes_));
   EASYSYNC_ASSIGN_OR_RETURN(temp_, backend_->Allocate(temp_bytes_));
-  shadow_.resize(n);
-  staging_.resize(n);
+  EASYSYNC_ASSIGN_OR_RETURN(shadow_, backend_->AllocateHost(n));
+  EASYSYNC_ASSIGN_OR_RETURN(staging_, backend_->AllocateHost(n));
   ids_host_.resize(blocks);
   return Status::Ok();
 }
@@ -119,27 +132,27 @@ Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const ui
   EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(ids_host_.data(), ids_, count * sizeof(uint32_t)));
   const size_t bytes =
       count == 0 ? 0 : cuda::CompactedBytes(count, ids_host_[count - 1], n_, block_bytes_);
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_.data(), compacted_, bytes));
+  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, compacted_, bytes));
   stats_.bytes_to_host += count * sizeof(uint32_t) + bytes;
 
   // The shadow becomes cur: only the changed blocks are written, then the whole is hashed.
-  EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(ids_host_.data(), staging_.data(), count,
-                                                          n_, block_bytes_, shadow_.data()));
-  const uint64_t result_hash = HashBytes(shadow_);
+  EASYSYNC_RETURN_IF_ERROR(
+      cuda::ApplyCompactedBlocksHost(ids_host_.data(), staging_, count, n_, block_bytes_, shadow_));
+  const uint64_t result_hash = HashBytes({shadow_, n_});
   XorBlocks blocks;
   blocks.dtype = dtype_;
   blocks.element_count = count_;
   blocks.block_bytes = block_bytes_;
   blocks.ids = ids_host_.data();
   blocks.count = count;
-  blocks.bytes = staging_.data();
+  blocks.bytes = staging_;
   EASYSYNC_ASSIGN_OR_RETURN(
       const size_t size,
       encoder_.EncodeXorBlocks(blocks, base_version_, shadow_hash_, new_version, result_hash, out));
   if (size == 0) {
     // Not worth a sparse frame after all: undo (XOR twice) and send from the full tensors.
-    EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(
-        ids_host_.data(), staging_.data(), count, n_, block_bytes_, shadow_.data()));
+    EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(ids_host_.data(), staging_, count, n_,
+                                                            block_bytes_, shadow_));
     return EncodeDense(cur, new_version, out);
   }
   EASYSYNC_RETURN_IF_ERROR(Adopt(cur, result_hash, new_version));
@@ -156,9 +169,9 @@ Status DeviceEncoder::Adopt(const uint8_t* cur, uint64_t result_hash, uint64_t n
 
 Result<size_t> DeviceEncoder::EncodeFull(const uint8_t* cur, uint64_t new_version,
                                          std::span<uint8_t> out) {
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(shadow_.data(), cur, n_));
+  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(shadow_, cur, n_));
   stats_.bytes_to_host += n_;
-  TensorBytes t{dtype_, count_, shadow_.data()};
+  TensorBytes t{dtype_, count_, shadow_};
   EASYSYNC_ASSIGN_OR_RETURN(const size_t size, encoder_.EncodeFull(t, new_version, out));
   EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
   EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
@@ -168,16 +181,16 @@ Result<size_t> DeviceEncoder::EncodeFull(const uint8_t* cur, uint64_t new_versio
 
 Result<size_t> DeviceEncoder::EncodeDense(const uint8_t* cur, uint64_t new_version,
                                           std::span<uint8_t> out) {
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_.data(), cur, n_));
+  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, cur, n_));
   stats_.bytes_to_host += n_;
-  TensorBytes now{dtype_, count_, staging_.data()};
-  TensorBytes base{dtype_, count_, shadow_.data()};
+  TensorBytes now{dtype_, count_, staging_};
+  TensorBytes base{dtype_, count_, shadow_};
   EncodeHints hints;
   hints.known_base_hash = shadow_hash_;
   EASYSYNC_ASSIGN_OR_RETURN(const size_t size,
                             encoder_.Encode(now, &base, base_version_, new_version, out, hints));
   EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
-  shadow_.swap(staging_);
+  std::swap(shadow_, staging_);
   EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
   ++stats_.dense_frames;
   return size;

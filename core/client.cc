@@ -64,23 +64,51 @@ std::string Stats::ToString() const {
 
 Client::~Client() { StopCallbacks(); }
 
+namespace {
+
+// Page-locked host memory for copies out of GPU memory, from the CUDA backend.
+struct DeviceStaging {
+  std::unique_ptr<codec::DeltaBackend> backend;
+  uint8_t* data = nullptr;
+  size_t bytes = 0;
+  ~DeviceStaging() {
+    if (data != nullptr) backend->FreeHost(data);
+  }
+};
+
+}  // namespace
+
 Result<uint64_t> Client::WriteTensor(AttrId attr, const TensorView& view) {
   if (view.shape.size() > kMaxTensorDims) return Status::InvalidArgument("too many dims");
   EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(view.shape));
   const size_t bytes = numel * DTypeSize(view.dtype);
-  const std::byte* src = static_cast<const std::byte*>(view.data);
-  std::vector<std::byte> host;
-  if (view.device == DeviceType::kCUDA && bytes != 0) {
-    // Copied first: a device that fails mid-copy publishes nothing.
-    EASYSYNC_ASSIGN_OR_RETURN(auto cuda, codec::MakeCudaDeltaBackend(view.stream));
-    host.resize(bytes);
-    EASYSYNC_RETURN_IF_ERROR(cuda->ToHost(host.data(), view.data, bytes));
-    src = host.data();
+  auto write = [&](const void* src) {
+    return Write(attr, detail::EncodedTensorSize(view.dtype, bytes), [&](std::byte* dst) {
+      detail::EncodeTensorHeader(view.dtype, view.shape, dst);
+      if (bytes != 0) std::memcpy(dst + detail::kTensorHeaderBytes, src, bytes);
+    });
+  };
+  if (view.device != DeviceType::kCUDA || bytes == 0) return write(view.data);
+  // Copied to the host first (a device that fails mid-copy publishes nothing), through
+  // page-locked memory: several times faster than a copy into pageable memory.
+  EASYSYNC_ASSIGN_OR_RETURN(auto cuda, codec::MakeCudaDeltaBackend(view.stream));
+  std::lock_guard<std::mutex> lock(device_staging_mu_);
+  auto* staging = static_cast<DeviceStaging*>(device_staging_.get());
+  if (staging == nullptr) {
+    auto fresh = std::make_shared<DeviceStaging>();
+    EASYSYNC_ASSIGN_OR_RETURN(fresh->backend, codec::MakeCudaDeltaBackend(nullptr));
+    device_staging_ = fresh;
+    staging = fresh.get();
   }
-  return Write(attr, detail::EncodedTensorSize(view.dtype, bytes), [&](std::byte* dst) {
-    detail::EncodeTensorHeader(view.dtype, view.shape, dst);
-    if (bytes != 0) std::memcpy(dst + detail::kTensorHeaderBytes, src, bytes);
-  });
+  if (staging->bytes < bytes) {
+    if (staging->data != nullptr) staging->backend->FreeHost(staging->data);
+    staging->data = nullptr;
+    staging->bytes = 0;
+    EASYSYNC_ASSIGN_OR_RETURN(staging->data, staging->backend->AllocateHost(bytes));
+    staging->bytes = bytes;
+  }
+  EASYSYNC_RETURN_IF_ERROR(cuda->ToHost(staging->data, view.data, bytes));
+  return write(staging->data);
 }
 
 size_t Client::ThreadShard() {

@@ -205,6 +205,11 @@ class Client {
   std::atomic<uint64_t> watch_epoch_{0};
   std::thread callback_thread_;
   std::atomic<std::thread::id> callback_thread_id_{};
+
+  // Page-locked host memory a tensor in GPU memory is copied through (WriteTensor), kept and
+  // grown across writes; type-erased, as it needs the CUDA backend (core/client.cc).
+  std::mutex device_staging_mu_;
+  std::shared_ptr<void> device_staging_;
 };
 
 // Joins (or creates) the shared-memory cluster `name`: [A-Za-z0-9_-], 1..64 characters.

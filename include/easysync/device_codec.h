@@ -42,6 +42,10 @@ class DeltaBackend {
   virtual Status ToHost(void* host_dst, const void* src, size_t bytes) = 0;
   // Copies within backend memory (queued).
   virtual Status Copy(uint8_t* dst, const uint8_t* src, size_t bytes) = 0;
+  // Host memory that ToHost fills at the link's full speed: page-locked for CUDA (a copy to
+  // pageable memory goes through the driver's small staging buffers, several times slower).
+  virtual Result<uint8_t*> AllocateHost(size_t bytes);
+  virtual void FreeHost(uint8_t* p);
 };
 
 // The host twins on host memory.
@@ -82,7 +86,7 @@ class DeviceEncoder {
     if (base_version_ != 0) base_version_ = version;
   }
   // A host copy of what the last call encoded (the receiver's base), and its XXH3-64.
-  std::span<const uint8_t> shadow() const { return shadow_; }
+  std::span<const uint8_t> shadow() const { return {shadow_, n_}; }
   uint64_t shadow_hash() const { return shadow_hash_; }
   const DeviceEncoderStats& stats() const { return stats_; }
 
@@ -111,9 +115,9 @@ class DeviceEncoder {
   uint8_t* count_dev_ = nullptr;
   uint8_t* temp_ = nullptr;
   size_t temp_bytes_ = 0;
-  // Host memory: the receiver's base, and staging for what comes back.
-  std::vector<uint8_t> shadow_;
-  std::vector<uint8_t> staging_;
+  // Host memory (AllocateHost): the receiver's base, and staging for what comes back.
+  uint8_t* shadow_ = nullptr;
+  uint8_t* staging_ = nullptr;
   std::vector<uint32_t> ids_host_;
   DeviceEncoderStats stats_;
 };

@@ -130,6 +130,63 @@ TEST(DeviceEncoderHost, RejectsBadArguments) {
             StatusCode::kInvalidArgument);
 }
 
+// The host backend, except that host memory runs out while `fail_host` is set.
+class HostMemoryRunsOut final : public DeltaBackend {
+ public:
+  bool fail_host = false;
+  const char* name() const override { return "host, host memory runs out"; }
+  Result<uint8_t*> Allocate(size_t bytes) override { return host_->Allocate(bytes); }
+  void Free(uint8_t* p) override { host_->Free(p); }
+  Status XorDiff(const uint8_t* cur, const uint8_t* base, size_t n, size_t block_bytes,
+                 uint8_t* xor_out, uint8_t* changed) override {
+    return host_->XorDiff(cur, base, n, block_bytes, xor_out, changed);
+  }
+  Result<size_t> CompactTempBytes(size_t n, size_t block_bytes) override {
+    return host_->CompactTempBytes(n, block_bytes);
+  }
+  Status Compact(const uint8_t* xor_bytes, size_t n, size_t block_bytes, const uint8_t* changed,
+                 uint32_t* ids, uint8_t* out, uint32_t* count, uint8_t* temp,
+                 size_t temp_bytes) override {
+    return host_->Compact(xor_bytes, n, block_bytes, changed, ids, out, count, temp, temp_bytes);
+  }
+  Status ToHost(void* dst, const void* src, size_t bytes) override {
+    return host_->ToHost(dst, src, bytes);
+  }
+  Status Copy(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+    return host_->Copy(dst, src, bytes);
+  }
+  Result<uint8_t*> AllocateHost(size_t bytes) override {
+    if (fail_host) return Status::ResourceExhausted("no host memory (test)");
+    return host_->AllocateHost(bytes);
+  }
+  void FreeHost(uint8_t* p) override { host_->FreeHost(p); }
+
+ private:
+  std::unique_ptr<DeltaBackend> host_ = MakeHostDeltaBackend();
+};
+
+TEST(DeviceEncoderHost, AFailedAllocationFailsTheWriteAndTheNextOneStartsOver) {
+  auto backend = std::make_unique<HostMemoryRunsOut>();
+  HostMemoryRunsOut& b = *backend;
+  DeviceEncoder enc(std::move(backend));
+  std::vector<uint8_t> t(4096, 7);
+  std::vector<uint8_t> frame(EncodeBound(DType::kUInt8, 4096));
+  b.fail_host = true;
+  EXPECT_EQ(enc.Encode(DType::kUInt8, 4096, t.data(), 1, frame).status().code(),
+            StatusCode::kResourceExhausted);
+  // The device buffers were allocated before the host ones failed; the next write must not
+  // take that half-prepared state for a ready one.
+  b.fail_host = false;
+  auto size = enc.Encode(DType::kUInt8, 4096, t.data(), 1, frame);
+  ASSERT_TRUE(size.ok()) << size.status().ToString();
+  std::vector<uint8_t> out(4096);
+  ASSERT_TRUE(
+      Decoder()
+          .Decode(std::span<const uint8_t>(frame.data(), *size), out.data(), out.size(), out)
+          .ok());
+  EXPECT_EQ(out, t);
+}
+
 TEST(EncodeXorBlocks, RejectsIdsOutOfOrderOrRange) {
   Encoder enc;
   std::vector<uint8_t> bytes(2 * 64, 1), out(EncodeBound(DType::kUInt8, 256));
