@@ -111,6 +111,24 @@ def decodable_into(local):
     return False
 
 
+def is_cuda(local):
+    """A contiguous torch tensor in GPU memory."""
+    return flavor(local) == "torch" and local.device.type == "cuda" and local.is_contiguous()
+
+
+def host_twin(local, twin=None):
+    """A CPU tensor of local's dtype and shape, page-locked where the system allows (copies to
+    the GPU run several times faster from it); `twin` is reused when it still fits."""
+    import torch
+
+    if twin is not None and twin.dtype == local.dtype and twin.shape == local.shape:
+        return twin
+    try:
+        return torch.empty(local.shape, dtype=local.dtype, pin_memory=True)
+    except RuntimeError:
+        return torch.empty(local.shape, dtype=local.dtype)
+
+
 def copy_into(local, new):
     """Copies `new` into `local` when both have the same dtype and shape; False otherwise."""
     if flavor(local) == "torch":

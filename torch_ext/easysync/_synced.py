@@ -49,7 +49,7 @@ class _Slot:
     """One synced attribute of one instance."""
 
     __slots__ = ("h", "name", "array", "device", "local", "local_counter", "seen", "created",
-                 "lock")
+                 "lock", "host_twin")
 
     def __init__(self, name, h, array, device, created):
         self.h = h
@@ -60,6 +60,7 @@ class _Slot:
         self.local_counter = None  # its version counter when last published or read
         self.seen = 0  # the version `local` holds
         self.created = created  # this instance's initial value became version 1
+        self.host_twin = None  # page-locked CPU tensor a CUDA `local` receives new versions through
         # An array attribute's local copy is read, compared and replaced in several steps; a
         # change callback may run them on the client's thread while the program does too.
         self.lock = threading.RLock()
@@ -91,6 +92,17 @@ class _Slot:
             fitted = self.h.read_into(arg, self.seen)
             del keep
             if fitted:
+                self.seen = self.h.known_version
+                return local
+        elif local is not None and self.h.latest() > self.seen and _arrays.is_cuda(local):
+            # Decoded into a page-locked twin, then one copy to the device.
+            self.host_twin = twin = _arrays.host_twin(local, self.host_twin)
+            arg, keep = _arrays.tensor_arg(twin)
+            fitted = self.h.read_into(arg, self.seen)
+            del keep
+            if fitted:
+                _arrays.copy_into(local, twin)
+                self.local_counter = _arrays.version_counter(local)
                 self.seen = self.h.known_version
                 return local
         if self.h.latest() > self.seen or local is None:
