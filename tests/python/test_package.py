@@ -1,5 +1,6 @@
 """The easysync package across real processes: shared memory and a real hub."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import easysync
 from easysync import SyncedObject, connect, shm_connect
 
-from conftest import TOKEN, Hub
+from conftest import TOKEN, Hub, hub_command
 
 STATE_SNIPPET = """
 import sys
@@ -619,6 +620,23 @@ def test_examples_trainer_and_evaluator(cluster, child):
     assert out.startswith("evaluator: step 100, loss "), out
     # It evaluated the trained model: the loss is what the trainer ended with, near 0.
     assert float(out.split("loss ")[1].split(",")[0]) < 0.5, out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not cuda_available(), reason="needs torch with a CUDA device"))])
+def test_cuda_attributes_bench_runs(device):
+    """bench/cuda_attributes.py, small: its figures are the README's GPU figures."""
+    pytest.importorskip("torch")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir)
+    env = dict(os.environ, PATH=os.path.dirname(hub_command()) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "cuda_attributes.py"),
+                        "--device", device, "--shm-mib", "4", "--hub-mib", "8", "--reps", "2"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    shm, hub = [json.loads(line) for line in r.stdout.splitlines()]
+    assert shm["case"] == "shm" and shm["write_s"] > 0 and shm["read_s"] > 0
+    # Each step moved 1.5% of 4M elements: a delta, a small fraction of the 8 MiB.
+    assert hub["deltas_sent"] >= 2 and 0 < hub["delta_wire_bytes"] < hub["raw_bytes"] / 10
 
 
 def test_an_oversize_value_is_refused_and_the_client_goes_on():
