@@ -191,6 +191,32 @@ TEST(ShmBus, WaitForChangeHonoursItsDeadline) {
   EXPECT_GE(Clock::now() - t0, milliseconds(30));
 }
 
+// A callback that runs late reads a version newer than the one that woke it; the callback
+// thread's next round (woken by that newer version) must not deliver the same value again.
+TEST(ShmBus, ACallbackSeesEachValueOnceWhenWritesLandDuringIt) {
+  const std::string cluster = UniqueCluster("callback_once");
+  auto reader = shm_connect(cluster);
+  auto writer = shm_connect(cluster);
+  Game r(*reader), w(*writer);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int64_t> seen;
+  Subscription sub = r.score.on_change([&](const int64_t& v) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(v);
+    cv.notify_all();
+  });
+  for (int64_t k = 1; k <= 300; ++k) {
+    w.score = 2 * k;  // two writes back to back: the second often lands mid-callback
+    w.score = 2 * k + 1;
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(
+        cv.wait_for(lock, seconds(20), [&] { return !seen.empty() && seen.back() == 2 * k + 1; }));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 1; i < seen.size(); ++i) ASSERT_LT(seen[i - 1], seen[i]) << "delivery " << i;
+}
+
 TEST(ShmBus, CallbacksFireForWritesOfOtherProcesses) {
   const std::string cluster = UniqueCluster("callbacks");
   auto client = shm_connect(cluster);

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -129,9 +130,23 @@ class Synced {
     return changed;
   }
 
-  // Calls fn(new value) on the client's callback thread after each change.
+  // Calls fn(new value) on the client's callback thread after each change, once per version
+  // (versions may coalesce; each value comes at most once, newer than the one before).
   Subscription on_change(std::function<void(const T&)> fn) const {
-    return client_->OnChange(attr_, [this, fn = std::move(fn)] { fn(get()); });
+    // A callback that ran late read a version newer than the one that woke it; the callback
+    // thread's next round, woken by that version, must not deliver it again.
+    auto delivered = std::make_shared<uint64_t>(0);
+    return client_->OnChange(attr_, [this, fn = std::move(fn), delivered] {
+      std::optional<T> value;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        Refresh(/*live=*/true);
+        if (version_ <= *delivered) return;
+        *delivered = version_;
+        value.emplace(value_);
+      }
+      fn(*value);
+    });
   }
 
   AttrId attr() const { return attr_; }

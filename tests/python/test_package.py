@@ -639,6 +639,36 @@ def test_cuda_attributes_bench_runs(device):
     assert hub["deltas_sent"] >= 2 and 0 < hub["delta_wire_bytes"] < hub["raw_bytes"] / 10
 
 
+def test_a_callback_sees_each_value_once_when_writes_land_during_it(cluster):
+    import threading
+
+    with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
+        @SyncedObject(c1, name="Once")
+        class A:
+            n = 0
+
+        @SyncedObject(c2, name="Once")
+        class B:
+            n = 0
+
+        a, b = A(), B()
+        got, cv = [], threading.Condition()
+
+        def on_n(v):
+            with cv:
+                got.append(v)
+                cv.notify_all()
+
+        sub = easysync.on_change(b, "n", on_n)
+        for k in range(1, 101):
+            a.n = 2 * k       # two writes back to back: the second often lands mid-callback
+            a.n = 2 * k + 1
+            with cv:
+                assert cv.wait_for(lambda: got and got[-1] == 2 * k + 1, timeout=20)
+        sub.close()
+        assert all(x < y for x, y in zip(got, got[1:])), got
+
+
 def test_an_oversize_value_is_refused_and_the_client_goes_on():
     hub = Hub(TOKEN, "--max-message-bytes", str(1 << 20))
     try:

@@ -377,7 +377,20 @@ def on_change(obj: Any, name: str, callback: Callable[[Any], None]) -> Any:
     """Calls callback(new_value) on the client's callback thread after each new version of
     obj.name (versions may coalesce). Returns a subscription; close() it to stop."""
     slot = _slot(obj, name)
-    return slot.h.on_change(lambda: callback(getattr(obj, name)))
+    delivered = [0]
+
+    def fire():
+        # A callback that ran late read a version newer than the one that woke it: the next
+        # round, woken by that version, does not deliver it again. The version is read first,
+        # so a value is never taken for an older one.
+        latest = slot.h.latest()
+        if latest <= delivered[0]:
+            return
+        value = getattr(obj, name)
+        delivered[0] = latest
+        callback(value)
+
+    return slot.h.on_change(fire)
 
 
 def version(obj: Any, name: str) -> int:
