@@ -250,9 +250,17 @@ class Attr {
   py::dict Info() {
     // Not when info_ is current already (ReadInto leaves it so, with cached_ stale).
     if (box_->Get()->LatestVersion(id_) > info_.version) Refresh();
-    if (info_.version != version_) {  // this process wrote version_: read its details back
-      stale_ = true;
-      Refresh();
+    if (info_.version != version_) {
+      // This process wrote version_: read its details, not the value (the decode is a no-op).
+      ClientRef c(box_->Get());
+      auto r = c->ReadIfNewer(id_, version_ - 1, [](ByteSpan) { return Status::Ok(); });
+      if (!r.ok()) Raise(r.status());
+      if (r.value() && r.value()->version == version_) {
+        info_ = *r.value();
+      } else {  // a newer version came meanwhile: read it whole
+        stale_ = true;
+        Refresh();
+      }
     }
     py::dict d;
     d["version"] = info_.version;
