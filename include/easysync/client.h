@@ -129,6 +129,11 @@ class Client {
   // result counts. Never blocks.
   virtual Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
                                                         FunctionRef<Status(ByteSpan)> decode) = 0;
+  // As ReadIfNewer, the details only: the value is not copied (e.g. to learn the clock and
+  // time of a version this process wrote, which Write does not return).
+  Result<std::optional<UpdateInfo>> ReadInfoIfNewer(AttrId attr, uint64_t have) {
+    return ReadIfNewer(attr, have, [](ByteSpan) { return Status::Ok(); });
+  }
 
   // Waits until ready() is true or the deadline passes; returns ready()'s last answer.
   // ready() is called after every change anywhere in the cluster (and while spinning).

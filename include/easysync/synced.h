@@ -109,10 +109,10 @@ class Synced {
   UpdateInfo info() const {
     std::lock_guard<std::mutex> lock(mu_);
     Refresh(/*live=*/true);
-    // set() knows the version it wrote but not its clock or time: read them, not the value
-    // (a no-op decode copies nothing). A newer version that came meanwhile is read whole.
+    // set() knows the version it wrote but not its clock or time: read them, not the value.
+    // A newer version that came meanwhile is read whole.
     if (info_.version != version_) {
-      auto r = client_->ReadIfNewer(attr_, version_ - 1, [](ByteSpan) { return Status::Ok(); });
+      auto r = client_->ReadInfoIfNewer(attr_, version_ - 1);
       if (!r.ok()) throw Error(r.status());
       if (r.value() && r.value()->version == version_) {
         info_ = *r.value();

@@ -87,24 +87,24 @@ class _Slot:
         local = self.local
         if local is not None and self.array == "torch" and local._version != self.local_counter:
             self._write_array(local)  # changed in place since we last published or read it
-        if local is not None and self.h.latest() > self.seen and _arrays.decodable_into(local):
-            arg, keep = _arrays.tensor_arg(local)
-            fitted = self.h.read_into(arg, self.seen)
-            del keep
-            if fitted:
-                self.seen = self.h.known_version
-                return local
-        elif local is not None and self.h.latest() > self.seen and _arrays.is_cuda(local):
-            # Decoded into a page-locked twin, then one copy to the device.
-            self.host_twin = twin = _arrays.host_twin(local, self.host_twin)
-            arg, keep = _arrays.tensor_arg(twin)
-            fitted = self.h.read_into(arg, self.seen)
-            del keep
-            if fitted:
-                _arrays.copy_into(local, twin)
-                self.local_counter = _arrays.version_counter(local)
-                self.seen = self.h.known_version
-                return local
+        if local is not None and self.h.latest() > self.seen:
+            # Decoded straight into local, or for a CUDA tensor into a page-locked twin that
+            # is then copied to the device once.
+            target = None
+            if _arrays.decodable_into(local):
+                target = local
+            elif _arrays.is_cuda(local):
+                self.host_twin = target = _arrays.host_twin(local, self.host_twin)
+            if target is not None:
+                arg, keep = _arrays.tensor_arg(target)
+                fitted = self.h.read_into(arg, self.seen)
+                del keep
+                if fitted:
+                    if target is not local:
+                        _arrays.copy_into(local, target)
+                        self.local_counter = _arrays.version_counter(local)
+                    self.seen = self.h.known_version
+                    return local
         if self.h.latest() > self.seen or local is None:
             buf = self.h.get()
             if buf is None:

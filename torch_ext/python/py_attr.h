@@ -251,9 +251,9 @@ class Attr {
     // Not when info_ is current already (ReadInto leaves it so, with cached_ stale).
     if (box_->Get()->LatestVersion(id_) > info_.version) Refresh();
     if (info_.version != version_) {
-      // This process wrote version_: read its details, not the value (the decode is a no-op).
+      // This process wrote version_: read its details, not the value.
       ClientRef c(box_->Get());
-      auto r = c->ReadIfNewer(id_, version_ - 1, [](ByteSpan) { return Status::Ok(); });
+      auto r = c->ReadInfoIfNewer(id_, version_ - 1);
       if (!r.ok()) Raise(r.status());
       if (r.value() && r.value()->version == version_) {
         info_ = *r.value();
