@@ -141,6 +141,56 @@ TEST(NetDelta, OnePercentOf256MibBf16ArrivesAsADelta) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// The hub relays a delta before it applies it, and applies it once the relay has left. A
+// subscriber that stops taking the relay (here: SIGSTOPped) must hold back neither the hub's
+// value, which a late joiner gets, nor the next delta, which applies against it.
+TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
+  constexpr size_t kElements = size_t{32} << 20;  // 64 MiB of bfloat16: deltas of ~600 KiB
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  const uint16_t port = hub.port();
+  Gate declared, go_on;
+  const pid_t stalled = Spawn([&] {
+    auto c = connect(Options(port));
+    Model m(*c);
+    declared.Open();
+    if (!go_on.Wait(seconds(120))) return 2;
+    // Resumed: it converges on the latest value.
+    Tensor expect = Weights(kElements, 1);
+    Step(expect, 10, 2);
+    Step(expect, 10, 3);
+    if (!c->WaitUntil([&] { return m.w.version() >= 3; }, Clock::now() + seconds(60))) return 3;
+    return m.w.get() == expect ? 0 : 4;
+  });
+  ASSERT_TRUE(declared.Wait(seconds(60)));
+  auto writer = connect(Options(port));
+  Model a(*writer);
+  Tensor t = Weights(kElements, 1);
+  a.w = t;
+  ASSERT_EQ(kill(stalled, SIGSTOP), 0);
+  Step(t, 10, 2);
+  a.w = t;  // relayed to the stalled subscriber, which never fetches it
+  EXPECT_EQ(writer->stats().deltas_sent, 1u);
+  // A late joiner's snapshot is the delta's result, not the value before it.
+  auto joiner = connect(Options(port));
+  Model j(*joiner);
+  EXPECT_EQ(j.w.version(), 2u);
+  EXPECT_TRUE(j.w.get() == t);
+  // The next delta is against that value: the hub takes it as a delta (no resync).
+  Step(t, 10, 3);
+  a.w = t;
+  const Stats s = writer->stats();
+  EXPECT_EQ(s.deltas_sent, 2u);
+  EXPECT_EQ(s.resyncs, 0u);
+  ASSERT_TRUE(joiner->WaitUntil([&] { return j.w.version() >= 3; }, Clock::now() + seconds(60)));
+  EXPECT_TRUE(j.w.get() == t);
+  EXPECT_EQ(joiner->stats().deltas_recv, 1u);
+  ASSERT_EQ(kill(stalled, SIGCONT), 0);
+  go_on.Open();
+  EXPECT_EQ(WaitChild(stalled, seconds(120)), 0);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 struct Game : SyncedObject {
   Synced<int64_t> score{this, "score", int64_t{0}};
   Synced<std::string> name{this, "name", std::string("start")};

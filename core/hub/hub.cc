@@ -27,6 +27,8 @@ constexpr int64_t kUdpResendNs = 20'000'000;        // unacknowledged UDP values
 constexpr int64_t kUdpResendMaxNs = 1'000'000'000;  // ... backing off up to this
 constexpr int64_t kNsPerByte = 10;                  // ... from a floor of 10 ns per byte
 constexpr int64_t kAckDelayNs = 10'000'000;         // ACKs of datagram writes wait this long
+// A relayed delta is applied by then even if its relay has not left (a stalled subscriber).
+constexpr int64_t kApplyDeadlineNs = 1'000'000'000;
 
 // The first wait before a UDP value goes again: more for a value that takes longer to send.
 int64_t ResendFloorNs(size_t value_bytes) {
@@ -127,12 +129,31 @@ void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
 }
 
 int Hub::OnIdle() {
+  int pending_ms = -1;  // until the next relayed delta's deadline
+  if (!pending_.empty()) {
+    const int64_t now = NowNanos();
+    for (size_t i = 0; i < pending_.size();) {
+      if (pending_[i]->sends_left <= 0 || now >= pending_[i]->deadline_ns) {
+        const std::shared_ptr<PendingApply> p = std::move(pending_[i]);
+        pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
+        ApplyRelayed(*p);
+      } else {
+        const int64_t ms = (pending_[i]->deadline_ns - now) / 1'000'000 + 1;
+        pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
+        ++i;
+      }
+    }
+  }
+  const auto until = [pending_ms](int ms) {
+    return pending_ms < 0 ? ms : (ms < 0 ? pending_ms : std::min(ms, pending_ms));
+  };
   if (closing_.empty() && handshaking_ == 0 && udp_unacked_.empty() && acks_due_ns_ == 0) {
-    return -1;
+    return until(-1);
   }
   const int64_t now = NowNanos();
   if (acks_due_ns_ != 0 && now >= acks_due_ns_) SendOwedAcks();
   if (!udp_unacked_.empty() && now >= next_udp_resend_ns_) {
+    Settle(kAll);  // resend the latest value
     // Latest value wins, and converges: a UDP subscriber behind the latest version gets it
     // again until it acknowledges it.
     next_udp_resend_ns_ = INT64_MAX;
@@ -157,8 +178,8 @@ int Hub::OnIdle() {
   if (closing_.empty() && handshaking_ == 0) {
     int64_t wake = udp_unacked_.empty() ? INT64_MAX : next_udp_resend_ns_;
     if (acks_due_ns_ != 0) wake = std::min(wake, acks_due_ns_);
-    if (wake == INT64_MAX) return -1;
-    return static_cast<int>(std::clamp<int64_t>((wake - now) / 1'000'000 + 1, 1, 1000));
+    if (wake == INT64_MAX) return until(-1);
+    return until(static_cast<int>(std::clamp<int64_t>((wake - now) / 1'000'000 + 1, 1, 1000)));
   }
   for (auto it = closing_.begin(); it != closing_.end();) {
     if (it->second <= now) {
@@ -181,7 +202,7 @@ int Hub::OnIdle() {
           "no authentication within " + std::to_string(options_.handshake_timeout.count()) + " ms");
     }
   }
-  return acks_due_ns_ != 0 ? 1 : static_cast<int>(kUdpResendNs / 1'000'000);
+  return until(acks_due_ns_ != 0 ? 1 : static_cast<int>(kUdpResendNs / 1'000'000));
 }
 
 void Hub::Send(ucp_ep_h ep, net::Frame frame) {
@@ -336,6 +357,7 @@ void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
                         std::string(ValueKindName(attrs_[id].kind)) + " in the cluster");
     }
   }
+  Settle(id);  // the snapshot is the latest value
   Attr& a = attrs_[id];
   // Joining never resets: a first value counts only when there is none. A resuming client
   // (one that held this value before a reconnect, e.g. across a hub restart) brings back
@@ -525,6 +547,7 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     return Refuse(ep, m.request_id, net::ErrorCode::kNotFound,
                   "attribute id " + std::to_string(m.attr_id) + " was not declared by this client");
   }
+  Settle(m.attr_id);  // a delta relayed before: applied first, it is the base
   Attr& a = attrs_[m.attr_id];
   const Stamp stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
   const auto written = [&] {
@@ -549,41 +572,75 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
                   stamp.write_ns, m.value,       /*codec=*/true};
     auto relay = std::make_shared<const net::Frame>(net::Encode(u));
+    auto p = std::make_shared<PendingApply>();
+    p->id = m.attr_id;
+    p->stamp = stamp;
+    p->value = m.value;
+    p->write = std::move(write);
+    p->info = *info;
+    p->deadline_ns = NowNanos() + kApplyDeadlineNs;
     for (ucp_ep_h s : a.subscribers) {
-      // UDP subscribers get the whole value once it is applied (Publish below).
-      if (s != ep && !ByUdp(s, m.attr_id, info->raw_bytes)) worker_->Send(s, relay);
+      // UDP subscribers get the whole value once it is applied (Publish, in ApplyRelayed).
+      if (s == ep || ByUdp(s, m.attr_id, info->raw_bytes)) continue;
+      ++p->sends_left;
+      worker_->Send(s, relay, [p](ucs_status_t) { --p->sends_left; });
     }
     written();
+    // Applied once the relay has left (OnIdle): a large delta's relay is a rendezvous that
+    // moves only while this thread progresses UCX.
+    pending_.push_back(std::move(p));
+    return;
   }
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
   Status st = DecodeInto(a, m.value, *info, &holder, &offset);
-  if (!st.ok() && !cut_through) {
+  if (!st.ok()) {
     return Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
                   "the value of " + a.object + "." + a.name +
                       " does not verify against the hub's: " + st.message() +
                       "; send the whole value");
   }
+  // Here WRITTEN goes first: Publish may re-encode a whole tensor for the subscribers, and the
+  // writer need not wait for that.
+  written();
+  Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash, m.value, ep);
+}
+
+void Hub::Settle(uint32_t id) {
+  for (size_t i = 0; i < pending_.size();) {
+    if (id != kAll && pending_[i]->id != id) {
+      ++i;
+      continue;
+    }
+    const std::shared_ptr<PendingApply> p = std::move(pending_[i]);
+    pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
+    ApplyRelayed(*p);
+  }
+}
+
+void Hub::ApplyRelayed(const PendingApply& p) {
+  Attr& a = attrs_[p.id];
+  std::shared_ptr<net::Frame> holder;
+  size_t offset = 0;
+  Status st = DecodeInto(a, p.value, p.info, &holder, &offset);
   if (!st.ok()) {
     // Already relayed: its receivers drop it (it does not verify for them either). Publish
     // the value the hub kept at a newer version, so that everyone, the writer too, converges.
-    Log("a delta of " + a.object + "." + a.name + " from client " + std::to_string(peer.id) +
+    Log("a delta of " + a.object + "." + a.name + " from client " + std::to_string(p.stamp.writer) +
         " did not verify after it was relayed (" + st.message() + "); republishing version " +
         std::to_string(a.version) + "'s value");
-    const Stamp again{stamp.version + 1, stamp.clock + 1, a.writer, NowNanos()};
+    const Stamp again{p.stamp.version + 1, p.stamp.clock + 1, a.writer, NowNanos()};
     a.version = again.version;
     a.clock = again.clock;
     a.write_ns = again.write_ns;
-    auto relay = std::make_shared<const net::Frame>(net::Encode(
-        net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
-    Relay(m.attr_id, a, relay, nullptr);
+    auto relay = std::make_shared<const net::Frame>(
+        net::Encode(net::Update{p.id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
+    Relay(p.id, a, relay, nullptr);
     return;
   }
-  // Here WRITTEN goes first: Publish may re-encode a whole tensor for the subscribers, and the
-  // writer need not wait for that. A relayed delta is not sent again (see Publish).
-  if (!cut_through) written();
-  Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash,
-          cut_through ? ByteSpan() : m.value, cut_through ? kEveryone : ep);
+  // The delta was relayed already: Publish sends it to no one again (UDP subscribers aside).
+  Publish(p.id, a, p.stamp, std::move(holder), offset, p.info.frame.result_hash, ByteSpan(),
+          kEveryone);
 }
 
 void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
@@ -592,6 +649,7 @@ void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
         ep, 0, net::ErrorCode::kNotFound,
         "RESYNC of attribute id " + std::to_string(m.attr_id) + ", not declared by this client");
   }
+  Settle(m.attr_id);
   const Attr& a = attrs_[m.attr_id];
   if (a.version == 0) return;
   Send(ep, net::Encode(
@@ -683,6 +741,7 @@ void Hub::DroppedBadDatagram(const net::UdpAddress& from) {
 
 void Hub::OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack) {
   if (peer.declared.count(ack.attr_id) == 0) return;
+  Settle(ack.attr_id);  // acknowledged against the latest version
   uint64_t& acked = peer.udp_acked[ack.attr_id];
   acked = std::max(acked, ack.seq);
   if (acked >= attrs_[ack.attr_id].version) udp_unacked_.erase({ep, ack.attr_id});
@@ -737,6 +796,7 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
     }
     return;
   }
+  Settle(attr_id);  // a write by datagram applies against the latest value
   Attr& a = attrs_[attr_id];
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;

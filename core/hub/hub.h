@@ -143,6 +143,25 @@ class Hub final : public net::UcxWorker::Handler {
   };
   void Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
                size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value, ucp_ep_h except);
+  // A delta relayed before the hub applied it (cut-through): applied once the relay has
+  // left (its sends completed), or at once when something needs the attribute's value (a
+  // frame about it, a datagram) or by the deadline. The progress thread stays free to move
+  // the relay meanwhile: applying takes a pass over the whole tensor.
+  struct PendingApply {
+    uint32_t id = 0;
+    Stamp stamp{};
+    std::shared_ptr<net::Frame> write;  // the WRITE frame; value points into it
+    ByteSpan value;
+    net::CodecValueInfo info;
+    int sends_left = 0;  // relay sends not yet completed
+    int64_t deadline_ns = 0;
+  };
+  std::vector<std::shared_ptr<PendingApply>> pending_;
+  // Applies the pending delta of attribute id (every one: kAll), if any.
+  static constexpr uint32_t kAll = ~uint32_t{0};
+  void Settle(uint32_t id);
+  // Applies a relayed delta; on failure publishes the hub's value anew so everyone converges.
+  void ApplyRelayed(const PendingApply& p);
   // Whether `bytes` more of values fit the hub's bound (answers the request when not).
   bool Fits(ucp_ep_h ep, uint32_t request_id, const Attr& a, size_t bytes);
   void HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m);
