@@ -1,5 +1,6 @@
 #include "codecs/sparse.h"
 
+#include <cstring>
 #include <string>
 
 #include "codecs/coding.h"
@@ -68,33 +69,40 @@ void SparseApplier::Rewind() {
 
 template <size_t E, bool kPlanes, bool kDiff>
 void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out, bool undo) {
+  // The cursor lives in locals: every store through `out` (a uint8_t*) may alias this
+  // object's members, which would otherwise be reloaded and stored again for each change.
   const uint8_t* const gend = body_.gaps + body_.gap_bytes;
   const uint8_t* const vals = body_.values;
   const uint64_t n = body_.count;
-  while (k_ < n) {
-    if (!has_pending_) {
-      uint64_t gap = 0;
-      (void)GetVarint(&gap_, gend, &gap);  // validated by ValidateSparseGaps
-      pending_ = next_ + gap;
-      has_pending_ = true;
+  const uint8_t* gap = gap_;
+  uint64_t next = next_, k = k_, pending = pending_;
+  bool has_pending = has_pending_;
+  while (k < n) {
+    if (!has_pending) {
+      uint64_t g = 0;
+      (void)GetVarint(&gap, gend, &g);  // validated by ValidateSparseGaps
+      pending = next + g;
+      has_pending = true;
     }
-    if (pending_ >= end_element) return;
-    uint8_t* dst = out + pending_ * E;
-    if constexpr (kDiff) {
-      uint64_t z = 0, v = 0;
-      for (size_t b = 0; b < E; ++b) {
-        z |= uint64_t{kPlanes ? vals[b * n + k_] : vals[k_ * E + b]} << (8 * b);
-        v |= uint64_t{dst[b]} << (8 * b);
-      }
-      v = ApplyZigzag<E>(v, z, undo);
-      for (size_t b = 0; b < E; ++b) dst[b] = static_cast<uint8_t>(v >> (8 * b));
-    } else {
-      for (size_t b = 0; b < E; ++b) dst[b] ^= kPlanes ? vals[b * n + k_] : vals[k_ * E + b];
+    if (pending >= end_element) break;
+    uint8_t* dst = out + pending * E;
+    uint64_t z = 0;
+    for (size_t b = 0; b < E; ++b) {
+      z |= uint64_t{kPlanes ? vals[b * n + k] : vals[k * E + b]} << (8 * b);
     }
-    next_ = pending_ + 1;
-    has_pending_ = false;
-    ++k_;
+    uint64_t v = 0;
+    std::memcpy(&v, dst, E);  // little-endian: the low E bytes
+    v = kDiff ? ApplyZigzag<E>(v, z, undo) : v ^ z;
+    std::memcpy(dst, &v, E);
+    next = pending + 1;
+    has_pending = false;
+    ++k;
   }
+  gap_ = gap;
+  next_ = next;
+  k_ = k;
+  pending_ = pending;
+  has_pending_ = has_pending;
 }
 
 void SparseApplier::ApplyUntil(uint64_t end_element, uint8_t* out, bool undo) {
