@@ -97,7 +97,8 @@ struct Encoder::Impl {
     return static_cast<double>(out) * 1.02 < static_cast<double>(in) * cap / n;
   }
 
-  Result<size_t> EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info, uint8_t* payload);
+  Result<size_t> EncodeFull(const TensorBytes& cur, size_t n, const EncodeHints& hints,
+                            FrameInfo* info, uint8_t* payload);
   // Sets up `sink` to collect a sparse form of at most n / 4 bytes per stream.
   Status StartSparse(size_t n, internal::SparseSink* sink);
   // Turns a finished sparse scan into the best sparse frame payload; 0 when none beats raw n.
@@ -136,6 +137,12 @@ Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
   if (delta && Overlaps(out.data(), out.size(), base->data, n)) {
     return Status::InvalidArgument("Encode: output overlaps the base");
   }
+  if (hints.copy_to != nullptr &&
+      (Overlaps(hints.copy_to, n, cur.data, n) ||
+       Overlaps(hints.copy_to, n, out.data(), out.size()) ||
+       (base != nullptr && base->data != nullptr && Overlaps(hints.copy_to, n, base->data, n)))) {
+    return Status::InvalidArgument("Encode: copy_to overlaps the tensor, the base or the output");
+  }
   if (!impl_->cur_hash.ok() || !impl_->base_hash.ok()) {
     return Status::ResourceExhausted("Encode: hash state allocation failed");
   }
@@ -145,7 +152,7 @@ Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
   info.new_version = new_version;
   uint8_t* payload = out.data() + format::kHeaderSize;
   Result<size_t> size = delta ? impl_->EncodeDelta(cur, base->data, n, hints, &info, payload)
-                              : impl_->EncodeFull(cur, n, &info, payload);
+                              : impl_->EncodeFull(cur, n, hints, &info, payload);
   if (!size.ok()) return size.status();
   if ((info.chain & kChainXor) != 0) {
     info.base_version = base_version;
@@ -158,9 +165,10 @@ Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
   return *size + format::kHeaderSize;
 }
 
-Result<size_t> Encoder::Impl::EncodeFull(const TensorBytes& cur, size_t n, FrameInfo* info,
-                                         uint8_t* payload) {
+Result<size_t> Encoder::Impl::EncodeFull(const TensorBytes& cur, size_t n, const EncodeHints& hints,
+                                         FrameInfo* info, uint8_t* payload) {
   const size_t esize = DTypeSize(cur.dtype);
+  if (hints.copy_to != nullptr && n != 0) std::memcpy(hints.copy_to, cur.data, n);
   info->result_hash = internal::Hash64(cur.data, n);
   if (n != 0) {
     const uint8_t* src = cur.data;
@@ -201,6 +209,7 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   for (size_t off = 0; off < n; off += kBlock) {
     const size_t len = std::min(kBlock, n - off);
     cur_hash.Update(cur.data + off, len);
+    if (hints.copy_to != nullptr) std::memcpy(hints.copy_to + off, cur.data + off, len);  // hot
     if (hash_base) base_hash.Update(base + off, len);
     if (sparse) {
       sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink, use_diff);

@@ -743,7 +743,8 @@ uint64_t NetClient::QueueDirty(Replica& r, std::shared_ptr<Frame> holder, size_t
 Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, uint32_t request,
                                                                   ByteSpan raw, uint64_t clock,
                                                                   int64_t now, bool whole,
-                                                                  std::optional<uint64_t>* hash) {
+                                                                  std::optional<uint64_t>* hash,
+                                                                  const std::byte* data_from) {
   std::shared_ptr<Frame> base;
   size_t base_offset = 0;
   uint64_t base_version = 0;
@@ -763,7 +764,7 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
   if (bound == 0) return Status::InvalidArgument("not a valid tensor value");
   EASYSYNC_ASSIGN_OR_RETURN(EncodedValue e,
                             EncodeCodecValue(encoder_, raw, base_value, base_version, base_hash,
-                                             base_version + 1, {Scratch(bound), bound}));
+                                             base_version + 1, {Scratch(bound), bound}, data_from));
   CounterShard& c = shard();
   Count(c.codec_raw_bytes, raw.size());
   Count(c.codec_wire_bytes, e.bytes);
@@ -776,6 +777,12 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
 }
 
 Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) {
+  return WriteValue(attr, size, encode, nullptr);
+}
+
+Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
+                                       FunctionRef<void(std::byte*)> encode,
+                                       const TensorView* tensor) {
   Replica* r = Find(attr);
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
   const int64_t now = MonotonicNanos();
@@ -796,7 +803,13 @@ Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std
   std::shared_ptr<const Frame> frame;
   std::optional<uint64_t> hash;
   uint32_t request = NextRequest();
-  if (codec) {
+  // A host tensor's bytes, not yet in holder: the first encode copies them in.
+  const std::byte* unfilled = nullptr;
+  if (codec && tensor != nullptr) {
+    holder = Buffer(*r, size);
+    detail::EncodeTensorHeader(tensor->dtype, tensor->shape, holder->data());
+    unfilled = static_cast<const std::byte*>(tensor->data);
+  } else if (codec) {
     holder = Buffer(*r, size);
     encode(holder->data());
   } else {
@@ -809,11 +822,15 @@ Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (state_ == State::kFailed) return failure_;
-      if (state_ != State::kReady) return QueueDirty(*r, std::move(holder), offset, clock, now);
+      if (state_ != State::kReady) {
+        if (unfilled != nullptr) encode(holder->data());  // kept until the reconnect
+        return QueueDirty(*r, std::move(holder), offset, clock, now);
+      }
     }
     if (codec) {
-      EASYSYNC_ASSIGN_OR_RETURN(frame,
-                                EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash));
+      EASYSYNC_ASSIGN_OR_RETURN(
+          frame, EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash, unfilled));
+      unfilled = nullptr;
     }
     EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(request, Pending{}, frame, "WRITE"));
     if (done.lost) {

@@ -8,12 +8,22 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
   Replica* r = Find(attr);
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
   const bool device = view.device == DeviceType::kCUDA || device_path_for_host_.load();
-  if (!device || r->kind != ValueKind::kTensor || view.shape.size() > kMaxTensorDims) {
+  if (r->kind != ValueKind::kTensor || view.shape.size() > kMaxTensorDims) {
     return Client::WriteTensor(attr, view);
   }
   EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(view.shape));
   const size_t bytes = numel * DTypeSize(view.dtype);
   const size_t raw = detail::EncodedTensorSize(view.dtype, bytes);
+  if (!device) {
+    // A host tensor: read once, for the delta and for the replica at the same time.
+    return WriteValue(
+        attr, raw,
+        [&](std::byte* dst) {
+          detail::EncodeTensorHeader(view.dtype, view.shape, dst);
+          if (bytes != 0) std::memcpy(dst + detail::kTensorHeaderBytes, view.data, bytes);
+        },
+        &view);
+  }
   if (!UseCodec(r->kind, raw)) return Client::WriteTensor(attr, view);
   std::lock_guard<std::mutex> device_lock(r->device_mu);
   if (!r->device) {

@@ -206,9 +206,17 @@ class NetClient final : public Client, public UcxWorker::Handler {
                       int64_t now);
   // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
   // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
+  // With data_from, raw holds only the tensor header yet; the encoder fills in the tensor's
+  // bytes from data_from as it reads them (see EncodeCodecValue).
   Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
                                                          uint64_t clock, int64_t now, bool whole,
-                                                         std::optional<uint64_t>* hash);
+                                                         std::optional<uint64_t>* hash,
+                                                         const std::byte* data_from = nullptr);
+  // Write, for a host tensor of the attribute's size: `tensor` (not null) is the value's
+  // data, and `encode` writes the whole raw value (header and data). A codec write reads the
+  // tensor once, encoding it and copying it into the replica in the same pass.
+  Result<uint64_t> WriteValue(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode,
+                              const TensorView* tensor);
   // The UDP path (progress thread).
   void StartUdp();
   bool OnUdp();

@@ -45,16 +45,22 @@ bool SameTensorHeader(ByteSpan a, ByteSpan b) {
 
 Result<EncodedValue> EncodeCodecValue(codec::Encoder& enc, ByteSpan cur, ByteSpan base,
                                       uint64_t base_version, std::optional<uint64_t> base_hash,
-                                      uint64_t new_version, std::span<std::byte> out) {
+                                      uint64_t new_version, std::span<std::byte> out,
+                                      const std::byte* data_from) {
   detail::TensorBytes t;
   EASYSYNC_RETURN_IF_ERROR(detail::ParseTensor(cur, &t));
   if (out.size() < kTensorHeaderBytes) return Status::InvalidArgument("codec value: no room");
   const size_t esize = DTypeSize(t.dtype);
-  const codec::TensorBytes now{t.dtype, t.data_bytes / esize, U8(t.data).data()};
+  codec::TensorBytes now{t.dtype, t.data_bytes / esize, U8(t.data).data()};
+  codec::EncodeHints hints;
+  if (data_from != nullptr) {
+    // The caller's buffer: filled by the encoder from data_from (see the header).
+    hints.copy_to = const_cast<uint8_t*>(now.data);
+    now.data = reinterpret_cast<const uint8_t*>(data_from);
+  }
   codec::TensorBytes was;
   const bool has_base = base.size() == cur.size() && SameTensorHeader(cur, base);
   if (has_base) was = {t.dtype, now.element_count, U8(base).data() + kTensorHeaderBytes};
-  codec::EncodeHints hints;
   hints.known_base_hash = base_hash;
   std::memcpy(out.data(), cur.data(), kTensorHeaderBytes);
   auto frame = std::span<uint8_t>(reinterpret_cast<uint8_t*>(out.data()), out.size())

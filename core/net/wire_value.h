@@ -51,9 +51,13 @@ struct EncodedValue {
 // Encodes the raw value `cur` into out (at least CodecValueBound(cur) bytes), as a delta
 // against `base` (a raw value at base_version) when base has the same header and a delta is
 // smaller. base may be empty. new_version is advisory (receivers take the message's version).
+// With `data_from`, cur holds only the tensor header yet: the tensor's bytes are read from
+// data_from and copied into cur's data bytes as they are encoded (a pass over memory fewer
+// than copying first); cur must then be writable memory the caller owns.
 Result<EncodedValue> EncodeCodecValue(codec::Encoder& enc, ByteSpan cur, ByteSpan base,
                                       uint64_t base_version, std::optional<uint64_t> base_hash,
-                                      uint64_t new_version, std::span<std::byte> out);
+                                      uint64_t new_version, std::span<std::byte> out,
+                                      const std::byte* data_from = nullptr);
 
 // Decodes a codec value into `out`, which must have exactly PeekCodecValue(wire)->raw_bytes
 // bytes. A delta needs `base`: the receiver's raw value, at the frame's base version (checked

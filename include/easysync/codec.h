@@ -99,6 +99,10 @@ struct EncodeHints {
   // XXH3-64 of base->data, e.g. the result_hash of the frame that sent the base. Without it,
   // Encode hashes the base.
   std::optional<uint64_t> known_base_hash;
+  // When set, Encode also copies cur's bytes (all of them, whatever the frame) here, within
+  // its pass over cur: a caller that keeps the value it encodes saves a pass over memory.
+  // Must not overlap cur, the base or the output.
+  uint8_t* copy_to = nullptr;
 };
 
 // The changed blocks of an update, as the device path produces them (cuda/compact.h): for

@@ -84,9 +84,14 @@ class Synced {
 
   // Publishes v to the cluster; returns the new version.
   uint64_t set(const T& v) {
-    const uint64_t version = Traits::WithEncoding(v, [&](size_t size, auto&& encode) {
-      return ValueOrThrow(client_->Write(attr_, size, encode));
-    });
+    uint64_t version;
+    if constexpr (std::is_same_v<T, Tensor>) {
+      version = ValueOrThrow(client_->WriteTensor(attr_, v.view()));  // no copy on the way
+    } else {
+      version = Traits::WithEncoding(v, [&](size_t size, auto&& encode) {
+        return ValueOrThrow(client_->Write(attr_, size, encode));
+      });
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (version > version_) {
       value_ = v;

@@ -2,6 +2,7 @@
 // calling the decoder (into a fresh buffer, in place, with a known base hash).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <tuple>
@@ -93,6 +94,20 @@ TEST_P(RoundTrip, EveryDensityPatternAndSize) {
             EXPECT_LE(*size, 64u + 8u) << what << " " << ChainName(info->chain);
           }
           CheckDecodes(dec, f, base, cur, what);
+          // Asked to, the encoder also copies the tensor out, whatever frame it makes; the
+          // frame is the same.
+          std::vector<uint8_t> copy(cur.size(), 0xCD), again(frame.size());
+          EncodeHints hints;
+          hints.copy_to = copy.data();
+          Result<size_t> copied = enc.Encode(cur_view, &base_view, 7, 8, again, hints);
+          ASSERT_TRUE(copied.ok()) << what << " (copy_to): " << copied.status().message();
+          ASSERT_EQ(*copied, *size) << what << " (copy_to)";
+          EXPECT_TRUE(std::equal(f.begin(), f.end(), again.begin())) << what << " (copy_to)";
+          EXPECT_EQ(copy, cur) << what << " (copy_to)";
+          std::fill(copy.begin(), copy.end(), 0xCD);
+          copied = enc.Encode(cur_view, nullptr, 0, 8, again, hints);  // a full value
+          ASSERT_TRUE(copied.ok()) << what << " (copy_to, full)";
+          EXPECT_EQ(copy, cur) << what << " (copy_to, full)";
         }
       }
     }
@@ -296,6 +311,17 @@ TEST(CodecRoundTrip, RejectsBadArguments) {
   std::vector<uint8_t> out(t.size() + 4);
   EXPECT_EQ(dec.Decode({frame.data(), *size}, nullptr, 0, out).code(),
             StatusCode::kInvalidArgument);
+
+  // copy_to must not overlap the tensor, the base or the output.
+  std::vector<uint8_t> cur = t, base = MakeTensor(DType::kFloat32, 100, 2);
+  const TensorBytes base_view = View(DType::kFloat32, base);
+  for (uint8_t* bad : {cur.data() + 4, base.data(), frame.data() + 8}) {
+    EncodeHints hints;
+    hints.copy_to = bad;
+    EXPECT_EQ(
+        enc.Encode(View(DType::kFloat32, cur), &base_view, 1, 2, frame, hints).status().code(),
+        StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace
