@@ -78,6 +78,10 @@ struct DeviceStaging {
 
 }  // namespace
 
+Result<std::optional<Client::SharedValue>> Client::ReadSharedIfNewer(AttrId, uint64_t) {
+  return Status::InvalidArgument("this transport reads values by copy (see CanReadShared)");
+}
+
 Result<uint64_t> Client::WriteTensor(AttrId attr, const TensorView& view) {
   if (view.shape.size() > kMaxTensorDims) return Status::InvalidArgument("too many dims");
   EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(view.shape));

@@ -66,6 +66,27 @@ Tensor Tensor::FromData(DType dtype, std::vector<int64_t> shape, const void* dat
   return t;
 }
 
+Result<Tensor> Tensor::Borrow(DType dtype, std::vector<int64_t> shape,
+                              std::shared_ptr<const void> owner, const std::byte* data) {
+  if (DTypeSize(dtype) == 0) return Status::InvalidArgument("invalid dtype");
+  EASYSYNC_ASSIGN_OR_RETURN(size_t numel, ShapeNumel(shape));
+  if (reinterpret_cast<uintptr_t>(data) % 64 != 0) {
+    return Status::InvalidArgument("Tensor::Borrow: data is not 64-byte aligned");
+  }
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.numel_ = numel;
+  if (t.nbytes() > 0) {
+    // Shares the owner's reference count: use_count() > 1 while anyone else holds the
+    // owner, which is what copy on write looks at. The cast is that discipline's to keep.
+    t.storage_ = std::shared_ptr<std::byte>(std::const_pointer_cast<void>(std::move(owner)),
+                                            const_cast<std::byte*>(data));
+    t.data_ = t.storage_.get();
+  }
+  return t;
+}
+
 std::byte* Tensor::mutable_data() {
   if (storage_ && storage_.use_count() > 1) {
     std::shared_ptr<std::byte> old = storage_;

@@ -134,6 +134,17 @@ Status ParseTensor(ByteSpan in, TensorBytes* out) {
 
 }  // namespace detail
 
+Status ValueTraits<Tensor>::DecodeShared(std::shared_ptr<const void> owner, ByteSpan in,
+                                         Tensor* out) {
+  detail::TensorBytes tb;
+  EASYSYNC_RETURN_IF_ERROR(detail::ParseTensor(in, &tb));
+  if (reinterpret_cast<uintptr_t>(tb.data.data()) % 64 != 0) return Decode(in, out);
+  EASYSYNC_ASSIGN_OR_RETURN(
+      *out, Tensor::Borrow(tb.dtype, std::vector<int64_t>(tb.shape, tb.shape + tb.ndim),
+                           std::move(owner), tb.data.data()));
+  return Status::Ok();
+}
+
 Status ValueTraits<Tensor>::Decode(ByteSpan in, Tensor* out) {
   detail::TensorBytes tb;
   EASYSYNC_RETURN_IF_ERROR(detail::ParseTensor(in, &tb));

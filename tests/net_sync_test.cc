@@ -191,6 +191,49 @@ TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// In network mode a tensor read borrows the replica's bytes instead of copying them, and what
+// a reader holds never changes: newer versions go elsewhere, and a reader's own changes to
+// its tensor (copy on write) never reach the replica that the next delta applies to.
+TEST(NetDelta, ATensorReadBorrowsTheReplicaAndNeverChangesUnderItsHolder) {
+  constexpr size_t kElements = size_t{1} << 20;  // 2 MiB of bfloat16
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  Model a(*ca), b(*cb);
+  Tensor w = Weights(kElements, 1);
+  a.w = w;
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(30)));
+  const Tensor v1 = b.w.get();
+  EXPECT_TRUE(v1 == w);
+  {
+    auto shared = cb->ReadSharedIfNewer(b.w.attr(), 0);
+    ASSERT_TRUE(shared.ok() && shared.value());
+    EXPECT_EQ(v1.data(), shared.value()->bytes.data() + detail::kTensorHeaderBytes);  // no copy
+  }
+
+  const Tensor w1 = w;
+  Step(w, 10, 2);
+  a.w = w;  // a delta, while the reader holds version 1
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(30)));
+  Tensor v2 = b.w.get();
+  EXPECT_TRUE(v1 == w1);  // unchanged under its holder
+  EXPECT_TRUE(v2 == w);
+  v2.mutable_data_as<uint16_t>()[0] ^= 0x1234;  // copy on write: the replica keeps its bytes
+  EXPECT_FALSE(v2 == w);
+  EXPECT_TRUE(b.w.get() == w);
+
+  Step(w, 10, 3);
+  a.w = w;  // applies against the replica's bytes, which the reader's change did not touch
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 3; }, Clock::now() + seconds(30)));
+  EXPECT_TRUE(b.w.get() == w);
+  EXPECT_TRUE(v1 == w1);
+  const Stats s = cb->stats();
+  EXPECT_EQ(s.deltas_recv, 2u);
+  EXPECT_EQ(s.resyncs, 0u);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 struct Game : SyncedObject {
   Synced<int64_t> score{this, "score", int64_t{0}};
   Synced<std::string> name{this, "name", std::string("start")};

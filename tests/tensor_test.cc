@@ -4,7 +4,10 @@
 
 #include "encode_util.h"
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <memory>
 
 #include "easysync/value_traits.h"
 
@@ -28,6 +31,45 @@ TEST(Tensor, CopiesShareUntilWritten) {
   EXPECT_NE(a.data(), b.data());
   EXPECT_EQ(a.data_as<int32_t>()[0], 7);
   EXPECT_EQ(b.data_as<int32_t>()[0], 9);
+}
+
+TEST(Tensor, BorrowedBytesAreSharedAndCopiedOnWriteWhileTheOwnerIsHeld) {
+  struct alignas(64) Block {
+    int32_t v[64];
+    const int32_t* data() const { return v; }
+    int32_t operator[](size_t i) const { return v[i]; }
+  };
+  auto owner = std::make_shared<Block>();
+  std::fill(std::begin(owner->v), std::end(owner->v), 5);
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(owner->data()) % 64, 0u);
+  const auto* bytes = reinterpret_cast<const std::byte*>(owner->data() + 16);  // +64 bytes
+  auto t = Tensor::Borrow(DType::kInt32, {4, 4}, owner, bytes);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ(t->data(), bytes);  // no copy
+  EXPECT_EQ(t->data_as<int32_t>()[3], 5);
+  EXPECT_FALSE(t->unique());
+  // The owner is held elsewhere: a write copies first and leaves the owner's bytes alone.
+  t->mutable_data_as<int32_t>()[0] = 9;
+  EXPECT_NE(t->data(), bytes);
+  EXPECT_EQ((*owner)[16], 5);
+  EXPECT_EQ(t->data_as<int32_t>()[0], 9);
+  // The last holder of the owner writes in place.
+  auto u = Tensor::Borrow(DType::kInt32, {16}, owner, bytes);
+  ASSERT_TRUE(u.ok());
+  std::weak_ptr<Block> gone = owner;
+  owner.reset();
+  EXPECT_TRUE(u->unique());
+  u->mutable_data_as<int32_t>()[1] = 3;
+  EXPECT_EQ(u->data(), bytes);
+  EXPECT_FALSE(gone.expired());  // the tensor keeps it alive
+  EXPECT_EQ(u->data_as<int32_t>()[1], 3);
+
+  auto keep = std::make_shared<Block>();
+  EXPECT_EQ(
+      Tensor::Borrow(DType::kInt32, {4}, keep, reinterpret_cast<const std::byte*>(keep->data() + 1))
+          .status()
+          .code(),
+      StatusCode::kInvalidArgument);  // not 64-byte aligned
 }
 
 TEST(Tensor, RejectsBadShapes) {

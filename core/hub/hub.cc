@@ -816,7 +816,7 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
     }
     hash = info->frame.result_hash;
   } else {
-    holder = std::make_shared<net::Frame>(std::move(done->value));
+    holder = std::make_shared<net::Frame>(done->value.begin(), done->value.end());
   }
   if (total_value_bytes_ - a.value().size() + (holder->size() - offset) >
       options_.max_total_value_bytes) {

@@ -880,6 +880,28 @@ Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t h
   return std::optional<UpdateInfo>(info);
 }
 
+Result<std::optional<Client::SharedValue>> NetClient::ReadSharedIfNewer(AttrId attr,
+                                                                        uint64_t have) {
+  // A replica's holder is never written while someone else holds it: a delta is applied in
+  // place only when the replica holds the only reference (OnUpdate), else into another buffer.
+  Replica* r = Find(attr);
+  if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
+  if (r->version.load(std::memory_order_acquire) <= have) return std::optional<SharedValue>();
+  SharedValue v;
+  size_t offset;
+  std::shared_ptr<const Frame> holder;
+  {
+    std::lock_guard<std::mutex> lock(r->mu);
+    holder = r->holder;
+    offset = r->offset;
+    v.info = r->info;
+  }
+  if (v.info.version <= have || !holder) return std::optional<SharedValue>();
+  v.bytes = ByteSpan(*holder).subspan(offset);
+  v.owner = std::move(holder);
+  return std::optional<SharedValue>(std::move(v));
+}
+
 bool NetClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
   if (ready()) return true;
   const Deadline spin_until = std::min(deadline, Clock::now() + options_.spin);

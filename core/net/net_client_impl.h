@@ -87,6 +87,8 @@ class NetClient final : public Client, public UcxWorker::Handler {
     Replica* r = Find(attr);
     return r == nullptr ? 0 : r->version.load(std::memory_order_acquire);
   }
+  bool CanReadShared() const override { return true; }
+  Result<std::optional<SharedValue>> ReadSharedIfNewer(AttrId attr, uint64_t have) override;
   Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
                                                 FunctionRef<Status(ByteSpan)> decode) override;
   bool WaitUntil(FunctionRef<bool()> ready, Deadline deadline) override;

@@ -218,7 +218,7 @@ void NetClient::HandleDatagram(ByteSpan datagram) {
   Count(c.fragments_incomplete, reassembler_.incomplete() - incomplete0);
   if (!done) return;
   const uint64_t before = r.version.load();
-  auto frame = std::make_shared<Frame>(std::move(done->value));
+  auto frame = std::make_shared<Frame>(done->value.begin(), done->value.end());
   if (done->header.codec) {
     // A tensor delta against the version this client acknowledged (or a whole codec value):
     // applied only to exactly its base and kept only if its hash verifies, as on the

@@ -165,7 +165,20 @@ struct Pong {
   int64_t hub_ns = 0;     // the hub's clock when it answered
 };
 
-using Frame = std::vector<std::byte>;
+// Whole messages, and the values replicas keep: 64-byte aligned, so a tensor value inside
+// one (at a multiple of 64 bytes from the start) can be handed out as a Tensor without a copy.
+template <class T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheLineAllocator() = default;
+  template <class U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}  // NOLINT: rebinding
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t n) { ::operator delete(p, n * sizeof(T), kAlign); }
+  friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
+};
+using Frame = std::vector<std::byte, CacheLineAllocator<std::byte>>;
 
 // Checks magic, reserved fields (flags: only kFlagCodec, on WRITE and UPDATE) and that the payload
 // length matches the frame exactly, and that the frame is at most max_frame_bytes. The version is

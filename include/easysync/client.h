@@ -134,6 +134,17 @@ class Client {
   Result<std::optional<UpdateInfo>> ReadInfoIfNewer(AttrId attr, uint64_t have) {
     return ReadIfNewer(attr, have, [](ByteSpan) { return Status::Ok(); });
   }
+  // As ReadIfNewer, without a copy, where the transport keeps each value in memory of its
+  // own that never changes while shared (network mode; CanReadShared()): `bytes` stay valid
+  // and unchanged while `owner` is held. Elsewhere (shared-memory mode: values live in a
+  // segment that writers reuse) an InvalidArgument error: read with ReadIfNewer there.
+  struct SharedValue {
+    UpdateInfo info;
+    std::shared_ptr<const void> owner;
+    ByteSpan bytes;
+  };
+  virtual bool CanReadShared() const { return false; }
+  virtual Result<std::optional<SharedValue>> ReadSharedIfNewer(AttrId attr, uint64_t have);
 
   // Waits until ready() is true or the deadline passes; returns ready()'s last answer.
   // ready() is called after every change anywhere in the cluster (and while spinning).

@@ -189,14 +189,31 @@ class Synced {
     ReadNewerThan(version_, /*record=*/true, live);
   }
   void ReadNewerThan(uint64_t have, bool record, bool live) const {
+    std::optional<UpdateInfo> read;
+    if constexpr (std::is_same_v<T, Tensor>) {
+      if (client_->CanReadShared()) {
+        // Network mode: the tensor borrows the replica's bytes (copy on write), no copy.
+        auto r = client_->ReadSharedIfNewer(attr_, have);
+        if (!r.ok()) throw Error(r.status());
+        if (r.value()) {
+          const Status st =
+              Traits::DecodeShared(std::move(r.value()->owner), r.value()->bytes, &value_);
+          if (!st.ok()) throw Error(st);
+          read = r.value()->info;
+        }
+        return Record(read, record, live);
+      }
+    }
     auto r = client_->ReadIfNewer(attr_, have,
                                   [&](ByteSpan bytes) { return Traits::Decode(bytes, &value_); });
     if (!r.ok()) throw Error(r.status());
-    if (r.value()) {
-      info_ = *r.value();
-      if (record) client_->RecordApplied(info_, live);
-      version_ = info_.version;
-    }
+    Record(r.value(), record, live);
+  }
+  void Record(const std::optional<UpdateInfo>& read, bool record, bool live) const {
+    if (!read) return;
+    info_ = *read;
+    if (record) client_->RecordApplied(info_, live);
+    version_ = info_.version;
   }
 
   Client* client_;

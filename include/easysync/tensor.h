@@ -44,6 +44,12 @@ class Tensor {
   Tensor(DType dtype, std::vector<int64_t> shape);
   // A tensor holding a copy of `data` (nbytes of dtype x shape).
   static Tensor FromData(DType dtype, std::vector<int64_t> shape, const void* data);
+  // A tensor over `data` (nbytes of dtype x shape, 64-byte aligned), which `owner` keeps
+  // alive, without a copy. The bytes must not change while the owner is shared: the tensor
+  // shares it, so mutable_data() copies them first (copy on write) unless the tensor is
+  // the owner's last holder. InvalidArgument if data is not 64-byte aligned.
+  static Result<Tensor> Borrow(DType dtype, std::vector<int64_t> shape,
+                               std::shared_ptr<const void> owner, const std::byte* data);
 
   DType dtype() const { return dtype_; }
   const std::vector<int64_t>& shape() const { return shape_; }

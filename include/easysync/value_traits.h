@@ -197,6 +197,9 @@ struct ValueTraits<Tensor> {
   }
   // Reuses out's storage when it is unshared and of the same size (no allocation).
   static Status Decode(ByteSpan in, Tensor* out);
+  // Without a copy: *out borrows the bytes, which `owner` keeps alive and unchanged
+  // (Client::ReadSharedIfNewer); copies where the data is not 64-byte aligned.
+  static Status DecodeShared(std::shared_ptr<const void> owner, ByteSpan in, Tensor* out);
 };
 
 }  // namespace easysync
