@@ -85,6 +85,34 @@ std::vector<Frame> AllMessages() {
   };
 }
 
+// Large frames are recycled: the next frame of a size just freed takes the freed block
+// (no page faults), within the cache's bounds.
+TEST(NetFrames, LargeFramesAreRecycledWithinBounds) {
+  constexpr size_t kBig = size_t{16} << 20;
+  const std::byte* first;
+  {
+    Frame a(kBig);
+    first = a.data();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
+  }
+  const size_t held = FrameCacheBlocksForTests();
+  if (held == 0) GTEST_SKIP() << "recycling is off in this build (sanitizer)";
+  {
+    Frame b(kBig);
+    EXPECT_EQ(b.data(), first);  // the freed block, already faulted in
+    EXPECT_EQ(FrameCacheBlocksForTests(), held - 1);
+    Frame c(kBig + 64);  // another size: a block of its own
+    EXPECT_NE(c.data(), first);
+  }
+  {
+    std::vector<Frame> many;
+    for (size_t i = 0; i < 2 * kFrameCacheBlocks; ++i) many.emplace_back(kFrameCacheMinBytes + i);
+  }
+  EXPECT_LE(FrameCacheBlocksForTests(), kFrameCacheBlocks);
+  Frame small(4096);  // small frames are plain allocations
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % 64, 0u);
+}
+
 TEST(NetProtocol, NewMessagesOfVersion2RoundTrip) {
   auto all = AllMessages();
   auto rs = DecodeResync(Payload(all[10]));

@@ -3,9 +3,93 @@
 
 #include <sodium.h>
 
+#include <chrono>
 #include <cstring>
+#include <mutex>
+#include <new>
 
 namespace easysync::net {
+
+namespace {
+
+constexpr std::align_val_t kFrameAlign{64};
+constexpr auto kFrameCacheKeep = std::chrono::seconds(10);
+
+struct FrameCache {
+  struct Block {
+    void* p;
+    size_t bytes;
+    std::chrono::steady_clock::time_point freed;
+  };
+  std::mutex mu;
+  std::vector<Block> blocks;  // oldest first
+  size_t bytes = 0;
+
+  // Drops blocks unused for kFrameCacheKeep, and the oldest until `room` more bytes fit.
+  // REQUIRES: mu held. Returns what to free (outside the lock).
+  void Evict(size_t room, std::vector<Block>* out) {
+    const auto now = std::chrono::steady_clock::now();
+    while (!blocks.empty() &&
+           (now - blocks.front().freed > kFrameCacheKeep || blocks.size() >= kFrameCacheBlocks ||
+            bytes + room > kFrameCacheBytes)) {
+      out->push_back(blocks.front());
+      bytes -= blocks.front().bytes;
+      blocks.erase(blocks.begin());
+    }
+  }
+};
+
+FrameCache& Cache() {
+  static auto* cache = new FrameCache;  // never destroyed: frames may be freed at exit
+  return *cache;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRecycle = false;  // every block fresh: the sanitizer sees every misuse
+#else
+constexpr bool kRecycle = true;
+#endif
+
+}  // namespace
+
+void* AllocateFrameBytes(size_t bytes) {
+  if (kRecycle && bytes >= kFrameCacheMinBytes) {
+    FrameCache& c = Cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (size_t i = c.blocks.size(); i-- > 0;) {  // the most recently freed first
+      if (c.blocks[i].bytes == bytes) {
+        void* p = c.blocks[i].p;
+        c.bytes -= bytes;
+        c.blocks.erase(c.blocks.begin() + static_cast<ptrdiff_t>(i));
+        return p;
+      }
+    }
+  }
+  return ::operator new(bytes, kFrameAlign);
+}
+
+void FreeFrameBytes(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  if (kRecycle && bytes >= kFrameCacheMinBytes && bytes <= kFrameCacheBytes) {
+    std::vector<FrameCache::Block> evicted;
+    {
+      FrameCache& c = Cache();
+      std::lock_guard<std::mutex> lock(c.mu);
+      c.Evict(bytes, &evicted);
+      c.blocks.push_back({p, bytes, std::chrono::steady_clock::now()});
+      c.bytes += bytes;
+    }
+    for (const auto& b : evicted) ::operator delete(b.p, b.bytes, kFrameAlign);
+    return;
+  }
+  ::operator delete(p, bytes, kFrameAlign);
+}
+
+size_t FrameCacheBlocksForTests() {
+  FrameCache& c = Cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.blocks.size();
+}
 namespace {
 
 class Writer {

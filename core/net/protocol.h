@@ -165,17 +165,30 @@ struct Pong {
   int64_t hub_ns = 0;     // the hub's clock when it answered
 };
 
+// Frame memory: 64-byte aligned, and large blocks recycled. A fresh 256 MiB buffer costs
+// about 100 ms of page faults at first touch on a VM, several times the copy into it; a
+// message or value of the size just freed (the next write of the same tensor, its next
+// relay, its next receive) takes the freed block back instead. Bounded: at most
+// kFrameCacheBlocks blocks and kFrameCacheBytes in all, each kept at most 10 s after its
+// last use. Thread-safe.
+inline constexpr size_t kFrameCacheMinBytes = size_t{8} << 20;
+inline constexpr size_t kFrameCacheBlocks = 8;
+inline constexpr size_t kFrameCacheBytes = size_t{1} << 30;
+void* AllocateFrameBytes(size_t bytes);
+void FreeFrameBytes(void* p, size_t bytes);
+// Tests: how many blocks the cache holds now.
+size_t FrameCacheBlocksForTests();
+
 // Whole messages, and the values replicas keep: 64-byte aligned, so a tensor value inside
 // one (at a multiple of 64 bytes from the start) can be handed out as a Tensor without a copy.
 template <class T>
 struct CacheLineAllocator {
   using value_type = T;
-  static constexpr std::align_val_t kAlign{64};
   CacheLineAllocator() = default;
   template <class U>
   CacheLineAllocator(const CacheLineAllocator<U>&) {}  // NOLINT: rebinding
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-  void deallocate(T* p, size_t n) { ::operator delete(p, n * sizeof(T), kAlign); }
+  T* allocate(size_t n) { return static_cast<T*>(AllocateFrameBytes(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) { FreeFrameBytes(p, n * sizeof(T)); }
   friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
 };
 using Frame = std::vector<std::byte, CacheLineAllocator<std::byte>>;
