@@ -10,6 +10,7 @@
 #include <deque>
 #include <optional>
 #include <random>
+#include <thread>
 
 #include "easysync/net.h"
 #include "easysync/tensor.h"
@@ -340,6 +341,127 @@ TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   EXPECT_TRUE(value_is(v1));
   EXPECT_GE((*reader)->stats().resyncs, 1u);
   EXPECT_EQ((*reader)->stats().deltas_recv, 0u);
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// Segment `index` of a write of `cur` against `base` (same size) at base_version, cut in
+// `count` segments of `segment_bytes` data bytes.
+Frame SegmentWrite(uint32_t request, uint32_t attr, const std::vector<std::byte>& cur,
+                   const std::vector<std::byte>& base, uint64_t base_version, uint32_t index,
+                   uint32_t count, size_t segment_bytes) {
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  const size_t n = cur.size() - H, off = index * segment_bytes;
+  const size_t bytes = std::min(segment_bytes, n - off);
+  const codec::TensorBytes now{DType::kFloat32, bytes / 4,
+                               reinterpret_cast<const uint8_t*>(cur.data()) + H + off};
+  const codec::TensorBytes was{DType::kFloat32, bytes / 4,
+                               reinterpret_cast<const uint8_t*>(base.data()) + H + off};
+  std::vector<std::byte> value(net::kSegmentHeaderBytes + H +
+                               codec::EncodeBound(DType::kFloat32, bytes / 4));
+  net::WriteSegmentHeader(index, count, segment_bytes, value.data());
+  std::memcpy(value.data() + net::kSegmentHeaderBytes, cur.data(), H);
+  codec::Encoder enc;
+  auto* frame = reinterpret_cast<uint8_t*>(value.data()) + net::kSegmentHeaderBytes + H;
+  auto f = enc.Encode(now, &was, base_version, base_version + 1,
+                      {frame, value.size() - net::kSegmentHeaderBytes - H});
+  EXPECT_TRUE(f.ok());
+  value.resize(net::kSegmentHeaderBytes + H + *f);
+  net::Write w{request, attr, 1, 0, value, /*codec=*/true};
+  w.segment = true;
+  return net::Encode(w);
+}
+
+// A write in segments counts only whole: a writer that stops half way changes nothing, a
+// late joiner gets the value once complete, a segment out of turn is refused, one that does
+// not verify is found out, and a malformed one drops its sender.
+TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = 8192;  // 32 KiB of float32, cut in 4 segments of 8 KiB
+  constexpr size_t kSeg = 8192;
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
+  const auto v2 = testing::RawFloatTensor(kN, 2.0f);
+  const auto v3 = testing::RawFloatTensor(kN, 3.0f);
+  NetOptions o;
+  o.port = hub.port();
+  o.token = testing::kTestToken;
+  auto reader = TryConnect(o);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto attr = (*reader)->Declare("H", "t", ValueKind::kTensor, nullptr);
+  ASSERT_TRUE(attr.ok());
+  const auto value_is = [&](const std::vector<std::byte>& want) {
+    bool same = false;
+    auto r = (*reader)->ReadIfNewer(*attr, 0, [&](ByteSpan got) {
+      same = std::equal(got.begin(), got.end(), want.begin(), want.end());
+      return Status::Ok();
+    });
+    return r.ok() && same;
+  };
+  const auto declare = [](RawPeer& q) {
+    q.Send(
+        net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+    return Expect(q, net::MsgType::kDeclared, &net::DecodeDeclared);
+  };
+  uint32_t id;
+  {
+    RawPeer p(hub.port());
+    Login(p);
+    id = declare(p).attr_id;
+    p.Send(CodecWrite(2, id, v1, {}, 0));
+    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+    ASSERT_TRUE(testing::WaitFor([&] { return value_is(v1); }));
+    // Half of a write, then the writer is gone: nothing changes.
+    p.Send(SegmentWrite(3, id, v2, v1, 1, 0, 4, kSeg));
+    p.Send(SegmentWrite(3, id, v2, v1, 1, 1, 4, kSeg));
+    ASSERT_TRUE(testing::WaitFor([&] { return (*reader)->stats().packets_recv >= 4; }));
+  }
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_TRUE(value_is(v1));
+  EXPECT_EQ((*reader)->LatestVersion(*attr), 1u);
+
+  RawPeer p(hub.port());
+  Login(p);
+  declare(p);
+  // A late joiner comes between the segments of a write: it gets the value when complete.
+  p.Send(SegmentWrite(4, id, v2, v1, 1, 0, 4, kSeg));
+  p.Send(SegmentWrite(4, id, v2, v1, 1, 1, 4, kSeg));
+  RawPeer q(hub.port());
+  Login(q);
+  const auto joined = declare(q);
+  EXPECT_EQ(joined.version, 1u);
+  p.Send(SegmentWrite(4, id, v2, v1, 1, 2, 4, kSeg));
+  p.Send(SegmentWrite(4, id, v2, v1, 1, 3, 4, kSeg));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  const auto whole = Expect(q, net::MsgType::kUpdate, &net::DecodeUpdate);
+  EXPECT_EQ(whole.version, 2u);
+  EXPECT_TRUE(std::equal(v2.begin(), v2.end(), whole.value.begin(), whole.value.end()));
+  EXPECT_TRUE(testing::WaitFor([&] { return value_is(v2); }));
+  EXPECT_EQ((*reader)->stats().deltas_recv, 1u);
+
+  // A segment that continues no write: refused, not fatal.
+  p.Send(SegmentWrite(5, id, v3, v2, 2, 1, 4, kSeg));
+  auto stale = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(stale.code, net::ErrorCode::kStaleBase) << stale.text;
+  EXPECT_FALSE(stale.fatal);
+  EXPECT_EQ(stale.request_id, 5u);
+
+  // A segment that does not verify: relayed, then found out; everyone keeps v2.
+  for (uint32_t i = 0; i < 4; ++i) {
+    Frame f = SegmentWrite(6, id, v3, v2, 2, i, 4, kSeg);
+    if (i == 2) f.back() ^= std::byte{0x40};
+    p.Send(f);
+  }
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 3u);
+  EXPECT_EQ(Expect(p, net::MsgType::kUpdate, &net::DecodeUpdate).version, 4u);
+  EXPECT_TRUE(testing::WaitFor([&] { return (*reader)->LatestVersion(*attr) == 4; }));
+  EXPECT_TRUE(value_is(v2));
+
+  // A segment header with reserved bytes set: the peer is dropped.
+  Frame bad = SegmentWrite(7, id, v3, v2, 4, 0, 4, kSeg);
+  bad[net::kWriteValueOffset + 20] = std::byte{1};
+  p.Send(bad);
+  p.ExpectRejected(net::ErrorCode::kMalformed, "a segment with reserved bytes set");
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }

@@ -1,10 +1,14 @@
 // The wire protocol: round trips, every truncation, hostile headers and random bytes.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <functional>
 #include <random>
 
+#include "easysync/codec.h"
+#include "easysync/tensor.h"
 #include "net/protocol.h"
+#include "net/wire_value.h"
 
 namespace easysync::net {
 namespace {
@@ -83,6 +87,70 @@ std::vector<Frame> AllMessages() {
       Encode(Update{2, 11, 13, 3, 457, Span(kValue), true}),
       Encode(Write{5, 2, 11, 456, Span(kValue), true}),
   };
+}
+
+// A segment value is checked whole before anything uses it: every truncation, a reserved
+// byte, a cut that does not fit the tensor and a frame of another range are corruption.
+TEST(NetSegments, SegmentValuesAreCheckedWhole) {
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  Tensor base(DType::kFloat32, {4096}), cur(DType::kFloat32, {4096});  // 16 KiB
+  for (int i = 0; i < 4096; ++i) {
+    base.mutable_data_as<float>()[i] = static_cast<float>(i);
+    cur.mutable_data_as<float>()[i] = static_cast<float>(i % 7 == 0 ? -i : i);
+  }
+  const auto segment = [&](uint32_t index, uint32_t count, size_t seg_bytes, size_t range_bytes) {
+    std::vector<std::byte> v(net::kSegmentHeaderBytes + H +
+                             codec::EncodeBound(DType::kFloat32, range_bytes / 4));
+    net::WriteSegmentHeader(index, count, seg_bytes, v.data());
+    detail::EncodeTensorHeader(DType::kFloat32, cur.shape(), v.data() + net::kSegmentHeaderBytes);
+    const size_t off = index * seg_bytes;
+    const codec::TensorBytes now{DType::kFloat32, range_bytes / 4,
+                                 reinterpret_cast<const uint8_t*>(cur.data()) + off};
+    const codec::TensorBytes was{DType::kFloat32, range_bytes / 4,
+                                 reinterpret_cast<const uint8_t*>(base.data()) + off};
+    codec::Encoder enc;
+    auto* f = reinterpret_cast<uint8_t*>(v.data()) + net::kSegmentHeaderBytes + H;
+    auto n = enc.Encode(now, &was, 1, 2, {f, v.size() - net::kSegmentHeaderBytes - H});
+    EXPECT_TRUE(n.ok());
+    v.resize(net::kSegmentHeaderBytes + H + *n);
+    return v;
+  };
+  const auto good = segment(2, 3, 6144, 4096);  // the last of 6 + 6 + 4 KiB
+  auto s = net::PeekSegmentValue(good);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->index, 2u);
+  EXPECT_EQ(s->count, 3u);
+  EXPECT_EQ(s->offset, 12288u);
+  EXPECT_EQ(s->bytes, 4096u);
+  EXPECT_EQ(s->raw_bytes, H + 16384);
+  for (size_t n = 0; n < good.size(); ++n) {
+    EXPECT_EQ(net::PeekSegmentValue(ByteSpan(good).first(n)).status().code(),
+              StatusCode::kCorruption)
+        << n;
+  }
+  auto reserved = good;
+  reserved[31] = std::byte{1};
+  EXPECT_EQ(net::PeekSegmentValue(reserved).status().code(), StatusCode::kCorruption);
+  // Cuts that do not fit: 4 segments of 6 KiB, index past the count, a zero or odd segment
+  // size, one segment for the whole tensor; and the right cut with another range's frame.
+  EXPECT_FALSE(net::PeekSegmentValue(segment(2, 4, 6144, 4096)).ok());
+  EXPECT_FALSE(net::PeekSegmentValue(segment(3, 3, 6144, 4096)).ok());
+  auto zero = good;
+  std::memset(zero.data() + 8, 0, 8);
+  EXPECT_FALSE(net::PeekSegmentValue(zero).ok());
+  EXPECT_FALSE(net::PeekSegmentValue(segment(0, 2, 8190, 8188)).ok());
+  EXPECT_FALSE(net::PeekSegmentValue(segment(0, 1, 16384, 16384)).ok());
+  EXPECT_FALSE(net::PeekSegmentValue(segment(1, 3, 6144, 4096)).ok());
+  // The segment flag is for codec WRITEs and UPDATEs only.
+  net::Write w{1, 2, 3, 4, good, /*codec=*/true};
+  w.segment = true;
+  net::Frame f = net::Encode(w);
+  EXPECT_TRUE(net::DecodeHeader(f, 1 << 20).ok());
+  f[7] = std::byte{net::kFlagSegment};  // without kFlagCodec
+  EXPECT_EQ(net::DecodeHeader(f, 1 << 20).status().code(), StatusCode::kCorruption);
+  net::Frame ping = net::Encode(net::Ping{5});
+  ping[7] = std::byte{net::kFlagCodec | net::kFlagSegment};
+  EXPECT_EQ(net::DecodeHeader(ping, 1 << 20).status().code(), StatusCode::kCorruption);
 }
 
 // Large frames are recycled: the next frame of a size just freed takes the freed block

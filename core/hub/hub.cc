@@ -92,6 +92,8 @@ void Hub::Forget(ucp_ep_h ep, const Peer& peer) {
   for (uint32_t a : peer.udp_attrs) --attrs_[a].udp_subscribers;
   for (uint32_t a : peer.declared) {
     attrs_[a].subscribers.erase(ep);
+    if (attrs_[a].open && attrs_[a].open->ep == ep) attrs_[a].open.reset();
+    if (attrs_[a].open) attrs_[a].open->relayed.erase(ep);
     udp_unacked_.erase({ep, a});
     reassembler_.Forget((uint64_t{peer.id} << 32) | a);
   }
@@ -133,7 +135,7 @@ int Hub::OnIdle() {
   if (!pending_.empty()) {
     const int64_t now = NowNanos();
     for (size_t i = 0; i < pending_.size();) {
-      if (pending_[i]->sends_left <= 0 || now >= pending_[i]->deadline_ns) {
+      if (*pending_[i]->sends_left <= 0 || now >= pending_[i]->deadline_ns) {
         const std::shared_ptr<PendingApply> p = std::move(pending_[i]);
         pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
         ApplyRelayed(*p);
@@ -240,6 +242,7 @@ void Hub::OnFrame(ucp_ep_h ep, net::Frame frame) {
     auto m = net::DecodeWrite(net::Payload(frame));
     if (!m.ok()) return Reject(ep, net::ErrorCode::kMalformed, m.status().message());
     m->codec = (h->flags & net::kFlagCodec) != 0;
+    m->segment = (h->flags & net::kFlagSegment) != 0;
     return HandleWrite(ep, it->second, *m, std::move(frame));
   }
   Handle(ep, it->second, *h, net::Payload(frame));
@@ -405,6 +408,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
     a.prev_version = 0;
   }
   total_value_bytes_ -= prev_value.size();
+  a.segment_hashes.clear();  // of the value being replaced (a segmented write sets them after)
   a.holder = std::move(holder);
   a.offset = offset;
   a.data_hash = hash;
@@ -549,6 +553,8 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   }
   Settle(m.attr_id);  // a delta relayed before: applied first, it is the base
   Attr& a = attrs_[m.attr_id];
+  if (m.segment) return HandleSegment(ep, peer, a, m, std::move(frame));
+  a.open.reset();  // a segmented write still in progress is superseded: this one came first
   const Stamp stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
   const auto written = [&] {
     Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, stamp.version, stamp.clock}));
@@ -582,8 +588,8 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     for (ucp_ep_h s : a.subscribers) {
       // UDP subscribers get the whole value once it is applied (Publish, in ApplyRelayed).
       if (s == ep || ByUdp(s, m.attr_id, info->raw_bytes)) continue;
-      ++p->sends_left;
-      worker_->Send(s, relay, [p](ucs_status_t) { --p->sends_left; });
+      ++*p->sends_left;
+      worker_->Send(s, relay, [left = p->sends_left](ucs_status_t) { --*left; });
     }
     written();
     // Applied once the relay has left (OnIdle): a large delta's relay is a rendezvous that
@@ -622,7 +628,9 @@ void Hub::ApplyRelayed(const PendingApply& p) {
   Attr& a = attrs_[p.id];
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
-  Status st = DecodeInto(a, p.value, p.info, &holder, &offset);
+  std::vector<uint64_t> hashes;
+  Status st = p.segments ? ApplySegments(a, *p.segments, &holder, &hashes)
+                         : DecodeInto(a, p.value, p.info, &holder, &offset);
   if (!st.ok()) {
     // Already relayed: its receivers drop it (it does not verify for them either). Publish
     // the value the hub kept at a newer version, so that everyone, the writer too, converges.
@@ -639,8 +647,117 @@ void Hub::ApplyRelayed(const PendingApply& p) {
     return;
   }
   // The delta was relayed already: Publish sends it to no one again (UDP subscribers aside).
-  Publish(p.id, a, p.stamp, std::move(holder), offset, p.info.frame.result_hash, ByteSpan(),
+  std::shared_ptr<net::Frame> old = p.segments ? a.holder : nullptr;
+  Publish(p.id, a, p.stamp, std::move(holder), offset,
+          p.segments ? std::nullopt : std::optional<uint64_t>(p.info.frame.result_hash), ByteSpan(),
           kEveryone);
+  if (!p.segments) return;
+  a.segment_hashes = std::move(hashes);
+  if (old && old.use_count() == 1 && old != a.holder) a.spare = std::move(old);
+  // Those that did not get every segment (they joined or resynced meanwhile) get it whole.
+  std::shared_ptr<const net::Frame> whole;
+  for (ucp_ep_h s : a.subscribers) {
+    if (s == p.segments->ep || p.segments->relayed.count(s) != 0 ||
+        ByUdp(s, p.id, a.value().size())) {
+      continue;
+    }
+    if (!whole) {
+      whole = std::make_shared<const net::Frame>(net::Encode(
+          net::Update{p.id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
+    }
+    worker_->Send(s, whole);
+  }
+}
+
+void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, net::Frame&& frame) {
+  auto s = net::PeekSegmentValue(m.value);
+  if (!s.ok() || a.kind != ValueKind::kTensor) {
+    if (a.open && a.open->ep == ep) a.open.reset();
+    return Reject(
+        ep, net::ErrorCode::kMalformed,
+        "bad segment value for " + a.object + "." + a.name + ": " +
+            (s.ok() ? std::string("the attribute is not a tensor") : s.status().message()));
+  }
+  if (s->raw_bytes > options_.max_message_bytes) {
+    if (a.open && a.open->ep == ep) a.open.reset();
+    return Reject(ep, net::ErrorCode::kTooLarge,
+                  "a tensor of " + std::to_string(s->raw_bytes) +
+                      " bytes is over the hub's limit of " +
+                      std::to_string(options_.max_message_bytes) + " (--max-message-bytes)");
+  }
+  const auto stale = [&](const std::string& why) {
+    if (a.open && a.open->ep == ep) a.open.reset();
+    Refuse(ep, m.request_id, net::ErrorCode::kStaleBase,
+           "segment " + std::to_string(s->index) + " of " + a.object + "." + a.name + ": " + why +
+               ": send the whole value");
+  };
+  if ((!s->info.is_full_value() && s->info.base_version != a.version) ||
+      a.value().size() != s->raw_bytes || !net::SameTensorHeader(a.value(), s->tensor_header)) {
+    return stale("its base is version " + std::to_string(s->info.base_version) +
+                 " but the hub has version " + std::to_string(a.version));
+  }
+  if (s->index == 0) {
+    if (!Fits(ep, m.request_id, a, s->raw_bytes)) return;
+    auto o = std::make_shared<OpenSegments>();  // supersedes one in progress
+    o->ep = ep;
+    o->request_id = m.request_id;
+    o->count = s->count;
+    o->stamp = Stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
+    for (ucp_ep_h sub : a.subscribers) {
+      if (sub != ep && !ByUdp(sub, m.attr_id, s->raw_bytes)) o->relayed.insert(sub);
+    }
+    a.open = std::move(o);
+  } else if (!a.open || a.open->ep != ep || a.open->request_id != m.request_id ||
+             a.open->count != s->count || a.open->segments.size() != s->index) {
+    return stale("it does not continue a segmented write in progress");
+  }
+  OpenSegments& o = *a.open;
+  net::Update u{m.attr_id,        o.stamp.version, o.stamp.clock, o.stamp.writer,
+                o.stamp.write_ns, m.value,         /*codec=*/true};
+  u.segment = true;
+  auto relay = std::make_shared<const net::Frame>(net::Encode(u));
+  for (ucp_ep_h sub : o.relayed) {
+    ++*o.sends_left;
+    worker_->Send(sub, relay, [left = o.sends_left](ucs_status_t) { --*left; });
+  }
+  o.segments.push_back(*s);  // its spans point into the frame's buffer, which moves along
+  o.writes.push_back(std::make_shared<net::Frame>(std::move(frame)));
+  if (o.segments.size() < o.count) return;
+  Send(ep, net::Encode(net::Written{m.request_id, m.attr_id, o.stamp.version, o.stamp.clock}));
+  auto p = std::make_shared<PendingApply>();
+  p->id = m.attr_id;
+  p->stamp = o.stamp;
+  p->sends_left = o.sends_left;
+  p->deadline_ns = NowNanos() + kApplyDeadlineNs;
+  p->segments = std::move(a.open);
+  pending_.push_back(std::move(p));
+}
+
+Status Hub::ApplySegments(Attr& a, const OpenSegments& o, std::shared_ptr<net::Frame>* out,
+                          std::vector<uint64_t>* hashes) {
+  // Into another buffer (the one the value before this one used, when free): a segment that
+  // does not verify leaves the hub's value as it was.
+  const ByteSpan base = a.value();
+  std::shared_ptr<net::Frame> value = std::move(a.spare);
+  if (!value || value.use_count() != 1 || value->size() != base.size()) {
+    value = std::make_shared<net::Frame>(base.size());
+  }
+  std::memcpy(value->data(), base.data(), detail::kTensorHeaderBytes);
+  const bool known = a.segment_hashes.size() == o.count;
+  const auto* from = reinterpret_cast<const uint8_t*>(base.data()) + detail::kTensorHeaderBytes;
+  hashes->clear();
+  for (uint32_t i = 0; i < o.count; ++i) {
+    const net::SegmentInfo& s = o.segments[i];
+    auto* to = reinterpret_cast<uint8_t*>(value->data()) + detail::kTensorHeaderBytes + s.offset;
+    codec::DecodeOptions options;
+    if (known) options.known_base_hash = a.segment_hashes[i];
+    EASYSYNC_RETURN_IF_ERROR(
+        decoder_.Decode({reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size()},
+                        from + s.offset, s.bytes, {to, s.bytes}, options));
+    hashes->push_back(s.info.result_hash);
+  }
+  *out = std::move(value);
+  return Status::Ok();
 }
 
 void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
@@ -651,6 +768,7 @@ void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
   }
   Settle(m.attr_id);
   const Attr& a = attrs_[m.attr_id];
+  if (a.open) a.open->relayed.erase(ep);  // it gets the whole value once that is applied
   if (a.version == 0) return;
   Send(ep, net::Encode(
                net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));

@@ -69,6 +69,7 @@ class Hub final : public net::UcxWorker::Handler {
     std::map<uint32_t, uint64_t> udp_wseq;      // its last write accepted (its own seq)
     std::map<uint32_t, uint64_t> udp_wversion;  // ... and the version that write got
   };
+  struct OpenSegments;
   struct Attr {
     std::string object, name;
     ValueKind kind;
@@ -90,6 +91,12 @@ class Hub final : public net::UcxWorker::Handler {
     uint64_t prev_version = 0;
     std::optional<uint64_t> prev_hash;
     std::shared_ptr<const std::vector<std::byte>> udp_delta;  // for version, against prev
+    // When the value came in segments: each segment's hash (the next write's base hashes).
+    std::vector<uint64_t> segment_hashes;
+    // A segmented write in progress (see OpenSegments).
+    std::shared_ptr<OpenSegments> open;
+    // The value before the last segmented write, reused for the next one's result.
+    std::shared_ptr<net::Frame> spare;
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
     ByteSpan prev_value() const {
@@ -143,6 +150,24 @@ class Hub final : public net::UcxWorker::Handler {
   };
   void Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
                size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value, ucp_ep_h except);
+  // A segmented write in progress (net/wire_value.h, "Segments"): each segment is relayed
+  // as it comes, against the value the hub holds; all are applied together once the last
+  // came and the relays left. A write of the attribute by anyone else supersedes it.
+  struct OpenSegments {
+    ucp_ep_h ep = nullptr;
+    uint32_t request_id = 0;
+    uint32_t count = 0;
+    Stamp stamp{};
+    std::vector<std::shared_ptr<net::Frame>> writes;  // the WRITE frames
+    std::vector<net::SegmentInfo> segments;           // pointing into them
+    std::set<ucp_ep_h> relayed;                       // subscribers that got every segment so far
+    std::shared_ptr<int> sends_left = std::make_shared<int>(0);
+  };
+  void HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, net::Frame&& frame);
+  // Applies a segmented write's segments to a copy of the value; their hashes into *hashes.
+  Status ApplySegments(Attr& a, const OpenSegments& o, std::shared_ptr<net::Frame>* out,
+                       std::vector<uint64_t>* hashes);
+
   // A delta relayed before the hub applied it (cut-through): applied once the relay has
   // left (its sends completed), or at once when something needs the attribute's value (a
   // frame about it, a datagram) or by the deadline. The progress thread stays free to move
@@ -153,8 +178,9 @@ class Hub final : public net::UcxWorker::Handler {
     std::shared_ptr<net::Frame> write;  // the WRITE frame; value points into it
     ByteSpan value;
     net::CodecValueInfo info;
-    int sends_left = 0;  // relay sends not yet completed
+    std::shared_ptr<int> sends_left = std::make_shared<int>(0);  // relay sends in flight
     int64_t deadline_ns = 0;
+    std::shared_ptr<OpenSegments> segments;  // a segmented write instead of write/value/info
   };
   std::vector<std::shared_ptr<PendingApply>> pending_;
   // Applies the pending delta of attribute id (every one: kAll), if any.

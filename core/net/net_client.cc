@@ -281,6 +281,8 @@ void NetClient::Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset
   r.info = info;
   r.info.bytes = r.holder->size() - offset;
   r.data_hash = hash;
+  r.segment_hashes.clear();  // a segmented update sets them after
+  r.incoming.reset();         // a segmented update still arriving is superseded
   r.dirty = false;
   r.resync_requested = false;
   r.version.store(info.version, std::memory_order_release);
@@ -302,6 +304,74 @@ void NetClient::RequestResync(Replica& r) {
   SendFrame(std::make_shared<const Frame>(Encode(Resync{r.hub_id.load()})));
 }
 
+void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
+  auto s = PeekSegmentValue(m.value);
+  std::unique_lock<std::mutex> lock(r.mu);
+  if (!s.ok() || r.kind != ValueKind::kTensor) {
+    r.incoming.reset();
+    return RequestResync(r);
+  }
+  SeeClock(m.clock);
+  const bool delta = !s->info.is_full_value();
+  if (s->index == 0) {
+    r.incoming.reset();
+    if (m.version <= r.info.version || r.resync_requested) return;
+    if (r.dirty || r.value().size() != s->raw_bytes ||
+        !SameTensorHeader(r.value(), s->tensor_header) ||
+        (delta && s->info.base_version != r.info.version)) {
+      return RequestResync(r);
+    }
+    Replica::Incoming in;
+    in.version = m.version;
+    in.count = s->count;
+    in.base = r.holder;
+    in.base_offset = r.offset;
+    if (r.segment_hashes.size() == s->count) in.base_hashes = r.segment_hashes;
+    if (r.spare && r.spare.use_count() == 1 && r.spare->size() == s->raw_bytes) {
+      in.out = std::move(r.spare);
+    } else {
+      r.spare.reset();
+      in.out = std::make_shared<Frame>(s->raw_bytes);
+    }
+    std::memcpy(in.out->data(), s->tensor_header.data(), detail::kTensorHeaderBytes);
+    r.incoming = std::move(in);
+  }
+  if (!r.incoming || r.incoming->version != m.version || r.incoming->count != s->count ||
+      r.incoming->hashes.size() != s->index) {
+    return;  // not part of the update being received (superseded, or after a failure)
+  }
+  // The base stays what it was at segment 0: the incoming update holds it, so it is never
+  // written in place meanwhile.
+  const Replica::Incoming& in = *r.incoming;
+  const auto* base = reinterpret_cast<const uint8_t*>(in.base->data()) + in.base_offset +
+                     detail::kTensorHeaderBytes + s->offset;
+  auto* out = reinterpret_cast<uint8_t*>(in.out->data()) + detail::kTensorHeaderBytes + s->offset;
+  codec::DecodeOptions options;
+  if (!in.base_hashes.empty()) options.known_base_hash = in.base_hashes[s->index];
+  const std::shared_ptr<Frame> keep_base = in.base, keep_out = in.out;
+  lock.unlock();
+  const Status st =
+      decoder_.Decode({reinterpret_cast<const uint8_t*>(s->frame.data()), s->frame.size()},
+                      delta ? base : nullptr, delta ? s->bytes : 0, {out, s->bytes}, options);
+  lock.lock();
+  if (!r.incoming || r.incoming->version != m.version) return;  // superseded meanwhile
+  if (!st.ok()) {
+    r.incoming.reset();
+    return RequestResync(r);
+  }
+  r.incoming->hashes.push_back(s->info.result_hash);
+  if (r.incoming->hashes.size() < r.incoming->count) return;
+  Replica::Incoming done = std::move(*r.incoming);
+  r.incoming.reset();
+  // Only this thread installs received values, but a local write may have come in between.
+  if (r.dirty || r.holder != done.base || m.version <= r.info.version) return;
+  Install(r, std::move(done.out), 0, info, std::nullopt);
+  r.segment_hashes = std::move(done.hashes);
+  Count(shard().deltas_recv, 1);
+  lock.unlock();
+  Ring();
+}
+
 void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
   auto it = by_hub_.find(m.attr_id);
   if (it == by_hub_.end()) return;  // not declared here (yet)
@@ -311,6 +381,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     if (Apply(r, std::move(frame), kUpdateValueOffset, info, std::nullopt)) Ring();
     return;
   }
+  if (m.segment) return OnSegment(r, m, info);
   CounterShard& c = shard();
   auto peek = PeekCodecValue(m.value);
   if (!peek.ok() || r.kind != ValueKind::kTensor) {
@@ -650,6 +721,7 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
       auto m = DecodeUpdate(payload);
       if (!m.ok()) return Lost(m.status());
       m->codec = (h->flags & kFlagCodec) != 0;
+      m->segment = (h->flags & kFlagSegment) != 0;
       return OnUpdate(*m, std::move(frame));
     }
     case MsgType::kPong: {
@@ -665,7 +737,8 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
 
 Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
                                               std::shared_ptr<const Frame> frame,
-                                              std::string_view what) {
+                                              std::string_view what,
+                                              const std::function<Status()>& more) {
   if (frame->size() > MaxMessageBytes()) {
     return Status::ResourceExhausted(
         std::string(what) + " of " + std::to_string(frame->size()) +
@@ -681,6 +754,15 @@ Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
   }
   pending_.emplace(id, std::move(p));
   worker_->Post([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
+  if (more) {
+    lock.unlock();
+    const Status st = more();
+    lock.lock();
+    if (!st.ok()) {
+      pending_.erase(id);
+      return st;
+    }
+  }
   const bool done =
       cv_.wait_for(lock, options_.request_timeout, [&] { return pending_.at(id).done; });
   Pending out = std::move(pending_.at(id));
@@ -827,12 +909,21 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
         return QueueDirty(*r, std::move(holder), offset, clock, now);
       }
     }
-    if (codec) {
+    std::vector<uint64_t> segment_hashes;
+    Pending done;
+    if (codec && !whole && Segmentable(*r, *holder)) {
       EASYSYNC_ASSIGN_OR_RETURN(
-          frame, EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash, unfilled));
+          done, WriteSegments(*r, request, *holder, unfilled, clock, now, &segment_hashes));
       unfilled = nullptr;
+      hash.reset();  // the data's hash is not known; its segments' are
+    } else {
+      if (codec) {
+        EASYSYNC_ASSIGN_OR_RETURN(
+            frame, EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash, unfilled));
+        unfilled = nullptr;
+      }
+      EASYSYNC_ASSIGN_OR_RETURN(done, Request(request, Pending{}, frame, "WRITE"));
     }
-    EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(request, Pending{}, frame, "WRITE"));
     if (done.lost) {
       // Kept, and sent once the connection is back; or, when it is back already, sent again
       // now (the hub's attribute ids may have changed: the frame is made anew).
@@ -853,12 +944,97 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
     }
     if (!done.status.ok()) return done.status;
     Count(shard().updates_sent, 1);
+    const Frame* written = holder.get();
     if (Apply(*r, std::move(holder), offset, UpdateInfo{done.version, done.clock, id(), now, 0},
               hash, /*local=*/true)) {
       Ring();
     }
+    if (!segment_hashes.empty()) {
+      std::lock_guard<std::mutex> lock(r->mu);
+      if (r->holder.get() == written) r->segment_hashes = std::move(segment_hashes);
+    }
     return done.version;
   }
+}
+
+bool NetClient::Segmentable(Replica& r, const Frame& value) {
+  if (value.size() < detail::kTensorHeaderBytes + kSegmentMinDataBytes) return false;
+  std::lock_guard<std::mutex> lock(r.mu);
+  return !r.dirty && r.info.version > 0 && !r.udp && r.value().size() == value.size() &&
+         SameTensorHeader(r.value(), value);
+}
+
+Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request, Frame& holder,
+                                                    const std::byte* data, uint64_t clock,
+                                                    int64_t now, std::vector<uint64_t>* hashes) {
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  std::shared_ptr<const Frame> base;
+  size_t base_offset;
+  uint64_t base_version;
+  std::vector<uint64_t> base_hashes;
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    base = r.holder;
+    base_offset = r.offset;
+    base_version = r.info.version;
+    base_hashes = r.segment_hashes;
+  }
+  detail::TensorBytes t;
+  EASYSYNC_RETURN_IF_ERROR(detail::ParseTensorHeader(holder, &t));
+  const size_t esize = DTypeSize(t.dtype);
+  const size_t n = holder.size() - H;
+  const auto count = static_cast<uint32_t>((n + kSegmentBytes - 1) / kSegmentBytes);
+  if (base_hashes.size() != count) base_hashes.clear();
+  const auto* base_data = reinterpret_cast<const uint8_t*>(base->data()) + base_offset + H;
+  auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
+  hashes->clear();
+  size_t wire = 0;
+  // Segment i as a WRITE: encoded against the same range of the base (and, from data, copied
+  // into the holder in the same pass).
+  const auto segment = [&](uint32_t i) -> Result<std::shared_ptr<const Frame>> {
+    const size_t off = size_t{i} * kSegmentBytes;
+    const size_t bytes = std::min(kSegmentBytes, n - off);
+    const uint8_t* cur =
+        data != nullptr ? reinterpret_cast<const uint8_t*>(data) + off : value + off;
+    const codec::TensorBytes now_t{t.dtype, bytes / esize, cur};
+    const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
+    codec::EncodeHints hints;
+    if (!base_hashes.empty()) hints.known_base_hash = base_hashes[i];
+    if (data != nullptr) hints.copy_to = value + off;
+    std::lock_guard<std::mutex> lock(encode_mu_);
+    const size_t bound = codec::EncodeBound(t.dtype, bytes / esize);
+    std::byte* out = Scratch(kSegmentHeaderBytes + H + bound);
+    WriteSegmentHeader(i, count, kSegmentBytes, out);
+    std::memcpy(out + kSegmentHeaderBytes, holder.data(), H);
+    auto* frame = reinterpret_cast<uint8_t*>(out) + kSegmentHeaderBytes + H;
+    EASYSYNC_ASSIGN_OR_RETURN(size_t f, encoder_.Encode(now_t, &was, base_version, base_version + 1,
+                                                        {frame, bound}, hints));
+    EASYSYNC_ASSIGN_OR_RETURN(codec::FrameInfo info, codec::PeekFrame({frame, f}));
+    hashes->push_back(info.result_hash);
+    const size_t value_bytes = kSegmentHeaderBytes + H + f;
+    wire += value_bytes;
+    net::Write w{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true};
+    w.segment = true;
+    return std::shared_ptr<const Frame>(std::make_shared<Frame>(
+        EncodeWrite(w, value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); })));
+  };
+  EASYSYNC_ASSIGN_OR_RETURN(std::shared_ptr<const Frame> first, segment(0));
+  const std::function<Status()> rest = [&]() -> Status {
+    for (uint32_t i = 1; i < count; ++i) {
+      EASYSYNC_ASSIGN_OR_RETURN(std::shared_ptr<const Frame> f, segment(i));
+      worker_->Post([this, f = std::move(f)]() mutable { SendFrame(std::move(f)); });
+    }
+    return Status::Ok();
+  };
+  Result<Pending> done = Request(request, Pending{}, std::move(first), "WRITE", rest);
+  // Not connected: Request sent nothing more. The holder must hold the whole value still.
+  const size_t filled = std::min(n, hashes->size() * kSegmentBytes);
+  if (data != nullptr && filled < n) std::memcpy(value + filled, data + filled, n - filled);
+  CounterShard& c = shard();
+  Count(c.codec_raw_bytes, holder.size());
+  Count(c.codec_wire_bytes, wire);
+  Count(c.deltas_sent, 1);
+  return done;
 }
 
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,

@@ -121,6 +121,19 @@ class NetClient final : public Client, public UcxWorker::Handler {
     size_t offset = 0;
     UpdateInfo info;
     std::optional<uint64_t> data_hash;  // XXH3-64 of a tensor's data, when verified
+    // When the value came or went in segments (wire_value.h): each segment's hash, the base
+    // hashes of the next segmented write. Empty otherwise.
+    std::vector<uint64_t> segment_hashes;
+    // A segmented update being received (progress thread; guarded by mu): the segments so
+    // far applied into `out` against `base`; installed after the last one.
+    struct Incoming {
+      uint64_t version = 0;
+      uint32_t count = 0;
+      std::shared_ptr<Frame> base, out;
+      size_t base_offset = 0;
+      std::vector<uint64_t> base_hashes, hashes;
+    };
+    std::optional<Incoming> incoming;
     // Written while disconnected: info.version is provisional, the value not yet sent.
     bool dirty = false;
     bool resync_requested = false;  // a whole value was asked for; deltas wait for it
@@ -197,8 +210,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void SendFrame(std::shared_ptr<const Frame> frame);
   // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
   // Pending::lost when the connection is down or went down before the answer.
+  // Sends frame and waits for its answer. `more` (optional) runs once the frame is on its
+  // way, on this thread, to send the frames that follow it (a segmented write's).
   Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
-                          std::string_view what);
+                          std::string_view what, const std::function<Status()>& more = {});
   uint32_t NextRequest() {
     std::lock_guard<std::mutex> lock(mu_);
     return next_request_++;
@@ -210,6 +225,14 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
   // With data_from, raw holds only the tensor header yet; the encoder fills in the tensor's
   // bytes from data_from as it reads them (see EncodeCodecValue).
+  // A segmented write of a host tensor against the replica's value (the caller checked that
+  // it can go so); fills holder's data from `data` when not null. *hashes gets the segments'
+  // hashes. Sends every segment; the answer is the last one's.
+  Result<Pending> WriteSegments(Replica& r, uint32_t request, Frame& holder, const std::byte* data,
+                                uint64_t clock, int64_t now, std::vector<uint64_t>* hashes);
+  void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
+  // Whether a codec write of `value` can go in segments: large, against the replica's value.
+  bool Segmentable(Replica& r, const Frame& value);
   Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
                                                          uint64_t clock, int64_t now, bool whole,
                                                          std::optional<uint64_t>* hash,

@@ -258,8 +258,11 @@ Result<Header> DecodeHeader(ByteSpan frame, uint64_t max_frame_bytes) {
   }
   const bool may_flag = type == static_cast<uint8_t>(MsgType::kWrite) ||
                         type == static_cast<uint8_t>(MsgType::kUpdate);
-  if ((h.flags & ~(may_flag ? kFlagCodec : 0)) != 0 || reserved != 0) {
+  if ((h.flags & ~(may_flag ? kFlagCodec | kFlagSegment : 0)) != 0 || reserved != 0) {
     return Status::Corruption("frame has reserved bits set");
+  }
+  if ((h.flags & kFlagSegment) != 0 && (h.flags & kFlagCodec) == 0) {
+    return Status::Corruption("frame is a segment but not a codec value");
   }
   if (payload != frame.size() - kHeaderBytes) {
     return Status::Corruption("frame says its payload has " + std::to_string(payload) +
@@ -347,7 +350,7 @@ Frame Encode(const Written& m) {
 }
 Frame Encode(const Update& m) {
   Writer w(MsgType::kUpdate, kUpdateValueOffset - kHeaderBytes + m.value.size(),
-           m.codec ? kFlagCodec : 0);
+           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)));
   w.U32(m.attr_id);
   w.U32(m.writer);
   w.U64(m.version);
@@ -358,7 +361,7 @@ Frame Encode(const Update& m) {
 }
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill) {
   Writer w(MsgType::kWrite, kWriteValueOffset - kHeaderBytes + value_size,
-           m.codec ? kFlagCodec : 0);
+           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)));
   w.U32(m.request_id);
   w.U32(m.attr_id);
   w.U64(m.clock);

@@ -25,7 +25,7 @@
 namespace easysync::net {
 
 inline constexpr uint32_t kMagic = 0x4E595345;  // "ESYN" in memory order
-inline constexpr uint16_t kProtocolVersion = 2;
+inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kHeaderBytes = 16;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;  // HMAC-SHA256
@@ -58,6 +58,8 @@ inline constexpr uint8_t kMaxMsgType = 13;
 // Header flag of WRITE and UPDATE: the value is a codec value (tensor header + codec frame,
 // net/wire_value.h), not the raw value.
 inline constexpr uint8_t kFlagCodec = 1;
+// With kFlagCodec: the value is one segment of a tensor write (wire_value.h, "Segments").
+inline constexpr uint8_t kFlagSegment = 2;
 // DECLARE flags.
 inline constexpr uint8_t kDeclareHasInitial = 1;
 // With kDeclareHasInitial: the value is one the client already held at a version and clock
@@ -138,7 +140,8 @@ struct Write {
   uint64_t clock = 0;    // the writer's Lamport clock
   int64_t write_ns = 0;  // hub clock domain (the writer's estimate)
   ByteSpan value;
-  bool codec = false;  // header flag kFlagCodec
+  bool codec = false;    // header flag kFlagCodec
+  bool segment = false;  // header flag kFlagSegment
 };
 struct Written {
   uint32_t request_id = 0;
@@ -151,7 +154,8 @@ struct Update {
   uint32_t writer = 0;
   int64_t write_ns = 0;
   ByteSpan value;
-  bool codec = false;  // header flag kFlagCodec
+  bool codec = false;    // header flag kFlagCodec
+  bool segment = false;  // header flag kFlagSegment
 };
 
 struct Resync {

@@ -38,6 +38,53 @@ Result<CodecValueInfo> PeekCodecValue(ByteSpan wire) {
   return CodecValueInfo{f, kTensorHeaderBytes + t.data_bytes};
 }
 
+void WriteSegmentHeader(uint32_t index, uint32_t count, size_t segment_bytes, std::byte* dst) {
+  std::memset(dst, 0, kSegmentHeaderBytes);
+  std::memcpy(dst, &index, 4);  // little-endian hosts (docs/wire_format.md)
+  std::memcpy(dst + 4, &count, 4);
+  const uint64_t s = segment_bytes;
+  std::memcpy(dst + 8, &s, 8);
+}
+
+Result<SegmentInfo> PeekSegmentValue(ByteSpan wire) {
+  if (wire.size() < kSegmentHeaderBytes + kTensorHeaderBytes) {
+    return Status::Corruption("segment value: truncated");
+  }
+  SegmentInfo s;
+  uint64_t segment_bytes;
+  std::memcpy(&s.index, wire.data(), 4);
+  std::memcpy(&s.count, wire.data() + 4, 4);
+  std::memcpy(&segment_bytes, wire.data() + 8, 8);
+  for (size_t i = 16; i < kSegmentHeaderBytes; ++i) {
+    if (wire[i] != std::byte{0}) return Status::Corruption("segment value: reserved bytes set");
+  }
+  s.tensor_header = wire.subspan(kSegmentHeaderBytes, kTensorHeaderBytes);
+  s.frame = wire.subspan(kSegmentHeaderBytes + kTensorHeaderBytes);
+  detail::TensorBytes t;
+  EASYSYNC_RETURN_IF_ERROR(detail::ParseTensorHeader(s.tensor_header, &t));
+  const size_t esize = DTypeSize(t.dtype);
+  const size_t n = t.data_bytes;
+  if (segment_bytes == 0 || segment_bytes % esize != 0 || segment_bytes >= n ||
+      s.count != (n + segment_bytes - 1) / segment_bytes || s.index >= s.count) {
+    return Status::Corruption("segment value: segment " + std::to_string(s.index) + " of " +
+                              std::to_string(s.count) + " by " + std::to_string(segment_bytes) +
+                              " bytes does not cut a tensor of " + std::to_string(n) + " bytes");
+  }
+  s.segment_bytes = segment_bytes;
+  s.offset = s.index * s.segment_bytes;
+  s.bytes = std::min(s.segment_bytes, n - s.offset);
+  s.raw_bytes = kTensorHeaderBytes + n;
+  EASYSYNC_ASSIGN_OR_RETURN(s.info, codec::PeekFrame(U8(s.frame)));
+  if (s.info.dtype != t.dtype || s.info.tensor_bytes != s.bytes) {
+    return Status::Corruption("segment value: the frame does not cover the segment's range");
+  }
+  if (s.info.frame_size != s.frame.size()) {
+    return Status::Corruption("segment value: the frame has " + std::to_string(s.info.frame_size) +
+                              " bytes but the message carries " + std::to_string(s.frame.size()));
+  }
+  return s;
+}
+
 bool SameTensorHeader(ByteSpan a, ByteSpan b) {
   return a.size() >= kTensorHeaderBytes && b.size() >= kTensorHeaderBytes &&
          std::memcmp(a.data(), b.data(), kTensorHeaderBytes) == 0;

@@ -43,6 +43,34 @@ Result<CodecValueInfo> PeekCodecValue(ByteSpan wire);
 // is possible.
 bool SameTensorHeader(ByteSpan a, ByteSpan b);
 
+// Segments. A large tensor written as a delta goes as count WRITEs (kFlagSegment), each a
+// delta of one range of its data, so the writer encodes segment i + 1 while segment i
+// crosses the link, is relayed by the hub and applied by the readers. Segment i covers data
+// bytes [i * segment_bytes, min((i + 1) * segment_bytes, N)). Its value is a 64-byte segment
+// header (u32 index, u32 count, u64 segment_bytes, zeros), the tensor's 128-byte header, and
+// a codec frame of that range (element_count = the range's elements; base and result hashes
+// of the range): a delta, or the range whole where no delta is smaller. A receiver installs
+// the new value once every segment applied.
+inline constexpr size_t kSegmentHeaderBytes = 64;
+inline constexpr size_t kSegmentBytes = size_t{16} << 20;
+// Tensors with at least this many data bytes are written in segments when a delta is possible.
+inline constexpr size_t kSegmentMinDataBytes = 2 * kSegmentBytes;
+
+struct SegmentInfo {
+  uint32_t index = 0, count = 0;
+  size_t segment_bytes = 0;
+  size_t offset = 0, bytes = 0;  // the range of the data this segment covers
+  size_t raw_bytes = 0;          // of the whole value: tensor header + data
+  ByteSpan tensor_header;        // kTensorHeaderBytes
+  ByteSpan frame;                // the codec frame
+  codec::FrameInfo info;
+};
+// Checks a segment value: its header, the tensor header, and a codec frame that covers
+// exactly its range. Corruption otherwise.
+Result<SegmentInfo> PeekSegmentValue(ByteSpan wire);
+// Writes segment `index` of `count`'s header.
+void WriteSegmentHeader(uint32_t index, uint32_t count, size_t segment_bytes, std::byte* dst);
+
 struct EncodedValue {
   size_t bytes = 0;          // of the codec value written to out
   bool delta = false;        // false: the frame carries the whole value
