@@ -300,6 +300,27 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// A real client reading attribute H.t (a tensor), and whether it holds exactly `want`.
+struct TensorReader {
+  explicit TensorReader(uint16_t port) {
+    NetOptions o;
+    o.port = port;
+    o.token = testing::kTestToken;
+    client = ValueOrThrow(TryConnect(o));
+    attr = ValueOrThrow(client->Declare("H", "t", ValueKind::kTensor, nullptr));
+  }
+  bool Holds(const std::vector<std::byte>& want) {
+    bool same = false;
+    auto r = client->ReadIfNewer(attr, 0, [&](ByteSpan got) {
+      same = std::equal(got.begin(), got.end(), want.begin(), want.end());
+      return Status::Ok();
+    });
+    return r.ok() && same;
+  }
+  std::shared_ptr<Client> client;
+  AttrId attr{};
+};
+
 TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   // A writer's corrupt delta is relayed before the hub applies it (it names the hub's base):
   // a real client subscribed to the attribute must refuse it, ask for the whole value, and
@@ -310,37 +331,24 @@ TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   auto v2 = v1;
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[99] = -5.0f;
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
-  auto reader = TryConnect(o);
-  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
-  auto attr = (*reader)->Declare("H", "t", ValueKind::kTensor, nullptr);
-  ASSERT_TRUE(attr.ok());
+  TensorReader reader(hub.port());
   RawPeer p(hub.port());
   Login(p);
   p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
   const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
   p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
-  const auto value_is = [&](const std::vector<std::byte>& want) {
-    bool same = false;
-    auto r = (*reader)->ReadIfNewer(*attr, 0, [&](ByteSpan got) {
-      same = std::equal(got.begin(), got.end(), want.begin(), want.end());
-      return Status::Ok();
-    });
-    return r.ok() && same;
-  };
+  const auto value_is = [&](const std::vector<std::byte>& want) { return reader.Holds(want); };
   ASSERT_TRUE(testing::WaitFor([&] { return value_is(v1); }));
   Frame bad = CodecWrite(3, d.attr_id, v2, v1, 1);
   bad.back() ^= std::byte{0x40};
   p.Send(bad);
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
   // The reader ends at the republished version 3 with v1, having asked for it whole.
-  EXPECT_TRUE(testing::WaitFor([&] { return (*reader)->LatestVersion(*attr) == 3; }));
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 3; }));
   EXPECT_TRUE(value_is(v1));
-  EXPECT_GE((*reader)->stats().resyncs, 1u);
-  EXPECT_EQ((*reader)->stats().deltas_recv, 0u);
+  EXPECT_GE(reader.client->stats().resyncs, 1u);
+  EXPECT_EQ(reader.client->stats().deltas_recv, 0u);
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }
@@ -383,21 +391,8 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
   const auto v1 = testing::RawFloatTensor(kN, 1.0f);
   const auto v2 = testing::RawFloatTensor(kN, 2.0f);
   const auto v3 = testing::RawFloatTensor(kN, 3.0f);
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
-  auto reader = TryConnect(o);
-  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
-  auto attr = (*reader)->Declare("H", "t", ValueKind::kTensor, nullptr);
-  ASSERT_TRUE(attr.ok());
-  const auto value_is = [&](const std::vector<std::byte>& want) {
-    bool same = false;
-    auto r = (*reader)->ReadIfNewer(*attr, 0, [&](ByteSpan got) {
-      same = std::equal(got.begin(), got.end(), want.begin(), want.end());
-      return Status::Ok();
-    });
-    return r.ok() && same;
-  };
+  TensorReader reader(hub.port());
+  const auto value_is = [&](const std::vector<std::byte>& want) { return reader.Holds(want); };
   const auto declare = [](RawPeer& q) {
     q.Send(
         net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
@@ -414,11 +409,11 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
     // Half of a write, then the writer is gone: nothing changes.
     p.Send(SegmentWrite(3, id, v2, v1, 1, 0, 4, kSeg));
     p.Send(SegmentWrite(3, id, v2, v1, 1, 1, 4, kSeg));
-    ASSERT_TRUE(testing::WaitFor([&] { return (*reader)->stats().packets_recv >= 4; }));
+    ASSERT_TRUE(testing::WaitFor([&] { return reader.client->stats().packets_recv >= 4; }));
   }
   std::this_thread::sleep_for(milliseconds(200));
   EXPECT_TRUE(value_is(v1));
-  EXPECT_EQ((*reader)->LatestVersion(*attr), 1u);
+  EXPECT_EQ(reader.client->LatestVersion(reader.attr), 1u);
 
   RawPeer p(hub.port());
   Login(p);
@@ -437,7 +432,7 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
   EXPECT_EQ(whole.version, 2u);
   EXPECT_TRUE(std::equal(v2.begin(), v2.end(), whole.value.begin(), whole.value.end()));
   EXPECT_TRUE(testing::WaitFor([&] { return value_is(v2); }));
-  EXPECT_EQ((*reader)->stats().deltas_recv, 1u);
+  EXPECT_EQ(reader.client->stats().deltas_recv, 1u);
 
   // A segment that continues no write: refused, not fatal.
   p.Send(SegmentWrite(5, id, v3, v2, 2, 1, 4, kSeg));
@@ -454,7 +449,7 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
   }
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 3u);
   EXPECT_EQ(Expect(p, net::MsgType::kUpdate, &net::DecodeUpdate).version, 4u);
-  EXPECT_TRUE(testing::WaitFor([&] { return (*reader)->LatestVersion(*attr) == 4; }));
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 4; }));
   EXPECT_TRUE(value_is(v2));
 
   // A segment header with reserved bytes set: the peer is dropped.

@@ -191,19 +191,32 @@ TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// A hub, a writer (a) and a reader (b) of Model.w; Start writes w and waits for b to hold it.
+struct WriterReader {
+  HubProcess hub;
+  std::shared_ptr<Client> ca, cb;
+  std::unique_ptr<Model> a, b;
+  bool Start(const Tensor& w) {
+    if (hub.port() == 0) return false;
+    ca = connect(Options(hub.port()));
+    cb = connect(Options(hub.port()));
+    a = std::make_unique<Model>(*ca);
+    b = std::make_unique<Model>(*cb);
+    a->w = w;
+    return cb->WaitUntil([&] { return b->w.version() >= 1; }, Clock::now() + seconds(60));
+  }
+};
+
 // In network mode a tensor read borrows the replica's bytes instead of copying them, and what
 // a reader holds never changes: newer versions go elsewhere, and a reader's own changes to
 // its tensor (copy on write) never reach the replica that the next delta applies to.
 TEST(NetDelta, ATensorReadBorrowsTheReplicaAndNeverChangesUnderItsHolder) {
   constexpr size_t kElements = size_t{1} << 20;  // 2 MiB of bfloat16
-  HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
-  Model a(*ca), b(*cb);
+  WriterReader setup;
   Tensor w = Weights(kElements, 1);
-  a.w = w;
-  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(30)));
+  ASSERT_TRUE(setup.Start(w));
+  auto& [hub, ca, cb, pa, pb] = setup;
+  Model &a = *pa, &b = *pb;
   const Tensor v1 = b.w.get();
   EXPECT_TRUE(v1 == w);
   {
@@ -239,14 +252,11 @@ TEST(NetDelta, ATensorReadBorrowsTheReplicaAndNeverChangesUnderItsHolder) {
 // value whole, bit-exact; writes from two clients at once converge.
 TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
   constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
-  HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
-  auto ca = connect(Options(hub.port()));
-  auto cb = connect(Options(hub.port()));
-  Model a(*ca), b(*cb);
+  WriterReader setup;
   Tensor w = Weights(kElements, 1);
-  a.w = w;
-  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
+  ASSERT_TRUE(setup.Start(w));
+  auto& [hub, ca, cb, pa, pb] = setup;
+  Model &a = *pa, &b = *pb;
   for (uint64_t step = 2; step <= 3; ++step) {  // the second uses the segments' known hashes
     Step(w, 10, step);
     const Stats before = ca->stats();
