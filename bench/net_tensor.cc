@@ -15,11 +15,8 @@
 // B then checks the XXH3 of what it read, outside the timing, as the gloo receiver checks its
 // copy. Each repetition writes the step's base (untimed), the step's new value (delta_s:
 // EasySync may send it as a codec delta), then a tensor of random bits (full_s: no codec
-// shrinks it, so the whole tensor crosses), with a 0.3 s pause before each timed write: the
-// hub applies a delta after relaying it, and a training loop's steps are further apart than
-// that apply, so each timed write starts from a settled hub. wire_bytes is what A's client
-// sent for the delta write (Stats::bytes_sent); codec_bytes is what codec::Encoder makes of
-// the same pair here.
+// shrinks it, so the whole tensor crosses). wire_bytes is what A's client sent for the delta
+// write (Stats::bytes_sent); codec_bytes is what codec::Encoder makes of the same pair here.
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -45,7 +42,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 #include "bench.h"
@@ -289,11 +285,6 @@ struct LinkResult {
   int64_t wire_bytes = 0, full_wire_bytes = 0;
 };
 
-bool Pause() {
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  return true;
-}
-
 // B in a child, A here; medians into *r. REQUIRES: no other threads (fork).
 bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement& where,
                      StepSource& steps, LinkResult* r) {
@@ -330,8 +321,7 @@ bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement&
       const Tensor random = RandomTensor(dtype, bytes, static_cast<uint64_t>(k) + 1);
       double d = 0, u = 0;
       int64_t dw = 0, uw = 0;
-      // The pauses: see the top of this file.
-      ok = a.Sync(base) && Pause() && a.Sync(cur, &d, &dw) && Pause() && a.Sync(random, &u, &uw);
+      ok = a.Sync(base) && a.Sync(cur, &d, &dw) && a.Sync(random, &u, &uw);
       delta.push_back(d);
       full.push_back(u);
       wire.push_back(static_cast<double>(dw));
