@@ -282,7 +282,7 @@ void NetClient::Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset
   r.info.bytes = r.holder->size() - offset;
   r.data_hash = hash;
   r.segment_hashes.clear();  // a segmented update sets them after
-  r.incoming.reset();         // a segmented update still arriving is superseded
+  r.incoming.reset();        // a segmented update still arriving is superseded
   r.dirty = false;
   r.resync_requested = false;
   r.version.store(info.version, std::memory_order_release);
