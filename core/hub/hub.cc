@@ -367,6 +367,7 @@ void Hub::HandleDeclare(ucp_ep_h ep, Peer& peer, const net::Declare& m) {
   // what it had when that is newer than what the hub has.
   const bool adopt = m.has_initial && (m.resume ? m.version > a.version : a.version == 0);
   if (adopt && Fits(ep, m.request_id, a, m.initial.size())) {
+    a.open.reset();  // a segmented write in progress is against the value this replaces
     auto holder = std::make_shared<net::Frame>(m.initial.begin(), m.initial.end());
     const Stamp stamp{m.resume ? m.version : 1, std::max(a.clock, m.clock) + 1, peer.id,
                       NowNanos()};
