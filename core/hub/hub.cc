@@ -654,7 +654,11 @@ void Hub::ApplyRelayed(const PendingApply& p) {
           kEveryone);
   if (!p.segments) return;
   a.segment_hashes = std::move(hashes);
-  if (old && old.use_count() == 1 && old != a.holder) a.spare = std::move(old);
+  if (old && old.use_count() == 1 && old != a.holder && !a.spare &&
+      total_value_bytes_ + spare_bytes_ + old->size() <= options_.max_total_value_bytes) {
+    spare_bytes_ += old->size();
+    a.spare = std::move(old);
+  }
   // Those that did not get every segment (they joined or resynced meanwhile) get it whole.
   std::shared_ptr<const net::Frame> whole;
   for (ucp_ep_h s : a.subscribers) {
@@ -739,6 +743,7 @@ Status Hub::ApplySegments(Attr& a, const OpenSegments& o, std::shared_ptr<net::F
   // Into another buffer (the one the value before this one used, when free): a segment that
   // does not verify leaves the hub's value as it was.
   const ByteSpan base = a.value();
+  if (a.spare) spare_bytes_ -= a.spare->size();
   std::shared_ptr<net::Frame> value = std::move(a.spare);
   if (!value || value.use_count() != 1 || value->size() != base.size()) {
     value = std::make_shared<net::Frame>(base.size());

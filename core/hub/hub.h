@@ -208,6 +208,9 @@ class Hub final : public net::UcxWorker::Handler {
   std::vector<Attr> attrs_;
   std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
   uint64_t total_value_bytes_ = 0;
+  // Of the attributes' spare buffers (Attr::spare), kept only while values and spares
+  // together stay within max_total_value_bytes.
+  uint64_t spare_bytes_ = 0;
   std::optional<net::UdpSocket> udp_;
   std::unordered_map<uint32_t, ucp_ep_h> by_id_;  // authenticated peers by client id
   net::udp::Reassembler reassembler_{64u << 20};
