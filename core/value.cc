@@ -138,10 +138,10 @@ Status ValueTraits<Tensor>::DecodeShared(std::shared_ptr<const void> owner, Byte
                                          Tensor* out) {
   detail::TensorBytes tb;
   EASYSYNC_RETURN_IF_ERROR(detail::ParseTensor(in, &tb));
-  if (reinterpret_cast<uintptr_t>(tb.data.data()) % 64 != 0) return Decode(in, out);
-  EASYSYNC_ASSIGN_OR_RETURN(
-      *out, Tensor::Borrow(tb.dtype, std::vector<int64_t>(tb.shape, tb.shape + tb.ndim),
-                           std::move(owner), tb.data.data()));
+  auto t = Tensor::Borrow(tb.dtype, std::vector<int64_t>(tb.shape, tb.shape + tb.ndim),
+                          std::move(owner), tb.data.data());
+  if (!t.ok()) return Decode(in, out);  // not 64-byte aligned (the header was checked)
+  *out = std::move(t).value();
   return Status::Ok();
 }
 

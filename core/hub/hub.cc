@@ -134,16 +134,12 @@ int Hub::OnIdle() {
   int pending_ms = -1;  // until the next relayed delta's deadline
   if (!pending_.empty()) {
     const int64_t now = NowNanos();
-    for (size_t i = 0; i < pending_.size();) {
-      if (*pending_[i]->sends_left <= 0 || now >= pending_[i]->deadline_ns) {
-        const std::shared_ptr<PendingApply> p = std::move(pending_[i]);
-        pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
-        ApplyRelayed(*p);
-      } else {
-        const int64_t ms = (pending_[i]->deadline_ns - now) / 1'000'000 + 1;
-        pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
-        ++i;
-      }
+    SettleWhere([&](const PendingApply& p) {
+      return *p.sends_left <= 0 || now >= p.deadline_ns;  // its relay left, or it is late
+    });
+    for (const auto& p : pending_) {
+      const int64_t ms = (p->deadline_ns - now) / 1'000'000 + 1;
+      pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
     }
   }
   const auto until = [pending_ms](int ms) {
@@ -588,9 +584,7 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     p->deadline_ns = NowNanos() + kApplyDeadlineNs;
     for (ucp_ep_h s : a.subscribers) {
       // UDP subscribers get the whole value once it is applied (Publish, in ApplyRelayed).
-      if (s == ep || ByUdp(s, m.attr_id, info->raw_bytes)) continue;
-      ++*p->sends_left;
-      worker_->Send(s, relay, [left = p->sends_left](ucs_status_t) { --*left; });
+      if (s != ep && !ByUdp(s, m.attr_id, info->raw_bytes)) SendCounted(s, relay, p->sends_left);
     }
     written();
     // Applied once the relay has left (OnIdle): a large delta's relay is a rendezvous that
@@ -614,8 +608,12 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
 }
 
 void Hub::Settle(uint32_t id) {
+  SettleWhere([id](const PendingApply& p) { return id == kAll || p.id == id; });
+}
+
+void Hub::SettleWhere(FunctionRef<bool(const PendingApply&)> which) {
   for (size_t i = 0; i < pending_.size();) {
-    if (id != kAll && pending_[i]->id != id) {
+    if (!which(*pending_[i])) {
       ++i;
       continue;
     }
@@ -623,6 +621,17 @@ void Hub::Settle(uint32_t id) {
     pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
     ApplyRelayed(*p);
   }
+}
+
+void Hub::SendCounted(ucp_ep_h ep, std::shared_ptr<const net::Frame> frame,
+                      const std::shared_ptr<int>& in_flight) {
+  ++*in_flight;
+  worker_->Send(ep, std::move(frame), [in_flight](ucs_status_t) { --*in_flight; });
+}
+
+std::shared_ptr<const net::Frame> Hub::WholeUpdate(uint32_t id, const Attr& a) {
+  return std::make_shared<const net::Frame>(
+      net::Encode(net::Update{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
 }
 
 void Hub::ApplyRelayed(const PendingApply& p) {
@@ -642,9 +651,7 @@ void Hub::ApplyRelayed(const PendingApply& p) {
     a.version = again.version;
     a.clock = again.clock;
     a.write_ns = again.write_ns;
-    auto relay = std::make_shared<const net::Frame>(
-        net::Encode(net::Update{p.id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
-    Relay(p.id, a, relay, nullptr);
+    Relay(p.id, a, WholeUpdate(p.id, a), nullptr);
     return;
   }
   // The delta was relayed already: Publish sends it to no one again (UDP subscribers aside).
@@ -666,10 +673,7 @@ void Hub::ApplyRelayed(const PendingApply& p) {
         ByUdp(s, p.id, a.value().size())) {
       continue;
     }
-    if (!whole) {
-      whole = std::make_shared<const net::Frame>(net::Encode(
-          net::Update{p.id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
-    }
+    if (!whole) whole = WholeUpdate(p.id, a);
     worker_->Send(s, whole);
   }
 }
@@ -721,10 +725,7 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
                 o.stamp.write_ns, m.value,         /*codec=*/true};
   u.segment = true;
   auto relay = std::make_shared<const net::Frame>(net::Encode(u));
-  for (ucp_ep_h sub : o.relayed) {
-    ++*o.sends_left;
-    worker_->Send(sub, relay, [left = o.sends_left](ucs_status_t) { --*left; });
-  }
+  for (ucp_ep_h sub : o.relayed) SendCounted(sub, relay, o.sends_left);
   o.segments.push_back(*s);  // its spans point into the frame's buffer, which moves along
   o.writes.push_back(std::make_shared<net::Frame>(std::move(frame)));
   if (o.segments.size() < o.count) return;
@@ -776,8 +777,7 @@ void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {
   const Attr& a = attrs_[m.attr_id];
   if (a.open) a.open->relayed.erase(ep);  // it gets the whole value once that is applied
   if (a.version == 0) return;
-  Send(ep, net::Encode(
-               net::Update{m.attr_id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
+  worker_->Send(ep, WholeUpdate(m.attr_id, a));
 }
 
 bool Hub::OnUdp() {

@@ -186,6 +186,12 @@ class Hub final : public net::UcxWorker::Handler {
   // Applies the pending delta of attribute id (every one: kAll), if any.
   static constexpr uint32_t kAll = ~uint32_t{0};
   void Settle(uint32_t id);
+  void SettleWhere(FunctionRef<bool(const PendingApply&)> which);
+  // Sends frame to ep, counting it in *in_flight until it completed (or failed).
+  void SendCounted(ucp_ep_h ep, std::shared_ptr<const net::Frame> frame,
+                   const std::shared_ptr<int>& in_flight);
+  // An UPDATE with the attribute's value as the hub holds it, raw.
+  static std::shared_ptr<const net::Frame> WholeUpdate(uint32_t id, const Attr& a);
   // Applies a relayed delta; on failure publishes the hub's value anew so everyone converges.
   void ApplyRelayed(const PendingApply& p);
   // Whether `bytes` more of values fit the hub's bound (answers the request when not).

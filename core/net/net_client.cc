@@ -1039,21 +1039,10 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
 
 Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t have,
                                                          FunctionRef<Status(ByteSpan)> decode) {
-  Replica* r = Find(attr);
-  if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
-  if (r->version.load(std::memory_order_acquire) <= have) return std::optional<UpdateInfo>();
-  std::shared_ptr<const Frame> holder;
-  size_t offset;
-  UpdateInfo info;
-  {
-    std::lock_guard<std::mutex> lock(r->mu);
-    holder = r->holder;
-    offset = r->offset;
-    info = r->info;
-  }
-  if (info.version <= have || !holder) return std::optional<UpdateInfo>();
-  EASYSYNC_RETURN_IF_ERROR(decode(ByteSpan(*holder).subspan(offset)));
-  return std::optional<UpdateInfo>(info);
+  EASYSYNC_ASSIGN_OR_RETURN(std::optional<SharedValue> v, ReadSharedIfNewer(attr, have));
+  if (!v) return std::optional<UpdateInfo>();
+  EASYSYNC_RETURN_IF_ERROR(decode(v->bytes));
+  return std::optional<UpdateInfo>(v->info);
 }
 
 Result<std::optional<Client::SharedValue>> NetClient::ReadSharedIfNewer(AttrId attr,

@@ -209,9 +209,9 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void FinishResync();
   void SendFrame(std::shared_ptr<const Frame> frame);
   // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
-  // Pending::lost when the connection is down or went down before the answer.
-  // Sends frame and waits for its answer. `more` (optional) runs once the frame is on its
-  // way, on this thread, to send the frames that follow it (a segmented write's).
+  // Pending::lost when the connection is down or went down before the answer. `more`
+  // (optional) runs once the frame is on its way, on this thread, to send the frames that
+  // follow it (a segmented write's).
   Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
                           std::string_view what, const std::function<Status()>& more = {});
   uint32_t NextRequest() {
@@ -221,10 +221,6 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // Keeps a write made while disconnected; returns its provisional version.
   uint64_t QueueDirty(Replica& r, std::shared_ptr<Frame> holder, size_t offset, uint64_t clock,
                       int64_t now);
-  // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
-  // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
-  // With data_from, raw holds only the tensor header yet; the encoder fills in the tensor's
-  // bytes from data_from as it reads them (see EncodeCodecValue).
   // A segmented write of a host tensor against the replica's value (the caller checked that
   // it can go so); fills holder's data from `data` when not null. *hashes gets the segments'
   // hashes. Sends every segment; the answer is the last one's.
@@ -233,6 +229,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);
+  // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
+  // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
+  // With data_from, raw holds only the tensor header yet; the encoder fills in the tensor's
+  // bytes from data_from as it reads them (see EncodeCodecValue).
   Result<std::shared_ptr<const Frame>> EncodeTensorWrite(Replica& r, uint32_t request, ByteSpan raw,
                                                          uint64_t clock, int64_t now, bool whole,
                                                          std::optional<uint64_t>* hash,

@@ -90,6 +90,7 @@ size_t FrameCacheBlocksForTests() {
   std::lock_guard<std::mutex> lock(c.mu);
   return c.blocks.size();
 }
+
 namespace {
 
 class Writer {
