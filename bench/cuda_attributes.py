@@ -11,7 +11,8 @@ puts it there). Prints one JSON object per case:
   between the GPU and page-locked host memory.
 - hub: an attribute of --hub-mib MiB through a hub on loopback, two clients in this process:
   the first whole value (`full_s`, from the writer's flush until the reader's tensor holds
-  it), then one RL-style step per repetition (1.5% of the elements move by one unit in the
+  it; `*_flush_s` the writer's flush, `*_arrive_s` until the reader sees the new version,
+  `*_pull_s` its pull into the bound tensor), then one RL-style step per repetition (1.5% of the elements move by one unit in the
   last place) sent as a delta computed on the GPU (`delta_s`, median; `delta_wire_bytes`,
   what the writer sent per step).
 
@@ -101,15 +102,27 @@ def hub_case(args, sync, port):
     a, b = make_pair(c1, c2, "HubBench", n, args.device)
 
     def publish_and_receive():
+        """Seconds from the writer's flush until the reader's tensor holds the value, and the
+        phases: the flush (the writer's encode and the hub's acknowledgement), the new version
+        showing at the reader, and the reader's pull into its bound tensor."""
         sync()
         seen = easysync.version(b, "w")
         t0 = time.perf_counter()
         c1.flush()  # the writer's tensor changed in place: flush publishes it
-        while easysync.version(b, "w") == seen or not torch.equal(b.w, a.w):
+        sync()
+        t1 = time.perf_counter()
+        while easysync.version(b, "w") == seen:
+            easysync.wait_for_change(b, "w", timeout=60)
+        t2 = time.perf_counter()
+        easysync.pull(b)
+        sync()
+        t3 = time.perf_counter()
+        while not torch.equal(b.w, a.w):
             easysync.wait_for_change(b, "w", timeout=60)
             easysync.pull(b)
-        sync()
-        return time.perf_counter() - t0
+            sync()
+            t3 = time.perf_counter()
+        return t3 - t0, t1 - t0, t2 - t0, t3 - t2
 
     a.w.copy_(torch.randn(n, device=args.device).to(torch.bfloat16))
     full = publish_and_receive()
@@ -123,8 +136,13 @@ def hub_case(args, sync, port):
     stats = c1.stats
     c1.close()
     c2.close()
-    return dict(case="hub", mib=args.hub_mib, device=args.device, full_s=full,
-                delta_s=median(deltas), delta_wire_bytes=per_step, raw_bytes=2 * n,
+    return dict(case="hub", mib=args.hub_mib, device=args.device, full_s=full[0],
+                full_flush_s=full[1], full_arrive_s=full[2], full_pull_s=full[3],
+                delta_s=median([d[0] for d in deltas]),
+                delta_flush_s=median([d[1] for d in deltas]),
+                delta_arrive_s=median([d[2] for d in deltas]),
+                delta_pull_s=median([d[3] for d in deltas]),
+                delta_wire_bytes=per_step, raw_bytes=2 * n,
                 deltas_sent=stats["deltas_sent"])
 
 

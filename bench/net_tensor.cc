@@ -17,6 +17,11 @@
 // EasySync may send it as a codec delta), then a tensor of random bits (full_s: no codec
 // shrinks it, so the whole tensor crosses). wire_bytes is what A's client sent for the delta
 // write (Stats::bytes_sent); codec_bytes is what codec::Encoder makes of the same pair here.
+//
+// --device cuda keeps A's tensor in GPU memory (copied there before each timed write, untimed):
+// the delta is computed on the device and only changed blocks cross PCIe. --device host-twin
+// runs that same path on the CUDA kernels' host twins (a dry run without a GPU, and a profile of
+// the path's host side). B reads into host memory either way.
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -51,8 +56,13 @@
 #include "easysync/synced.h"
 #include "easysync/tensor.h"
 #include "hub_process.h"
+#include "net/net_client.h"
 #include "proc_util.h"
 #include "stats_util.h"
+
+#if EASYSYNC_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace easysync::bench {
 namespace {
@@ -78,6 +88,7 @@ struct Flags {
   uint16_t port = 0;
   std::string token;
   std::string transports = "tcp";
+  std::string device = "host";  // host, cuda, host-twin: where A's tensor lives
 };
 
 bool Shaped(const std::string& link) { return link != "loopback" && link != "external"; }
@@ -233,11 +244,55 @@ int Receive(const NetOptions& options, const std::string& object, size_t bytes, 
   return 1;
 }
 
+// A's tensor in GPU memory (--device cuda). Created after the forks: CUDA does not survive
+// fork.
+class DeviceCopy {
+ public:
+  DeviceCopy() = default;
+  ~DeviceCopy() {
+#if EASYSYNC_HAVE_CUDA
+    if (p_ != nullptr) cudaFree(p_);
+#endif
+  }
+  DeviceCopy(const DeviceCopy&) = delete;
+  DeviceCopy& operator=(const DeviceCopy&) = delete;
+
+  // Copies t to the device (waits until done); false (why on stderr) when it cannot.
+  bool Upload(const Tensor& t) {
+#if EASYSYNC_HAVE_CUDA
+    cudaError_t err = cudaSuccess;
+    if (p_ == nullptr || bytes_ != t.nbytes()) {
+      if (p_ != nullptr) cudaFree(p_);
+      p_ = nullptr;
+      err = cudaMalloc(&p_, std::max<size_t>(t.nbytes(), 1));
+      bytes_ = err == cudaSuccess ? t.nbytes() : 0;
+    }
+    if (err == cudaSuccess) err = cudaMemcpy(p_, t.data(), t.nbytes(), cudaMemcpyHostToDevice);
+    if (err == cudaSuccess) return true;
+    std::fprintf(stderr, "easysync-bench: net-tensor: A: CUDA: %s\n", cudaGetErrorString(err));
+#else
+    (void)t;
+    std::fprintf(stderr, "easysync-bench: net-tensor: this build has no CUDA (--device cuda)\n");
+#endif
+    return false;
+  }
+  TensorView View(const Tensor& t) const {
+    TensorView v = t.view();
+    v.device = DeviceType::kCUDA;
+    v.data = p_;
+    return v;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // A: one write at a time, each awaited until B holds it.
 class Sender {
  public:
-  Sender(Client& c, const std::string& object, Control* ctl)
-      : client_(c), state_(c, object), ctl_(ctl) {}
+  Sender(Client& c, const std::string& object, Control* ctl, bool cuda)
+      : client_(c), state_(c, object), ctl_(ctl), cuda_(cuda) {}
 
   bool WaitForB() {
     const auto deadline = Clock::now() + kValueTimeout;
@@ -247,12 +302,21 @@ class Sender {
 
   // Writes t; *seconds from the write until B had read it, *wire the bytes A's client sent.
   bool Sync(const Tensor& t, double* seconds = nullptr, int64_t* wire = nullptr) {
+    if (cuda_ && !device_.Upload(t)) return false;
     const int64_t n = ++writes_;
     ctl_->hash.store(codec::HashBytes({reinterpret_cast<const uint8_t*>(t.data()), t.nbytes()}));
     ctl_->posted.store(n, std::memory_order_release);
     const uint64_t sent = client_.stats().bytes_sent;
     const int64_t t0 = MonotonicNanos();
-    state_.value.set(t);
+    if (cuda_) {
+      const Result<uint64_t> v = client_.WriteTensor(state_.value.attr(), device_.View(t));
+      if (!v.ok()) {
+        std::fprintf(stderr, "easysync-bench: net-tensor: A: %s\n", v.status().ToString().c_str());
+        return false;
+      }
+    } else {
+      state_.value.set(t);
+    }
     const uint64_t sent_after = client_.stats().bytes_sent;
     const auto deadline = Clock::now() + kValueTimeout;
     int64_t checked = 0;
@@ -274,6 +338,8 @@ class Sender {
   Client& client_;
   TensorState state_;
   Control* ctl_;
+  bool cuda_;
+  DeviceCopy device_;
   int64_t writes_ = 0;
 };
 
@@ -303,7 +369,8 @@ bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement&
   bool ok = false;
   try {
     auto client = connect(options);
-    Sender a(*client, object, ctl);
+    if (f.device == "host-twin") net::SetDevicePathForHostTensors(*client, true);
+    Sender a(*client, object, ctl, f.device == "cuda");
     const std::vector<int64_t> shape = {static_cast<int64_t>(bytes / DTypeSize(dtype))};
     // Warm-up: the first value of this size through the connection, untimed.
     ok = a.WaitForB() && a.Sync(RandomTensor(dtype, bytes, 0));
@@ -460,7 +527,8 @@ int BadUsage(const std::string& why) {
                "                                 [--steps DIR [--dtype NAME]] [--python PATH]\n"
                "                                 [--links loopback,10gbit,1gbit]\n"
                "                                 [--hub HOST:PORT --token T] "
-               "[--ucx-transports LIST]\n",
+               "[--ucx-transports LIST]\n"
+               "                                 [--device host|cuda|host-twin]\n",
                why.c_str());
   return 2;
 }
@@ -510,6 +578,11 @@ int ParseFlags(int argc, char** argv, int first, Flags* f) {
       f->token = value;
     } else if (flag == "--ucx-transports") {
       f->transports = value;
+    } else if (flag == "--device") {
+      if (value != "host" && value != "cuda" && value != "host-twin") {
+        return BadUsage("--device needs host, cuda or host-twin");
+      }
+      f->device = value;
     } else {
       return BadUsage("unknown flag '" + std::string(flag) + "'");
     }
@@ -627,6 +700,7 @@ int RunNetTensor(int argc, char** argv, int first) {
           .Add("gloo_link", link == "external" ? "loopback" : link)
           .Add("reps", static_cast<int64_t>(f.reps))
           .Add("transports", f.transports)
+          .Add("device", f.device)
           .Add("hub", hub)
           .Add("placement", where.name)
           .Print();
@@ -636,11 +710,11 @@ int RunNetTensor(int argc, char** argv, int first) {
   if (f.json || rows.empty()) return failed || rows.empty() ? 1 : 0;
 
   std::printf(
-      "net-tensor: %s step of a %lld MiB %s tensor, A -> hub (%s) -> B over UCX '%s', "
-      "placement %s; medians of %d\n",
+      "net-tensor: %s step of a %lld MiB %s tensor (A's on %s), A -> hub (%s) -> B over UCX "
+      "'%s', placement %s; medians of %d\n",
       steps.label().c_str(), static_cast<long long>(f.mib),
-      std::string(DTypeName(steps.dtype())).c_str(), hub.c_str(), f.transports.c_str(), where.name,
-      f.reps);
+      std::string(DTypeName(steps.dtype())).c_str(), f.device.c_str(), hub.c_str(),
+      f.transports.c_str(), where.name, f.reps);
   Table table({"link", "delta_s", "full_s", "gloo_s", "delta_vs_gloo", "wire_bytes",
                "full_wire_bytes", "codec_bytes", "raw_bytes"});
   auto fixed = [](double v, int decimals) {

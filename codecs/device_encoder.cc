@@ -108,12 +108,36 @@ Status DeviceEncoder::Prepare(DType dtype, size_t element_count) {
 
 Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const uint8_t* cur,
                                      uint64_t new_version, std::span<uint8_t> out) {
+  EASYSYNC_RETURN_IF_ERROR(Stage(dtype, element_count, cur, new_version).status());
+  Result<size_t> size = EncodeRange(0, n_, shadow_hash_, out);
+  if (!size.ok()) {
+    Reset();
+    return size.status();
+  }
+  EASYSYNC_RETURN_IF_ERROR(Commit(cur));
+  return size;
+}
+
+Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_count,
+                                                   const uint8_t* cur, uint64_t new_version) {
+  staged_ = false;
   EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
   if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
-  if (out.size() < EncodeBound(dtype, element_count)) {
-    return Status::InvalidArgument("DeviceEncoder: output buffer below EncodeBound");
-  }
-  if (base_version_ == 0 || n_ == 0) return EncodeFull(cur, new_version, out);
+  new_version_ = new_version;
+  applied_block_ = 0;
+  encoded_to_ = 0;
+  whole_hash_.reset();
+  staged_count_ = 0;
+  // The whole tensor to the host: the first update, or one too dense for blocks to pay off.
+  const auto whole = [&](Staged kind) -> Result<Staged> {
+    EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, cur, n_));
+    stats_.bytes_to_host += n_;
+    ++(kind == Staged::kFull ? stats_.full_frames : stats_.dense_frames);
+    kind_ = kind;
+    staged_ = true;
+    return kind;
+  };
+  if (base_version_ == 0 || n_ == 0) return whole(Staged::kFull);
 
   EASYSYNC_RETURN_IF_ERROR(backend_->XorDiff(cur, base_, n_, block_bytes_, xor_, changed_));
   EASYSYNC_RETURN_IF_ERROR(
@@ -127,73 +151,123 @@ Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const ui
   }
   // Once more than half the blocks changed, the blocks save little PCIe traffic and a sparse
   // frame will not pay off: copy the tensor whole.
-  if (uint64_t{count} * block_bytes_ > n_ / 2) return EncodeDense(cur, new_version, out);
+  if (uint64_t{count} * block_bytes_ > n_ / 2) return whole(Staged::kDense);
 
   EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(ids_host_.data(), ids_, count * sizeof(uint32_t)));
   const size_t bytes =
       count == 0 ? 0 : cuda::CompactedBytes(count, ids_host_[count - 1], n_, block_bytes_);
   EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, compacted_, bytes));
   stats_.bytes_to_host += count * sizeof(uint32_t) + bytes;
-
-  // The shadow becomes cur: only the changed blocks are written, then the whole is hashed.
-  EASYSYNC_RETURN_IF_ERROR(
-      cuda::ApplyCompactedBlocksHost(ids_host_.data(), staging_, count, n_, block_bytes_, shadow_));
-  const uint64_t result_hash = HashBytes({shadow_, n_});
-  XorBlocks blocks;
-  blocks.dtype = dtype_;
-  blocks.element_count = count_;
-  blocks.block_bytes = block_bytes_;
-  blocks.ids = ids_host_.data();
-  blocks.count = count;
-  blocks.bytes = staging_;
-  EASYSYNC_ASSIGN_OR_RETURN(
-      const size_t size,
-      encoder_.EncodeXorBlocks(blocks, base_version_, shadow_hash_, new_version, result_hash, out));
-  if (size == 0) {
-    // Not worth a sparse frame after all: undo (XOR twice) and send from the full tensors.
-    EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(ids_host_.data(), staging_, count, n_,
-                                                            block_bytes_, shadow_));
-    return EncodeDense(cur, new_version, out);
-  }
-  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, result_hash, new_version));
+  EASYSYNC_RETURN_IF_ERROR(cuda::ValidateBlockIds(ids_host_.data(), count, n_, block_bytes_));
   ++stats_.block_frames;
+  staged_count_ = count;
+  kind_ = Staged::kBlocks;
+  staged_ = true;
+  return Staged::kBlocks;
+}
+
+Status DeviceEncoder::ApplyBlocks(size_t offset, size_t bytes) {
+  // The blocks below offset + bytes not applied yet (ids increase; ranges come in order).
+  const size_t end_block = cuda::NumBlocks(offset + bytes, block_bytes_);
+  size_t j = applied_block_;
+  while (j < staged_count_ && ids_host_[j] < end_block) ++j;
+  if (j == applied_block_) return Status::Ok();
+  const size_t first = applied_block_;
+  applied_block_ = j;
+  return cuda::ApplyCompactedBlocksHost(ids_host_.data() + first, staging_ + first * block_bytes_,
+                                        j - first, n_, block_bytes_, shadow_);
+}
+
+Result<size_t> DeviceEncoder::EncodeRange(size_t offset, size_t bytes,
+                                          std::optional<uint64_t> base_hash,
+                                          std::span<uint8_t> out) {
+  const size_t esize = DTypeSize(dtype_);
+  if (!staged_) return Status::InvalidArgument("DeviceEncoder: no staged update");
+  const size_t end = offset + bytes;
+  if (offset < encoded_to_ || offset > n_ || bytes > n_ - offset || offset % block_bytes_ != 0 ||
+      (end % block_bytes_ != 0 && end != n_) || offset % esize != 0 || bytes % esize != 0) {
+    return Status::InvalidArgument("DeviceEncoder: range out of order or not block aligned");
+  }
+  const size_t count = bytes / esize;
+  if (out.size() < EncodeBound(dtype_, count)) {
+    return Status::InvalidArgument("DeviceEncoder: output buffer below EncodeBound");
+  }
+  encoded_to_ = end;
+  Result<size_t> size = size_t{0};
+  if (kind_ == Staged::kFull) {
+    size = encoder_.EncodeFull(TensorBytes{dtype_, count, staging_ + offset}, new_version_, out);
+  } else if (kind_ == Staged::kDense) {
+    // The shadow keeps the base until Commit (staging then becomes the shadow).
+    const TensorBytes now{dtype_, count, staging_ + offset};
+    const TensorBytes base{dtype_, count, shadow_ + offset};
+    EncodeHints hints;
+    hints.known_base_hash = base_hash;
+    size = encoder_.Encode(now, &base, base_version_, new_version_, out, hints);
+  } else {
+    size = EncodeBlocksRange(offset, bytes,
+                             base_hash ? *base_hash : HashBytes({shadow_ + offset, bytes}), out);
+  }
+  if (size.ok() && bytes == n_) {
+    // One frame for the whole tensor: its result is the next shadow's hash.
+    EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(*size)));
+    whole_hash_ = info.result_hash;
+  }
   return size;
 }
 
-Status DeviceEncoder::Adopt(const uint8_t* cur, uint64_t result_hash, uint64_t new_version) {
+Result<size_t> DeviceEncoder::EncodeBlocksRange(size_t offset, size_t bytes, uint64_t base_hash,
+                                                std::span<uint8_t> out) {
+  const size_t esize = DTypeSize(dtype_);
+  const size_t first = applied_block_;
+  // The shadow's range becomes the new value: only the changed blocks are written.
+  EASYSYNC_RETURN_IF_ERROR(ApplyBlocks(offset, bytes));
+  const size_t count = applied_block_ - first;
+  const uint64_t result_hash = HashBytes({shadow_ + offset, bytes});
+  // The range's blocks, numbered from its start.
+  const auto first_id = static_cast<uint32_t>(offset / block_bytes_);
+  range_ids_.resize(count);
+  for (size_t j = 0; j < count; ++j) range_ids_[j] = ids_host_[first + j] - first_id;
+  XorBlocks blocks;
+  blocks.dtype = dtype_;
+  blocks.element_count = bytes / esize;
+  blocks.block_bytes = block_bytes_;
+  blocks.ids = range_ids_.data();
+  blocks.count = count;
+  blocks.bytes = staging_ + first * block_bytes_;
+  EASYSYNC_ASSIGN_OR_RETURN(
+      const size_t size,
+      encoder_.EncodeXorBlocks(blocks, base_version_, base_hash, new_version_, result_hash, out));
+  if (size != 0) return size;
+  // Too dense for a sparse frame after all: the range's base is its new value with the blocks
+  // applied once more (XOR undoes itself); encode from the two.
+  range_base_.assign(shadow_ + offset, shadow_ + offset + bytes);
+  EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(range_ids_.data(), blocks.bytes, count,
+                                                          bytes, block_bytes_, range_base_.data()));
+  const TensorBytes now{dtype_, bytes / esize, shadow_ + offset};
+  const TensorBytes base{dtype_, bytes / esize, range_base_.data()};
+  EncodeHints hints;
+  hints.known_base_hash = base_hash;
+  return encoder_.Encode(now, &base, base_version_, new_version_, out, hints);
+}
+
+Status DeviceEncoder::Commit(const uint8_t* cur) {
+  if (!staged_) return Status::InvalidArgument("DeviceEncoder: no staged update");
+  staged_ = false;
+  if (kind_ == Staged::kBlocks) {
+    EASYSYNC_RETURN_IF_ERROR(ApplyBlocks(0, n_));  // ranges never encoded
+  } else {
+    std::swap(shadow_, staging_);
+  }
+  // Known when one range covered the whole tensor (its frame's result hash); else on demand.
+  shadow_hash_ = whole_hash_;
   EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
-  shadow_hash_ = result_hash;
-  base_version_ = new_version;
+  base_version_ = new_version_;
   return Status::Ok();
 }
 
-Result<size_t> DeviceEncoder::EncodeFull(const uint8_t* cur, uint64_t new_version,
-                                         std::span<uint8_t> out) {
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(shadow_, cur, n_));
-  stats_.bytes_to_host += n_;
-  TensorBytes t{dtype_, count_, shadow_};
-  EASYSYNC_ASSIGN_OR_RETURN(const size_t size, encoder_.EncodeFull(t, new_version, out));
-  EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
-  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
-  ++stats_.full_frames;
-  return size;
-}
-
-Result<size_t> DeviceEncoder::EncodeDense(const uint8_t* cur, uint64_t new_version,
-                                          std::span<uint8_t> out) {
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, cur, n_));
-  stats_.bytes_to_host += n_;
-  TensorBytes now{dtype_, count_, staging_};
-  TensorBytes base{dtype_, count_, shadow_};
-  EncodeHints hints;
-  hints.known_base_hash = shadow_hash_;
-  EASYSYNC_ASSIGN_OR_RETURN(const size_t size,
-                            encoder_.Encode(now, &base, base_version_, new_version, out, hints));
-  EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(size)));
-  std::swap(shadow_, staging_);
-  EASYSYNC_RETURN_IF_ERROR(Adopt(cur, info.result_hash, new_version));
-  ++stats_.dense_frames;
-  return size;
+uint64_t DeviceEncoder::shadow_hash() {
+  if (!shadow_hash_) shadow_hash_ = HashBytes({shadow_, n_});
+  return *shadow_hash_;
 }
 
 }  // namespace easysync::codec

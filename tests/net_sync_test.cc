@@ -444,6 +444,58 @@ TEST(NetDevice, DeviceTensorWritesSendChangedBlocksAndResyncAfterOtherWriters) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetDevice, LargeDeviceTensorDeltasGoInSegmentsAndConverge) {
+  // The device path (host twins) with a tensor large enough for segments: the staged blocks
+  // are encoded segment by segment while the earlier ones travel.
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  WriterReader setup;
+  Tensor w = Weights(kElements, 1);
+  ASSERT_TRUE(setup.Start(w));
+  auto& [hub, ca, cb, pa, pb] = setup;
+  Model &a = *pa, &b = *pb;
+  net::SetDevicePathForHostTensors(*ca, true);
+  // The device encoder has no base yet: the first write is whole, in one frame.
+  Step(w, 10, 2);
+  Stats before = ca->stats();
+  ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
+  EXPECT_EQ(ca->stats().full_sent, before.full_sent + 1);
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
+  // Sparse steps (the second with the segments' known hashes), then a dense one.
+  for (uint64_t step = 3; step <= 5; ++step) {
+    Step(w, step == 5 ? 900 : 10, step);
+    before = ca->stats();
+    auto v = ca->WriteTensor(a.w.attr(), w.view());
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    const Stats after = ca->stats();
+    EXPECT_EQ(after.deltas_sent, before.deltas_sent + 1) << "step " << step;
+    EXPECT_GE(after.packets_sent, before.packets_sent + 3) << "step " << step;  // segments
+    if (step < 5) {
+      EXPECT_LT(after.bytes_sent - before.bytes_sent, kElements * 2 * 3 / 100) << "step " << step;
+    }
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= step; }, Clock::now() + seconds(60)));
+    EXPECT_TRUE(b.w.get() == w) << "step " << step;
+    EXPECT_TRUE(a.w.get() == w) << "step " << step;  // the writer's replica
+  }
+  EXPECT_EQ(cb->stats().resyncs, 0u);
+  // The reader writes back against the device writer's value: a delta there too.
+  Step(w, 10, 6);
+  b.w = w;
+  ASSERT_TRUE(ca->WaitUntil([&] { return a.w.version() >= 6; }, Clock::now() + seconds(60)));
+  EXPECT_TRUE(a.w.get() == w);
+  EXPECT_GE(ca->stats().deltas_recv, 1u);
+  // The device base is stale now: the next device write goes whole, and deltas follow.
+  Step(w, 10, 7);
+  before = ca->stats();
+  ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
+  EXPECT_EQ(ca->stats().full_sent, before.full_sent + 1);
+  Step(w, 10, 8);
+  ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
+  EXPECT_EQ(ca->stats().deltas_sent, before.deltas_sent + 1);
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 8; }, Clock::now() + seconds(60)));
+  EXPECT_TRUE(b.w.get() == w);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetStats, RoundTripAndWriteToApplyLatencyAreMeasured) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);

@@ -983,32 +983,58 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
   EASYSYNC_RETURN_IF_ERROR(detail::ParseTensorHeader(holder, &t));
   const size_t esize = DTypeSize(t.dtype);
   const size_t n = holder.size() - H;
-  const auto count = static_cast<uint32_t>((n + kSegmentBytes - 1) / kSegmentBytes);
-  if (base_hashes.size() != count) base_hashes.clear();
   const auto* base_data = reinterpret_cast<const uint8_t*>(base->data()) + base_offset + H;
   auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
+  // Each segment encoded against the same range of the base (and, from data, copied into the
+  // holder in the same pass).
+  size_t filled = 0;
+  Result<Pending> done = SendSegments(
+      r, request, {holder.data(), H}, t.dtype, n, clock, now, std::move(base_hashes),
+      [&](size_t off, size_t bytes, std::optional<uint64_t> base_hash,
+          std::span<uint8_t> frame) -> Result<size_t> {
+        const uint8_t* cur =
+            data != nullptr ? reinterpret_cast<const uint8_t*>(data) + off : value + off;
+        const codec::TensorBytes now_t{t.dtype, bytes / esize, cur};
+        const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
+        codec::EncodeHints hints;
+        hints.known_base_hash = base_hash;
+        if (data != nullptr) hints.copy_to = value + off;
+        EASYSYNC_ASSIGN_OR_RETURN(
+            size_t f, encoder_.Encode(now_t, &was, base_version, base_version + 1, frame, hints));
+        filled = off + bytes;
+        return f;
+      },
+      hashes);
+  // Not connected, or a segment failed: the holder must hold the whole value still.
+  if (data != nullptr && filled < n) std::memcpy(value + filled, data + filled, n - filled);
+  return done;
+}
+
+Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
+                                                   ByteSpan tensor_header, DType dtype, size_t n,
+                                                   uint64_t clock, int64_t now,
+                                                   std::vector<uint64_t> base_hashes,
+                                                   SegmentEncoder encode,
+                                                   std::vector<uint64_t>* hashes) {
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  const size_t esize = DTypeSize(dtype);
+  const auto count = static_cast<uint32_t>((n + kSegmentBytes - 1) / kSegmentBytes);
+  if (base_hashes.size() != count) base_hashes.clear();
   hashes->clear();
   size_t wire = 0;
-  // Segment i as a WRITE: encoded against the same range of the base (and, from data, copied
-  // into the holder in the same pass).
+  // Segment i as a WRITE.
   const auto segment = [&](uint32_t i) -> Result<std::shared_ptr<const Frame>> {
     const size_t off = size_t{i} * kSegmentBytes;
     const size_t bytes = std::min(kSegmentBytes, n - off);
-    const uint8_t* cur =
-        data != nullptr ? reinterpret_cast<const uint8_t*>(data) + off : value + off;
-    const codec::TensorBytes now_t{t.dtype, bytes / esize, cur};
-    const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
-    codec::EncodeHints hints;
-    if (!base_hashes.empty()) hints.known_base_hash = base_hashes[i];
-    if (data != nullptr) hints.copy_to = value + off;
     std::lock_guard<std::mutex> lock(encode_mu_);
-    const size_t bound = codec::EncodeBound(t.dtype, bytes / esize);
+    const size_t bound = codec::EncodeBound(dtype, bytes / esize);
     std::byte* out = Scratch(kSegmentHeaderBytes + H + bound);
     WriteSegmentHeader(i, count, kSegmentBytes, out);
-    std::memcpy(out + kSegmentHeaderBytes, holder.data(), H);
+    std::memcpy(out + kSegmentHeaderBytes, tensor_header.data(), H);
     auto* frame = reinterpret_cast<uint8_t*>(out) + kSegmentHeaderBytes + H;
-    EASYSYNC_ASSIGN_OR_RETURN(size_t f, encoder_.Encode(now_t, &was, base_version, base_version + 1,
-                                                        {frame, bound}, hints));
+    std::optional<uint64_t> base_hash;
+    if (!base_hashes.empty()) base_hash = base_hashes[i];
+    EASYSYNC_ASSIGN_OR_RETURN(size_t f, encode(off, bytes, base_hash, {frame, bound}));
     EASYSYNC_ASSIGN_OR_RETURN(codec::FrameInfo info, codec::PeekFrame({frame, f}));
     hashes->push_back(info.result_hash);
     const size_t value_bytes = kSegmentHeaderBytes + H + f;
@@ -1027,11 +1053,8 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
     return Status::Ok();
   };
   Result<Pending> done = Request(request, Pending{}, std::move(first), "WRITE", rest);
-  // Not connected: Request sent nothing more. The holder must hold the whole value still.
-  const size_t filled = std::min(n, hashes->size() * kSegmentBytes);
-  if (data != nullptr && filled < n) std::memcpy(value + filled, data + filled, n - filled);
   CounterShard& c = shard();
-  Count(c.codec_raw_bytes, holder.size());
+  Count(c.codec_raw_bytes, H + n);
   Count(c.codec_wire_bytes, wire);
   Count(c.deltas_sent, 1);
   return done;

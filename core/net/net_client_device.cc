@@ -1,6 +1,10 @@
 // The network client's writes of tensors that may live on a GPU: the delta is computed where
 // the tensor lives and only changed blocks cross PCIe (docs/decisions.md).
+#include <array>
+#include <optional>
+
 #include "net/net_client_impl.h"
+#include "net/wire_value.h"
 
 namespace easysync::net {
 
@@ -38,46 +42,82 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
   codec::DeviceEncoder& dev = *r->device;
   const int64_t now = MonotonicNanos();
   const uint64_t clock = clock_.load(std::memory_order_relaxed) + 1;
+  const auto* data = static_cast<const uint8_t*>(view.data);
+  std::array<std::byte, detail::kTensorHeaderBytes> header;
+  detail::EncodeTensorHeader(view.dtype, view.shape, header.data());
   for (bool whole = false;;) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (state_ == State::kFailed) return failure_;
     }
     uint64_t base_version;
+    std::vector<uint64_t> base_hashes;
+    bool segments;
     {
       std::lock_guard<std::mutex> lock(r->mu);
       // The encoder's base is what this client last wrote; anything since (another writer, a
       // resync) makes the next frame whole.
       if (whole || r->dirty || r->info.version != r->device_acked) dev.Reset();
       base_version = r->info.version;
+      base_hashes = r->segment_hashes;
+      segments = bytes >= kSegmentMinDataBytes && !r->udp;
     }
     const uint32_t request = NextRequest();
-    std::shared_ptr<const Frame> frame;
-    {
-      std::lock_guard<std::mutex> lock(encode_mu_);
-      const size_t bound = detail::kTensorHeaderBytes + codec::EncodeBound(view.dtype, numel);
-      std::byte* out = Scratch(bound);
-      detail::EncodeTensorHeader(view.dtype, view.shape, out);
-      auto n =
-          dev.Encode(view.dtype, numel, static_cast<const uint8_t*>(view.data), base_version + 1,
-                     {reinterpret_cast<uint8_t*>(out) + detail::kTensorHeaderBytes,
-                      bound - detail::kTensorHeaderBytes});
-      if (!n.ok()) {
-        dev.Reset();
-        return n.status();
-      }
-      const size_t value_bytes = detail::kTensorHeaderBytes + *n;
-      auto info = PeekCodecValue({out, value_bytes});
-      if (!info.ok()) return info.status();
-      CounterShard& c = shard();
-      Count(c.codec_raw_bytes, raw);
-      Count(c.codec_wire_bytes, value_bytes);
-      Count(info->frame.is_full_value() ? c.full_sent : c.deltas_sent, 1);
-      frame = std::make_shared<const Frame>(
-          EncodeWrite(net::Write{request, r->hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
-                      value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+    auto staged = dev.Stage(view.dtype, numel, data, base_version + 1);
+    if (!staged.ok()) {
+      dev.Reset();
+      return staged.status();
     }
-    EASYSYNC_ASSIGN_OR_RETURN(Pending done, Request(request, Pending{}, frame, "WRITE"));
+    // A delta of a large tensor goes in segments, each encoded from the staged blocks while
+    // the one before travels (a whole value goes in one frame: its base is not the hub's).
+    segments = segments && *staged != codec::DeviceEncoder::Staged::kFull;
+    std::vector<uint64_t> segment_hashes;
+    Result<Pending> sent = Pending{};
+    if (segments) {
+      sent = SendSegments(
+          *r, request, header, view.dtype, bytes, clock, now, std::move(base_hashes),
+          [&](size_t off, size_t len, std::optional<uint64_t> base_hash, std::span<uint8_t> out) {
+            return dev.EncodeRange(off, len, base_hash, out);
+          },
+          &segment_hashes);
+    } else {
+      std::shared_ptr<const Frame> frame;
+      {
+        std::lock_guard<std::mutex> lock(encode_mu_);
+        const size_t bound = detail::kTensorHeaderBytes + codec::EncodeBound(view.dtype, numel);
+        std::byte* out = Scratch(bound);
+        std::memcpy(out, header.data(), header.size());
+        const std::optional<uint64_t> base_hash = *staged == codec::DeviceEncoder::Staged::kFull
+                                                      ? std::nullopt
+                                                      : std::optional(dev.shadow_hash());
+        auto n = dev.EncodeRange(0, bytes, base_hash,
+                                 {reinterpret_cast<uint8_t*>(out) + detail::kTensorHeaderBytes,
+                                  bound - detail::kTensorHeaderBytes});
+        if (!n.ok()) {
+          dev.Reset();
+          return n.status();
+        }
+        const size_t value_bytes = detail::kTensorHeaderBytes + *n;
+        auto info = PeekCodecValue({out, value_bytes});
+        if (!info.ok()) {
+          dev.Reset();
+          return info.status();
+        }
+        CounterShard& c = shard();
+        Count(c.codec_raw_bytes, raw);
+        Count(c.codec_wire_bytes, value_bytes);
+        Count(info->frame.is_full_value() ? c.full_sent : c.deltas_sent, 1);
+        frame = std::make_shared<const Frame>(EncodeWrite(
+            net::Write{request, r->hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
+            value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+      }
+      sent = Request(request, Pending{}, frame, "WRITE");
+    }
+    if (!sent.ok()) {
+      dev.Reset();
+      return sent.status();
+    }
+    const Pending& done = *sent;
     if (done.lost || (done.stale_base && !whole)) {
       dev.Reset();
       if (done.stale_base) Count(shard().resyncs, 1);
@@ -94,18 +134,28 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
       dev.Reset();
       return done.status;
     }
+    if (Status st = dev.Commit(data); !st.ok()) {
+      dev.Reset();
+      return st;
+    }
     Count(shard().updates_sent, 1);
     dev.Acknowledge(done.version);
     r->device_acked = done.version;
     // The replica keeps the value on the host: the encoder's shadow is exactly it.
     auto holder = Buffer(*r, raw);
-    detail::EncodeTensorHeader(view.dtype, view.shape, holder->data());
+    std::memcpy(holder->data(), header.data(), header.size());
     if (bytes != 0) {
       std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
     }
-    if (Apply(*r, std::move(holder), 0, UpdateInfo{done.version, done.clock, id(), now, 0},
-              dev.shadow_hash(), /*local=*/true)) {
+    const Frame* written = holder.get();
+    const std::optional<uint64_t> hash = segments ? std::nullopt : std::optional(dev.shadow_hash());
+    if (Apply(*r, std::move(holder), 0, UpdateInfo{done.version, done.clock, id(), now, 0}, hash,
+              /*local=*/true)) {
       Ring();
+    }
+    if (segments) {
+      std::lock_guard<std::mutex> lock(r->mu);
+      if (r->holder.get() == written) r->segment_hashes = std::move(segment_hashes);
     }
     return done.version;
   }

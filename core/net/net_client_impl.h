@@ -226,6 +226,18 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // hashes. Sends every segment; the answer is the last one's.
   Result<Pending> WriteSegments(Replica& r, uint32_t request, Frame& holder, const std::byte* data,
                                 uint64_t clock, int64_t now, std::vector<uint64_t>* hashes);
+  // Encodes bytes [offset, offset + bytes) of a tensor's data as a codec frame into `frame`
+  // (EncodeBound bytes), against the same range of the base; base_hash: that range's XXH3-64
+  // in the base, where known. Called for each range in order.
+  using SegmentEncoder = FunctionRef<Result<size_t>(
+      size_t offset, size_t bytes, std::optional<uint64_t> base_hash, std::span<uint8_t> frame)>;
+  // Sends a tensor write of n data bytes (dtype, tensor_header) as segments that `encode`
+  // makes, each sent while the next is encoded; base_hashes: the base's segment hashes (empty
+  // where unknown); *hashes gets the new ones. The answer is the last segment's.
+  Result<Pending> SendSegments(Replica& r, uint32_t request, ByteSpan tensor_header, DType dtype,
+                               size_t n, uint64_t clock, int64_t now,
+                               std::vector<uint64_t> base_hashes, SegmentEncoder encode,
+                               std::vector<uint64_t>* hashes);
   void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);

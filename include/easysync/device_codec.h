@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -73,30 +74,52 @@ class DeviceEncoder {
   DeviceEncoder& operator=(const DeviceEncoder&) = delete;
 
   // Encodes `cur` (element_count elements of dtype, in backend memory) as version
-  // new_version, against what the previous call encoded (which the receiver is assumed to
-  // hold from now on). The first call, or one after Reset() or a dtype/size change, gives a
+  // new_version, against what the previous update encoded (which the receiver is assumed to
+  // hold from now on). The first update, or one after Reset() or a dtype/size change, gives a
   // full value. REQUIRES: out.size() >= EncodeBound(dtype, element_count).
   Result<size_t> Encode(DType dtype, size_t element_count, const uint8_t* cur, uint64_t new_version,
                         std::span<uint8_t> out);
+
+  // The same update as several frames, one per byte range (how a large tensor is sent in
+  // segments that travel while the next is encoded): Stage() brings the update to the host
+  // (the changed blocks, or the whole tensor), EncodeRange() encodes one range of it as a frame
+  // of its own against the same range of the base, and Commit() makes the update the base of
+  // the next one. Encode() is these three over the whole tensor.
+  enum class Staged { kFull, kBlocks, kDense };
+  Result<Staged> Stage(DType dtype, size_t element_count, const uint8_t* cur, uint64_t new_version);
+  // Bytes [offset, offset + bytes) of the staged update as a frame of bytes / DTypeSize
+  // elements; base_hash: that range's XXH3-64 in the base, where the caller knows it.
+  // REQUIRES: a staged update; offset a multiple of block_bytes and of the element size,
+  // bytes a multiple of the element size, and ranges encoded in increasing order without
+  // overlap; out.size() >= EncodeBound for the range.
+  Result<size_t> EncodeRange(size_t offset, size_t bytes, std::optional<uint64_t> base_hash,
+                             std::span<uint8_t> out);
+  // The receiver now holds the staged update (every range of it).
+  Status Commit(const uint8_t* cur);
+
   // The receiver lost track (it asked for a full value): the next frame is a full value.
-  void Reset() { base_version_ = 0; }
-  // The receiver holds what the last call encoded, as `version` (where another party, e.g.
+  void Reset() {
+    base_version_ = 0;
+    staged_ = false;
+  }
+  // The receiver holds what the last update encoded, as `version` (where another party, e.g.
   // a hub, assigns versions): the next delta names that version as its base.
   void Acknowledge(uint64_t version) {
     if (base_version_ != 0) base_version_ = version;
   }
-  // A host copy of what the last call encoded (the receiver's base), and its XXH3-64.
+  // A host copy of what the last update encoded (the receiver's base), and its XXH3-64
+  // (computed here when the update went in ranges).
   std::span<const uint8_t> shadow() const { return {shadow_, n_}; }
-  uint64_t shadow_hash() const { return shadow_hash_; }
+  uint64_t shadow_hash();
   const DeviceEncoderStats& stats() const { return stats_; }
 
  private:
   Status Prepare(DType dtype, size_t element_count);
   void FreeAll();
-  Result<size_t> EncodeFull(const uint8_t* cur, uint64_t new_version, std::span<uint8_t> out);
-  Result<size_t> EncodeDense(const uint8_t* cur, uint64_t new_version, std::span<uint8_t> out);
-  // The receiver now holds cur (whose hash is result_hash) as new_version.
-  Status Adopt(const uint8_t* cur, uint64_t result_hash, uint64_t new_version);
+  // The staged changed blocks in [offset, offset + bytes) applied to the shadow (once).
+  Status ApplyBlocks(size_t offset, size_t bytes);
+  Result<size_t> EncodeBlocksRange(size_t offset, size_t bytes, uint64_t base_hash,
+                                   std::span<uint8_t> out);
 
   std::unique_ptr<DeltaBackend> backend_;
   Encoder encoder_;
@@ -105,7 +128,19 @@ class DeviceEncoder {
   size_t count_ = 0;
   size_t n_ = 0;
   uint64_t base_version_ = 0;  // 0: the receiver has nothing we know of
-  uint64_t shadow_hash_ = 0;
+  std::optional<uint64_t> shadow_hash_;
+  // The staged update: its kind and version, its changed blocks (ids_host_[0, staged_count_),
+  // their bytes in staging_), or the whole tensor in staging_; how far the blocks are applied
+  // to the shadow, and up to where ranges were encoded.
+  bool staged_ = false;
+  Staged kind_ = Staged::kFull;
+  uint64_t new_version_ = 0;
+  size_t staged_count_ = 0;
+  size_t applied_block_ = 0;
+  size_t encoded_to_ = 0;
+  std::optional<uint64_t> whole_hash_;  // the result of a range that was the whole tensor
+  std::vector<uint32_t> range_ids_;     // a range's block ids, from its start
+  std::vector<uint8_t> range_base_;     // a range's base, where its blocks make no sparse frame
   // Backend memory.
   uint8_t* base_ = nullptr;
   uint8_t* xor_ = nullptr;

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -72,6 +74,60 @@ void RunSequence(DeviceEncoder& enc, DType dtype, size_t count, const std::vecto
 const std::vector<Step> kSteps = {{0.0, false}, {0.0001, false}, {0.01, false},  {0.01, true},
                                   {0.2, false}, {1.0, false},    {0.0005, true}, {0.0, false}};
 
+// The same as RunSequence, each update sent as frames of range_bytes (the last one shorter)
+// that a receiver decodes range by range, each against its own range of what it holds.
+template <class Upload>
+void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t range_bytes,
+                      const std::vector<Step>& steps, Upload upload) {
+  const size_t esize = DTypeSize(dtype);
+  std::mt19937_64 rng(count * 17 + esize);
+  std::vector<uint8_t> cur(count * esize);
+  for (auto& b : cur) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> receiver(cur.size());
+  std::vector<uint8_t> frame(EncodeBound(dtype, range_bytes / esize));
+  std::vector<uint8_t> out(range_bytes);
+  Decoder dec;
+  for (size_t s = 0; s <= steps.size(); ++s) {
+    if (s > 0) Mutate(cur, esize, steps[s - 1].density, steps[s - 1].clustered, rng);
+    const uint64_t version = s + 1;
+    auto staged = enc.Stage(dtype, count, upload(cur), version);
+    ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+    if (s == 0) {
+      EXPECT_EQ(*staged, DeviceEncoder::Staged::kFull);
+    }
+    for (size_t off = 0; off < cur.size(); off += range_bytes) {
+      const size_t bytes = std::min(range_bytes, cur.size() - off);
+      // The base's hash of the range: known for every other range, worked out by the
+      // encoder for the rest.
+      std::optional<uint64_t> base_hash;
+      if ((off / range_bytes) % 2 == 0) base_hash = HashBytes({receiver.data() + off, bytes});
+      auto size = enc.EncodeRange(off, bytes, base_hash, frame);
+      ASSERT_TRUE(size.ok()) << "step " << s << ": " << size.status().ToString();
+      const std::span<const uint8_t> f(frame.data(), *size);
+      auto info = PeekFrame(f);
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->element_count, bytes / esize);
+      EXPECT_EQ(info->new_version, version);
+      if (s == 0) {
+        EXPECT_TRUE(info->is_full_value());
+      }
+      Status st = dec.Decode(f, receiver.data() + off, bytes, {out.data(), bytes});
+      ASSERT_TRUE(st.ok()) << "step " << s << " range at " << off << ": " << st.ToString();
+      ASSERT_TRUE(std::equal(out.begin(), out.begin() + bytes, cur.begin() + off))
+          << "step " << s << " range at " << off;
+      std::copy(out.begin(), out.begin() + bytes, receiver.begin() + off);
+    }
+    ASSERT_TRUE(enc.Commit(upload(cur)).ok());
+    ASSERT_EQ(receiver, cur) << "step " << s;
+    ASSERT_TRUE(std::equal(cur.begin(), cur.end(), enc.shadow().begin()));
+    EXPECT_EQ(enc.shadow_hash(), HashBytes(cur));
+  }
+}
+
+// Sparse steps, a dense one, and changed blocks that are dense inside (no sparse frame).
+const std::vector<Step> kRangeSteps = {{0.0, false},  {0.015, false}, {1.0, false},
+                                       {0.001, true}, {0.4, true},    {0.015, false}};
+
 TEST(DeviceEncoderHost, EveryDensityDecodesBitExact) {
   for (DType d : {DType::kBFloat16, DType::kFloat32, DType::kUInt8, DType::kFloat64}) {
     for (size_t count : {size_t{0}, size_t{1}, size_t{4097}, size_t{300001}}) {
@@ -84,6 +140,40 @@ TEST(DeviceEncoderHost, EveryDensityDecodesBitExact) {
       }
     }
   }
+}
+
+TEST(DeviceEncoderHost, AnUpdateSentInRangesDecodesRangeByRange) {
+  for (DType d : {DType::kBFloat16, DType::kFloat32}) {
+    DeviceEncoder enc(MakeHostDeltaBackend());
+    // 3.5 ranges of 64 KiB: the last range is shorter, and ends inside a block.
+    const size_t count = (size_t{7} << 15) / DTypeSize(d) + 3;
+    RunRangeSequence(enc, d, count, size_t{64} << 10, kRangeSteps,
+                     [](const std::vector<uint8_t>& t) { return t.data(); });
+    EXPECT_EQ(enc.stats().full_frames, 1u);
+    EXPECT_GE(enc.stats().block_frames, 4u);
+    EXPECT_EQ(enc.stats().dense_frames, 1u);
+  }
+}
+
+TEST(DeviceEncoderHost, RangesMustBeStagedAlignedAndInOrder) {
+  DeviceEncoder enc(MakeHostDeltaBackend());
+  std::vector<uint8_t> t(4096, 7), frame(EncodeBound(DType::kUInt8, 4096));
+  EXPECT_EQ(enc.EncodeRange(0, 4096, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // nothing staged
+  EXPECT_EQ(enc.Commit(t.data()).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(enc.Stage(DType::kUInt8, 4096, t.data(), 1).ok());
+  EXPECT_EQ(enc.EncodeRange(32, 64, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // not at a block's start
+  EXPECT_EQ(enc.EncodeRange(0, 100, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // ends inside a block
+  EXPECT_EQ(enc.EncodeRange(4032, 128, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // past the end
+  ASSERT_TRUE(enc.EncodeRange(1024, 1024, std::nullopt, frame).ok());
+  EXPECT_EQ(enc.EncodeRange(0, 1024, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // out of order
+  std::vector<uint8_t> small(10);
+  EXPECT_EQ(enc.EncodeRange(2048, 1024, std::nullopt, small).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST(DeviceEncoderHost, SparseStepCopiesOnlyChangedBlocks) {
@@ -218,6 +308,10 @@ TEST(DeviceEncoderCuda, MatchesTheHostPipeline) {
   };
   RunSequence(enc, DType::kBFloat16, 1 << 20, kSteps, upload);
   EXPECT_GE(enc.stats().block_frames, 4u);
+  DeviceEncoder ranges(std::move(MakeCudaDeltaBackend(nullptr)).value());
+  RunRangeSequence(ranges, DType::kBFloat16, (size_t{7} << 15) / 2 + 3, size_t{64} << 10,
+                   kRangeSteps, upload);
+  EXPECT_GE(ranges.stats().block_frames, 4u);
   cudaFree(dev);
 #endif
 }
