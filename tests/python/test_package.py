@@ -708,6 +708,31 @@ def test_values_no_reader_could_decode_are_refused_at_write(cluster):
         assert s.x == {1: "a", None: b"b", 2.5: True, "k": [1]}
 
 
+def test_asking_the_version_reads_no_value(cluster):
+    # version() says what a read would return without reading it: a change it reports is
+    # still one to wait for, and to read.
+    with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
+        @SyncedObject(c1, name="Ver")
+        class A:
+            def __init__(self):
+                self.x = 0
+
+        @SyncedObject(c2, name="Ver")
+        class B:
+            def __init__(self):
+                self.x = 0
+
+        a, b = A(), B()
+        assert b.x == 0
+        assert not easysync.wait_for_change(b, "x", timeout=0)
+        a.x = 1
+        a.x = 2
+        assert easysync.version(b, "x") == easysync.version(a, "x") == 3
+        assert easysync.wait_for_change(b, "x", timeout=0)   # not read yet
+        assert b.x == 2
+        assert not easysync.wait_for_change(b, "x", timeout=0)
+
+
 def test_new_versions_land_in_the_bound_array_or_replace_it(cluster):
     torch = pytest.importorskip("torch")
     np = pytest.importorskip("numpy")

@@ -394,8 +394,9 @@ def on_change(obj: Any, name: str, callback: Callable[[Any], None]) -> Any:
 
 
 def version(obj: Any, name: str) -> int:
-    """The version of obj.name this process can read (versions start at 1)."""
-    return _slot(obj, name).h.version
+    """The version of obj.name this process can read (versions start at 1). Asking reads
+    no value: polling it costs nothing however large the value is."""
+    return _slot(obj, name).h.latest()
 
 
 def info(obj: Any, name: str) -> dict[str, int]:
