@@ -454,11 +454,14 @@ TEST(NetDevice, LargeDeviceTensorDeltasGoInSegmentsAndConverge) {
   auto& [hub, ca, cb, pa, pb] = setup;
   Model &a = *pa, &b = *pb;
   net::SetDevicePathForHostTensors(*ca, true);
-  // The device encoder has no base yet: the first write is whole, in one frame.
+  // The device encoder has no base yet: the first write is whole, in segments of full frames
+  // (the hub holds a value of this shape).
   Step(w, 10, 2);
   Stats before = ca->stats();
   ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
   EXPECT_EQ(ca->stats().full_sent, before.full_sent + 1);
+  EXPECT_EQ(ca->stats().deltas_sent, before.deltas_sent);
+  EXPECT_GE(ca->stats().packets_sent, before.packets_sent + 3);
   ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
   // Sparse steps (the second with the segments' known hashes), then a dense one.
   for (uint64_t step = 3; step <= 5; ++step) {
@@ -488,6 +491,8 @@ TEST(NetDevice, LargeDeviceTensorDeltasGoInSegmentsAndConverge) {
   before = ca->stats();
   ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
   EXPECT_EQ(ca->stats().full_sent, before.full_sent + 1);
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 7; }, Clock::now() + seconds(60)));
+  EXPECT_TRUE(b.w.get() == w);
   Step(w, 10, 8);
   ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
   EXPECT_EQ(ca->stats().deltas_sent, before.deltas_sent + 1);

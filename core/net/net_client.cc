@@ -1022,6 +1022,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   if (base_hashes.size() != count) base_hashes.clear();
   hashes->clear();
   size_t wire = 0;
+  bool whole = true;  // every segment a full frame: a whole value, not a delta
   // Segment i as a WRITE.
   const auto segment = [&](uint32_t i) -> Result<std::shared_ptr<const Frame>> {
     const size_t off = size_t{i} * kSegmentBytes;
@@ -1037,6 +1038,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     EASYSYNC_ASSIGN_OR_RETURN(size_t f, encode(off, bytes, base_hash, {frame, bound}));
     EASYSYNC_ASSIGN_OR_RETURN(codec::FrameInfo info, codec::PeekFrame({frame, f}));
     hashes->push_back(info.result_hash);
+    whole = whole && info.is_full_value();
     const size_t value_bytes = kSegmentHeaderBytes + H + f;
     wire += value_bytes;
     net::Write w{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true};
@@ -1056,7 +1058,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   CounterShard& c = shard();
   Count(c.codec_raw_bytes, H + n);
   Count(c.codec_wire_bytes, wire);
-  Count(c.deltas_sent, 1);
+  Count(whole ? c.full_sent : c.deltas_sent, 1);
   return done;
 }
 

@@ -52,7 +52,7 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
     }
     uint64_t base_version;
     std::vector<uint64_t> base_hashes;
-    bool segments;
+    bool segments, same_shape;
     {
       std::lock_guard<std::mutex> lock(r->mu);
       // The encoder's base is what this client last wrote; anything since (another writer, a
@@ -61,6 +61,8 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
       base_version = r->info.version;
       base_hashes = r->segment_hashes;
       segments = bytes >= kSegmentMinDataBytes && !r->udp;
+      same_shape = r->info.version > 0 && r->value().size() == raw &&
+                   SameTensorHeader(r->value(), {header.data(), header.size()});
     }
     const uint32_t request = NextRequest();
     auto staged = dev.Stage(view.dtype, numel, data, base_version + 1);
@@ -68,9 +70,11 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
       dev.Reset();
       return staged.status();
     }
-    // A delta of a large tensor goes in segments, each encoded from the staged blocks while
-    // the one before travels (a whole value goes in one frame: its base is not the hub's).
-    segments = segments && *staged != codec::DeviceEncoder::Staged::kFull;
+    // A large tensor goes in segments, each encoded from what was staged while the one before
+    // travels: a delta, or whole values of the shape the hub holds (those need no base) unless
+    // the hub asked for the whole value, which goes in one frame so that it always lands.
+    segments =
+        segments && (*staged != codec::DeviceEncoder::Staged::kFull || (!whole && same_shape));
     std::vector<uint64_t> segment_hashes;
     Result<Pending> sent = Pending{};
     if (segments) {
