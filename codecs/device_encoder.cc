@@ -218,12 +218,13 @@ Result<size_t> DeviceEncoder::EncodeRange(size_t offset, size_t bytes,
 Result<size_t> DeviceEncoder::EncodeBlocksRange(size_t offset, size_t bytes, uint64_t base_hash,
                                                 std::span<uint8_t> out) {
   const size_t esize = DTypeSize(dtype_);
+  // The range's blocks (ids increase; ranges come in order), numbered from its start.
   const size_t first = applied_block_;
-  // The shadow's range becomes the new value: only the changed blocks are written.
-  EASYSYNC_RETURN_IF_ERROR(ApplyBlocks(offset, bytes));
-  const size_t count = applied_block_ - first;
-  const uint64_t result_hash = HashBytes({shadow_ + offset, bytes});
-  // The range's blocks, numbered from its start.
+  const size_t end_block = cuda::NumBlocks(offset + bytes, block_bytes_);
+  size_t last = first;
+  while (last < staged_count_ && ids_host_[last] < end_block) ++last;
+  applied_block_ = last;
+  const size_t count = last - first;
   const auto first_id = static_cast<uint32_t>(offset / block_bytes_);
   range_ids_.resize(count);
   for (size_t j = 0; j < count; ++j) range_ids_[j] = ids_host_[first + j] - first_id;
@@ -234,16 +235,18 @@ Result<size_t> DeviceEncoder::EncodeBlocksRange(size_t offset, size_t bytes, uin
   blocks.ids = range_ids_.data();
   blocks.count = count;
   blocks.bytes = staging_ + first * block_bytes_;
+  // The shadow's range becomes the new value as the blocks are scanned.
+  const std::span<uint8_t> shadow(shadow_ + offset, bytes);
   EASYSYNC_ASSIGN_OR_RETURN(
-      const size_t size,
-      encoder_.EncodeXorBlocks(blocks, base_version_, base_hash, new_version_, result_hash, out));
+      const size_t size, encoder_.ApplyAndEncodeXorBlocks(blocks, shadow, base_version_, base_hash,
+                                                          new_version_, out));
   if (size != 0) return size;
   // Too dense for a sparse frame after all: the range's base is its new value with the blocks
   // applied once more (XOR undoes itself); encode from the two.
-  range_base_.assign(shadow_ + offset, shadow_ + offset + bytes);
+  range_base_.assign(shadow.begin(), shadow.end());
   EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(range_ids_.data(), blocks.bytes, count,
                                                           bytes, block_bytes_, range_base_.data()));
-  const TensorBytes now{dtype_, bytes / esize, shadow_ + offset};
+  const TensorBytes now{dtype_, bytes / esize, shadow.data()};
   const TensorBytes base{dtype_, bytes / esize, range_base_.data()};
   EncodeHints hints;
   hints.known_base_hash = base_hash;

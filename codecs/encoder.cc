@@ -101,6 +101,10 @@ struct Encoder::Impl {
                             FrameInfo* info, uint8_t* payload);
   // Sets up `sink` to collect a sparse form of at most n / 4 bytes per stream.
   Status StartSparse(size_t n, internal::SparseSink* sink);
+  // EncodeXorBlocks, and with a base ApplyAndEncodeXorBlocks (result_hash then unused).
+  Result<size_t> EncodeBlocks(const XorBlocks& blocks, uint8_t* base, uint64_t base_version,
+                              uint64_t base_digest, uint64_t new_version, uint64_t result_digest,
+                              std::span<uint8_t> out);
   // Turns a finished sparse scan into the best sparse frame payload; 0 when none beats raw n.
   // diff: the sink holds ZigzagDelta values (kDiff) rather than XOR bits.
   Result<size_t> FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n, bool diff,
@@ -348,6 +352,23 @@ Result<size_t> Encoder::Impl::FinishSparse(const internal::SparseSink& sink, siz
 Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_version,
                                         uint64_t base_hash, uint64_t new_version,
                                         uint64_t result_hash, std::span<uint8_t> out) {
+  return impl_->EncodeBlocks(blocks, nullptr, base_version, base_hash, new_version, result_hash,
+                             out);
+}
+
+Result<size_t> Encoder::ApplyAndEncodeXorBlocks(const XorBlocks& blocks, std::span<uint8_t> base,
+                                                uint64_t base_version, uint64_t base_hash,
+                                                uint64_t new_version, std::span<uint8_t> out) {
+  if (base.size() != blocks.element_count * DTypeSize(blocks.dtype)) {
+    return Status::InvalidArgument("ApplyAndEncodeXorBlocks: base is not the tensor's size");
+  }
+  return impl_->EncodeBlocks(blocks, base.data(), base_version, base_hash, new_version, 0, out);
+}
+
+Result<size_t> Encoder::Impl::EncodeBlocks(const XorBlocks& blocks, uint8_t* base,
+                                           uint64_t base_version, uint64_t base_digest,
+                                           uint64_t new_version, uint64_t result_digest,
+                                           std::span<uint8_t> out) {
   const size_t esize = DTypeSize(blocks.dtype);
   if (esize == 0) return Status::InvalidArgument("EncodeXorBlocks: invalid dtype");
   const size_t bound = EncodeBound(blocks.dtype, blocks.element_count);
@@ -363,15 +384,6 @@ Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_v
   if (blocks.count != 0 && (blocks.ids == nullptr || blocks.bytes == nullptr)) {
     return Status::InvalidArgument("EncodeXorBlocks: null blocks");
   }
-  if (!impl_->options.allow_delta || !impl_->options.allow_sparse || n == 0) return size_t{0};
-  internal::SparseSink sink;
-  EASYSYNC_RETURN_IF_ERROR(impl_->StartSparse(n, &sink));
-  // The scan compares against zeros: the blocks already hold cur ^ base.
-  if (!impl_->zeros.Reserve(b)) return internal::OutOfMemory(b);
-  if (impl_->zeros_bytes < b) {
-    std::memset(impl_->zeros.data(), 0, b);
-    impl_->zeros_bytes = b;
-  }
   for (size_t j = 0, next_id = 0; j < blocks.count; ++j) {
     const uint64_t id = blocks.ids[j];
     if (id < next_id || id >= (n + b - 1) / b) {
@@ -380,25 +392,47 @@ Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_v
     }
     next_id = id + 1;
   }
-  for (size_t j = 0; j < blocks.count; ++j) {
-    const uint64_t id = blocks.ids[j];
-    sink.origin = id * b;
-    const size_t len = std::min<size_t>(b, n - id * b);
-    if (!internal::SparseScan(blocks.bytes + j * b, impl_->zeros.data(), 0, len, esize, &sink)) {
-      return size_t{0};  // too dense for a sparse frame
-    }
+  // Without the base, the scan compares the XOR bytes against zeros; with it, each block's
+  // new bytes (base ^ XOR, made in `scratch`) against the base, which then takes them.
+  if (!zeros.Reserve(b)) return internal::OutOfMemory(b);
+  if (base == nullptr && zeros_bytes < b) {
+    std::memset(zeros.data(), 0, b);
+    zeros_bytes = b;
   }
+  uint8_t* scratch = zeros.data();
+  if (base != nullptr) zeros_bytes = 0;  // no longer zeros
+  const bool diff = base != nullptr && options.allow_planes && options.allow_diff && esize > 1;
+  bool sparse = options.allow_delta && options.allow_sparse && n != 0;
+  internal::SparseSink sink;
+  if (sparse) EASYSYNC_RETURN_IF_ERROR(StartSparse(n, &sink));
+  for (size_t j = 0; j < blocks.count; ++j) {
+    const size_t at = size_t{blocks.ids[j]} * b;
+    const size_t len = std::min<size_t>(b, n - at);
+    const uint8_t* x = blocks.bytes + j * b;
+    sink.origin = at;
+    if (base == nullptr) {
+      if (!sparse) break;
+      sparse = internal::SparseScan(x, zeros.data(), 0, len, esize, &sink);
+      continue;
+    }
+    uint8_t* was = base + at;
+    for (size_t k = 0; k < len; ++k) scratch[k] = static_cast<uint8_t>(was[k] ^ x[k]);
+    if (sparse) sparse = internal::SparseScan(scratch, was, 0, len, esize, &sink, diff);
+    std::memcpy(was, scratch, len);
+  }
+  if (base != nullptr) result_digest = HashBytes({base, n});
+  if (!sparse) return size_t{0};  // too dense for a sparse frame
   FrameInfo info;
   info.dtype = blocks.dtype;
   info.element_count = blocks.element_count;
   info.base_version = base_version;
   info.new_version = new_version;
-  info.base_hash = base_hash;
-  info.result_hash = result_hash;
+  info.base_hash = base_digest;
+  info.result_hash = result_digest;
   size_t body_size = 0;
-  EASYSYNC_ASSIGN_OR_RETURN(const size_t z,
-                            impl_->FinishSparse(sink, esize, n, /*diff=*/false, &info,
-                                                out.data() + format::kHeaderSize, &body_size));
+  EASYSYNC_ASSIGN_OR_RETURN(
+      const size_t z,
+      FinishSparse(sink, esize, n, diff, &info, out.data() + format::kHeaderSize, &body_size));
   if (z == 0) return size_t{0};
   info.payload_size = z;
   internal::WriteHeader(info, out.data());

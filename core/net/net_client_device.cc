@@ -77,11 +77,20 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
         segments && (*staged != codec::DeviceEncoder::Staged::kFull || (!whole && same_shape));
     std::vector<uint64_t> segment_hashes;
     Result<Pending> sent = Pending{};
+    // The replica's next value: filled range by range as the segments go, else from the
+    // shadow once the hub has it.
+    std::shared_ptr<Frame> holder;
     if (segments) {
+      holder = Buffer(*r, raw);
+      std::memcpy(holder->data(), header.data(), header.size());
       sent = SendSegments(
           *r, request, header, view.dtype, bytes, clock, now, std::move(base_hashes),
-          [&](size_t off, size_t len, std::optional<uint64_t> base_hash, std::span<uint8_t> out) {
-            return dev.EncodeRange(off, len, base_hash, out);
+          [&](size_t off, size_t len, std::optional<uint64_t> base_hash,
+              std::span<uint8_t> out) -> Result<size_t> {
+            EASYSYNC_ASSIGN_OR_RETURN(size_t n, dev.EncodeRange(off, len, base_hash, out));
+            std::memcpy(holder->data() + detail::kTensorHeaderBytes + off,
+                        dev.RangeValue(off, len).data(), len);
+            return n;
           },
           &segment_hashes);
     } else {
@@ -146,10 +155,12 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
     dev.Acknowledge(done.version);
     r->device_acked = done.version;
     // The replica keeps the value on the host: the encoder's shadow is exactly it.
-    auto holder = Buffer(*r, raw);
-    std::memcpy(holder->data(), header.data(), header.size());
-    if (bytes != 0) {
-      std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
+    if (!segments) {
+      holder = Buffer(*r, raw);
+      std::memcpy(holder->data(), header.data(), header.size());
+      if (bytes != 0) {
+        std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
+      }
     }
     const Frame* written = holder.get();
     const std::optional<uint64_t> hash = segments ? std::nullopt : std::optional(dev.shadow_hash());

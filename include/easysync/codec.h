@@ -151,6 +151,13 @@ class Encoder {
   Result<size_t> EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_version, uint64_t base_hash,
                                  uint64_t new_version, uint64_t result_hash,
                                  std::span<uint8_t> out);
+  // The same for a caller that holds the base on the host (base: the tensor's bytes): the
+  // blocks are applied to it as they are scanned (it holds the result afterwards, whatever
+  // is returned), the result is hashed here, and values go as differences from the base
+  // where the options allow (small numeric steps then cost less than their XOR bits).
+  Result<size_t> ApplyAndEncodeXorBlocks(const XorBlocks& blocks, std::span<uint8_t> base,
+                                         uint64_t base_version, uint64_t base_hash,
+                                         uint64_t new_version, std::span<uint8_t> out);
 
   const EncoderOptions& options() const;
 

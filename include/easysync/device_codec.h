@@ -94,6 +94,11 @@ class DeviceEncoder {
   // overlap; out.size() >= EncodeBound for the range.
   Result<size_t> EncodeRange(size_t offset, size_t bytes, std::optional<uint64_t> base_hash,
                              std::span<uint8_t> out);
+  // The staged update's new bytes of a range that EncodeRange has encoded (host memory;
+  // valid until Commit or the next Stage). REQUIRES: offset + bytes <= the tensor's bytes.
+  std::span<const uint8_t> RangeValue(size_t offset, size_t bytes) const {
+    return {(kind_ == Staged::kBlocks ? shadow_ : staging_) + offset, bytes};
+  }
   // The receiver now holds the staged update (every range of it).
   Status Commit(const uint8_t* cur);
 

@@ -116,6 +116,9 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
       ASSERT_TRUE(std::equal(out.begin(), out.begin() + bytes, cur.begin() + off))
           << "step " << s << " range at " << off;
       std::copy(out.begin(), out.begin() + bytes, receiver.begin() + off);
+      const std::span<const uint8_t> value = enc.RangeValue(off, bytes);
+      ASSERT_TRUE(std::equal(value.begin(), value.end(), cur.begin() + off))
+          << "step " << s << " range at " << off;
     }
     ASSERT_TRUE(enc.Commit(upload(cur)).ok());
     ASSERT_EQ(receiver, cur) << "step " << s;
@@ -287,6 +290,65 @@ TEST(EncodeXorBlocks, RejectsIdsOutOfOrderOrRange) {
   ids[0] = 1;
   ids[1] = 4;  // past the 4 blocks of 256 bytes
   EXPECT_EQ(enc.EncodeXorBlocks(blocks, 1, 0, 2, 0, out).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+// The XOR blocks of cur against base, as the compaction kernels give them.
+void BlocksOf(const std::vector<uint8_t>& cur, const std::vector<uint8_t>& base, size_t b,
+              std::vector<uint32_t>* ids, std::vector<uint8_t>* bytes) {
+  ids->clear();
+  bytes->clear();
+  for (size_t at = 0; at < cur.size(); at += b) {
+    const size_t len = std::min(b, cur.size() - at);
+    if (std::equal(cur.begin() + at, cur.begin() + at + len, base.begin() + at)) continue;
+    ids->push_back(static_cast<uint32_t>(at / b));
+    for (size_t k = 0; k < b; ++k) bytes->push_back(k < len ? cur[at + k] ^ base[at + k] : 0);
+  }
+}
+
+TEST(EncodeXorBlocks, WithTheBaseAppliesTheBlocksAndSendsSmallStepsAsDifferences) {
+  const size_t count = 100003;  // bfloat16; the last block is short
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> base(count * 2);
+  for (auto& v : base) v = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> cur = base;
+  auto* w = reinterpret_cast<uint16_t*>(cur.data());
+  for (size_t k = 0; k < count / 100; ++k) w[rng() % count] += 1;  // one unit in the last place
+  w[count - 1] -= 1;
+  std::vector<uint32_t> ids;
+  std::vector<uint8_t> bytes;
+  BlocksOf(cur, base, 64, &ids, &bytes);
+  const XorBlocks blocks{DType::kBFloat16, count, 64, ids.data(), ids.size(), bytes.data()};
+  Encoder enc;
+  std::vector<uint8_t> xor_frame(EncodeBound(DType::kBFloat16, count));
+  auto plain = enc.EncodeXorBlocks(blocks, 1, HashBytes(base), 2, HashBytes(cur), xor_frame);
+  ASSERT_TRUE(plain.ok() && *plain > 0);
+  std::vector<uint8_t> shadow = base, frame(EncodeBound(DType::kBFloat16, count));
+  auto size = enc.ApplyAndEncodeXorBlocks(blocks, shadow, 1, HashBytes(base), 2, frame);
+  ASSERT_TRUE(size.ok() && *size > 0) << size.status().ToString();
+  EXPECT_EQ(shadow, cur);    // the base took the blocks
+  EXPECT_LT(*size, *plain);  // +-1 steps: differences beat XOR bits
+  auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->result_hash, HashBytes(cur));
+  std::vector<uint8_t> out(cur.size());
+  ASSERT_TRUE(
+      Decoder()
+          .Decode(std::span<const uint8_t>(frame.data(), *size), base.data(), base.size(), out)
+          .ok());
+  EXPECT_EQ(out, cur);
+
+  // Too dense for a sparse frame: 0, and the base holds the result all the same.
+  for (auto& v : cur) v = static_cast<uint8_t>(rng());
+  BlocksOf(cur, shadow, 64, &ids, &bytes);
+  const XorBlocks dense{DType::kBFloat16, count, 64, ids.data(), ids.size(), bytes.data()};
+  auto none = enc.ApplyAndEncodeXorBlocks(dense, shadow, 2, HashBytes(shadow), 3, frame);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0u);
+  EXPECT_EQ(shadow, cur);
+  // A base of another size is refused before anything is written.
+  std::vector<uint8_t> small(10);
+  EXPECT_EQ(enc.ApplyAndEncodeXorBlocks(blocks, small, 1, 0, 2, frame).status().code(),
             StatusCode::kInvalidArgument);
 }
 
