@@ -728,6 +728,7 @@ def test_asking_the_version_reads_no_value(cluster):
         a.x = 1
         a.x = 2
         assert easysync.version(b, "x") == easysync.version(a, "x") == 3
+        assert easysync.info(b, "x")["version"] == 3         # details, not the value
         assert easysync.wait_for_change(b, "x", timeout=0)   # not read yet
         assert b.x == 2
         assert not easysync.wait_for_change(b, "x", timeout=0)

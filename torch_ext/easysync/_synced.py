@@ -194,6 +194,8 @@ class _State:
             slot.local = value
             slot.local_counter = _arrays.version_counter(value)
             slot.get()
+        else:
+            _ = h.version  # reads the value: seen here, so wait_for_change waits for the next
         info = h.info  # what the read above left current: no second read of a tensor
         slot.created = info["version"] == 1 and info["writer"] == self.client.id
         return slot
@@ -400,7 +402,8 @@ def version(obj: Any, name: str) -> int:
 
 
 def info(obj: Any, name: str) -> dict[str, int]:
-    """version, clock, writer, write_ns and bytes of the value of obj.name."""
+    """version, clock, writer, write_ns and bytes of the newest value of obj.name (the one
+    version() names), read without reading the value."""
     return _slot(obj, name).h.info
 
 

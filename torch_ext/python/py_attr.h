@@ -248,26 +248,20 @@ class Attr {
     return version_;
   }
   py::dict Info() {
-    // Not when info_ is current already (ReadInto leaves it so, with cached_ stale).
-    if (box_->Get()->LatestVersion(id_) > info_.version) Refresh();
-    if (info_.version != version_) {
-      // This process wrote version_: read its details, not the value.
-      ClientRef c(box_->Get());
-      auto r = c->ReadInfoIfNewer(id_, version_ - 1);
+    // The newest version's details (what version() names), without reading its value.
+    ClientRef c(box_->Get());
+    UpdateInfo info = info_;
+    if (c->LatestVersion(id_) > info_.version || info_.version != version_) {
+      auto r = c->ReadInfoIfNewer(id_, 0);
       if (!r.ok()) Raise(r.status());
-      if (r.value() && r.value()->version == version_) {
-        info_ = *r.value();
-      } else {  // a newer version came meanwhile: read it whole
-        stale_ = true;
-        Refresh();
-      }
+      if (r.value()) info = *r.value();
     }
     py::dict d;
-    d["version"] = info_.version;
-    d["clock"] = info_.clock;
-    d["writer"] = info_.writer;
-    d["write_ns"] = info_.write_ns;
-    d["bytes"] = info_.bytes;
+    d["version"] = info.version;
+    d["clock"] = info.clock;
+    d["writer"] = info.writer;
+    d["write_ns"] = info.write_ns;
+    d["bytes"] = info.bytes;
     return d;
   }
   std::string kind() const { return std::string(ValueKindName(kind_)); }
