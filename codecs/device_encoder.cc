@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "compact.h"
 #include "easysync/device_codec.h"
@@ -124,8 +126,7 @@ Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_c
   EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
   if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
   new_version_ = new_version;
-  applied_block_ = 0;
-  encoded_to_ = 0;
+  encoded_.clear();
   whole_hash_.reset();
   staged_count_ = 0;
   // The whole tensor to the host: the first update, or one too dense for blocks to pay off.
@@ -166,98 +167,107 @@ Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_c
   return Staged::kBlocks;
 }
 
-Status DeviceEncoder::ApplyBlocks(size_t offset, size_t bytes) {
-  // The blocks below offset + bytes not applied yet (ids increase; ranges come in order).
-  const size_t end_block = cuda::NumBlocks(offset + bytes, block_bytes_);
-  size_t j = applied_block_;
-  while (j < staged_count_ && ids_host_[j] < end_block) ++j;
-  if (j == applied_block_) return Status::Ok();
-  const size_t first = applied_block_;
-  applied_block_ = j;
-  return cuda::ApplyCompactedBlocksHost(ids_host_.data() + first, staging_ + first * block_bytes_,
-                                        j - first, n_, block_bytes_, shadow_);
-}
-
-Result<size_t> DeviceEncoder::EncodeRange(size_t offset, size_t bytes,
+Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_t bytes,
                                           std::optional<uint64_t> base_hash,
                                           std::span<uint8_t> out) {
   const size_t esize = DTypeSize(dtype_);
   if (!staged_) return Status::InvalidArgument("DeviceEncoder: no staged update");
   const size_t end = offset + bytes;
-  if (offset < encoded_to_ || offset > n_ || bytes > n_ - offset || offset % block_bytes_ != 0 ||
+  if (offset > n_ || bytes > n_ - offset || offset % block_bytes_ != 0 ||
       (end % block_bytes_ != 0 && end != n_) || offset % esize != 0 || bytes % esize != 0) {
-    return Status::InvalidArgument("DeviceEncoder: range out of order or not block aligned");
+    return Status::InvalidArgument("DeviceEncoder: range not block aligned or past the end");
   }
   const size_t count = bytes / esize;
   if (out.size() < EncodeBound(dtype_, count)) {
     return Status::InvalidArgument("DeviceEncoder: output buffer below EncodeBound");
   }
-  encoded_to_ = end;
+  {
+    std::lock_guard<std::mutex> lock(ranges_mu_);
+    for (const auto& [b, e] : encoded_) {
+      if (offset < e && b < end) {
+        return Status::InvalidArgument("DeviceEncoder: range overlaps one encoded before");
+      }
+    }
+    encoded_.emplace_back(offset, end);
+  }
   Result<size_t> size = size_t{0};
   if (kind_ == Staged::kFull) {
-    size = encoder_.EncodeFull(TensorBytes{dtype_, count, staging_ + offset}, new_version_, out);
+    size = encoder.EncodeFull(TensorBytes{dtype_, count, staging_ + offset}, new_version_, out);
   } else if (kind_ == Staged::kDense) {
     // The shadow keeps the base until Commit (staging then becomes the shadow).
     const TensorBytes now{dtype_, count, staging_ + offset};
     const TensorBytes base{dtype_, count, shadow_ + offset};
     EncodeHints hints;
     hints.known_base_hash = base_hash;
-    size = encoder_.Encode(now, &base, base_version_, new_version_, out, hints);
+    size = encoder.Encode(now, &base, base_version_, new_version_, out, hints);
   } else {
-    size = EncodeBlocksRange(offset, bytes,
+    size = EncodeBlocksRange(encoder, offset, bytes,
                              base_hash ? *base_hash : HashBytes({shadow_ + offset, bytes}), out);
   }
   if (size.ok() && bytes == n_) {
     // One frame for the whole tensor: its result is the next shadow's hash.
     EASYSYNC_ASSIGN_OR_RETURN(const FrameInfo info, PeekFrame(out.first(*size)));
+    std::lock_guard<std::mutex> lock(ranges_mu_);
     whole_hash_ = info.result_hash;
   }
   return size;
 }
 
-Result<size_t> DeviceEncoder::EncodeBlocksRange(size_t offset, size_t bytes, uint64_t base_hash,
-                                                std::span<uint8_t> out) {
+Result<size_t> DeviceEncoder::EncodeBlocksRange(Encoder& encoder, size_t offset, size_t bytes,
+                                                uint64_t base_hash, std::span<uint8_t> out) {
   const size_t esize = DTypeSize(dtype_);
-  // The range's blocks (ids increase; ranges come in order), numbered from its start.
-  const size_t first = applied_block_;
-  const size_t end_block = cuda::NumBlocks(offset + bytes, block_bytes_);
-  size_t last = first;
-  while (last < staged_count_ && ids_host_[last] < end_block) ++last;
-  applied_block_ = last;
-  const size_t count = last - first;
+  // The range's blocks (ids increase), numbered from its start.
+  const uint32_t* ids = ids_host_.data();
   const auto first_id = static_cast<uint32_t>(offset / block_bytes_);
-  range_ids_.resize(count);
-  for (size_t j = 0; j < count; ++j) range_ids_[j] = ids_host_[first + j] - first_id;
+  const auto end_id = static_cast<uint32_t>(cuda::NumBlocks(offset + bytes, block_bytes_));
+  const size_t first = std::lower_bound(ids, ids + staged_count_, first_id) - ids;
+  const size_t last = std::lower_bound(ids + first, ids + staged_count_, end_id) - ids;
+  const size_t count = last - first;
+  std::vector<uint32_t> range_ids(count);
+  for (size_t j = 0; j < count; ++j) range_ids[j] = ids[first + j] - first_id;
   XorBlocks blocks;
   blocks.dtype = dtype_;
   blocks.element_count = bytes / esize;
   blocks.block_bytes = block_bytes_;
-  blocks.ids = range_ids_.data();
+  blocks.ids = range_ids.data();
   blocks.count = count;
   blocks.bytes = staging_ + first * block_bytes_;
   // The shadow's range becomes the new value as the blocks are scanned.
   const std::span<uint8_t> shadow(shadow_ + offset, bytes);
   EASYSYNC_ASSIGN_OR_RETURN(
-      const size_t size, encoder_.ApplyAndEncodeXorBlocks(blocks, shadow, base_version_, base_hash,
-                                                          new_version_, out));
+      const size_t size,
+      encoder.ApplyAndEncodeXorBlocks(blocks, shadow, base_version_, base_hash, new_version_, out));
   if (size != 0) return size;
   // Too dense for a sparse frame after all: the range's base is its new value with the blocks
   // applied once more (XOR undoes itself); encode from the two.
-  range_base_.assign(shadow.begin(), shadow.end());
-  EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(range_ids_.data(), blocks.bytes, count,
-                                                          bytes, block_bytes_, range_base_.data()));
+  std::vector<uint8_t> range_base(shadow.begin(), shadow.end());
+  EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(range_ids.data(), blocks.bytes, count,
+                                                          bytes, block_bytes_, range_base.data()));
   const TensorBytes now{dtype_, bytes / esize, shadow.data()};
-  const TensorBytes base{dtype_, bytes / esize, range_base_.data()};
+  const TensorBytes base{dtype_, bytes / esize, range_base.data()};
   EncodeHints hints;
   hints.known_base_hash = base_hash;
-  return encoder_.Encode(now, &base, base_version_, new_version_, out, hints);
+  return encoder.Encode(now, &base, base_version_, new_version_, out, hints);
 }
 
 Status DeviceEncoder::Commit(const uint8_t* cur) {
   if (!staged_) return Status::InvalidArgument("DeviceEncoder: no staged update");
   staged_ = false;
+  size_t covered = 0;
+  {
+    std::lock_guard<std::mutex> lock(ranges_mu_);
+    for (const auto& [b, e] : encoded_) covered += e - b;
+  }
+  if (covered != 0 && covered != n_) {
+    // Some ranges went, others not: the shadow is neither the old value nor the new one.
+    base_version_ = 0;
+    return Status::InvalidArgument("DeviceEncoder: commit of an update only partly encoded");
+  }
   if (kind_ == Staged::kBlocks) {
-    EASYSYNC_RETURN_IF_ERROR(ApplyBlocks(0, n_));  // ranges never encoded
+    if (covered == 0) {
+      EASYSYNC_RETURN_IF_ERROR(cuda::ApplyCompactedBlocksHost(
+          ids_host_.data(), staging_, staged_count_, n_, block_bytes_, shadow_));
+    }
   } else {
     std::swap(shadow_, staging_);
   }

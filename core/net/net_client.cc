@@ -986,11 +986,11 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
   const auto* base_data = reinterpret_cast<const uint8_t*>(base->data()) + base_offset + H;
   auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
   // Each segment encoded against the same range of the base (and, from data, copied into the
-  // holder in the same pass).
-  size_t filled = 0;
+  // holder in the same pass), on several threads.
   Result<Pending> done = SendSegments(
       r, request, {holder.data(), H}, t.dtype, n, clock, now, std::move(base_hashes),
-      [&](size_t off, size_t bytes, std::optional<uint64_t> base_hash,
+      /*parallel=*/true,
+      [&](codec::Encoder& encoder, size_t off, size_t bytes, std::optional<uint64_t> base_hash,
           std::span<uint8_t> frame) -> Result<size_t> {
         const uint8_t* cur =
             data != nullptr ? reinterpret_cast<const uint8_t*>(data) + off : value + off;
@@ -999,21 +999,19 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
         codec::EncodeHints hints;
         hints.known_base_hash = base_hash;
         if (data != nullptr) hints.copy_to = value + off;
-        EASYSYNC_ASSIGN_OR_RETURN(
-            size_t f, encoder_.Encode(now_t, &was, base_version, base_version + 1, frame, hints));
-        filled = off + bytes;
-        return f;
+        return encoder.Encode(now_t, &was, base_version, base_version + 1, frame, hints);
       },
       hashes);
   // Not connected, or a segment failed: the holder must hold the whole value still.
-  if (data != nullptr && filled < n) std::memcpy(value + filled, data + filled, n - filled);
+  const size_t count = (n + kSegmentBytes - 1) / kSegmentBytes;
+  if (data != nullptr && hashes->size() < count) std::memcpy(value, data, n);
   return done;
 }
 
 Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
                                                    ByteSpan tensor_header, DType dtype, size_t n,
                                                    uint64_t clock, int64_t now,
-                                                   std::vector<uint64_t> base_hashes,
+                                                   std::vector<uint64_t> base_hashes, bool parallel,
                                                    SegmentEncoder encode,
                                                    std::vector<uint64_t>* hashes) {
   constexpr size_t H = detail::kTensorHeaderBytes;
@@ -1021,40 +1019,69 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   const auto count = static_cast<uint32_t>((n + kSegmentBytes - 1) / kSegmentBytes);
   if (base_hashes.size() != count) base_hashes.clear();
   hashes->clear();
-  size_t wire = 0;
-  bool whole = true;  // every segment a full frame: a whole value, not a delta
-  // Segment i as a WRITE.
-  const auto segment = [&](uint32_t i) -> Result<std::shared_ptr<const Frame>> {
-    const size_t off = size_t{i} * kSegmentBytes;
+  std::lock_guard<std::mutex> segments_lock(segments_mu_);
+  if (parallel && !segment_pool_) {
+    segment_pool_ =
+        std::make_unique<OrderedPool>(OrderedPool::ThreadsForThisProcess(kMaxSegmentWorkers));
+  }
+  OrderedPool& pool = parallel ? *segment_pool_ : serial_pool_;
+  while (segment_workers_.size() < pool.workers()) {
+    segment_workers_.push_back(std::make_unique<SegmentWorker>());
+  }
+  struct Made {
+    std::shared_ptr<const Frame> frame;
+    uint64_t hash = 0;
+    size_t wire = 0;
+    bool full = false;
+  };
+  std::vector<Made> made(count);
+  // Segment i as a WRITE, by worker w.
+  const auto segment = [&](size_t i, size_t w) -> Status {
+    SegmentWorker& worker = *segment_workers_[w];
+    const size_t off = i * kSegmentBytes;
     const size_t bytes = std::min(kSegmentBytes, n - off);
-    std::lock_guard<std::mutex> lock(encode_mu_);
     const size_t bound = codec::EncodeBound(dtype, bytes / esize);
-    std::byte* out = Scratch(kSegmentHeaderBytes + H + bound);
-    WriteSegmentHeader(i, count, kSegmentBytes, out);
+    std::byte* out = worker.Scratch(kSegmentHeaderBytes + H + bound);
+    WriteSegmentHeader(static_cast<uint32_t>(i), count, kSegmentBytes, out);
     std::memcpy(out + kSegmentHeaderBytes, tensor_header.data(), H);
     auto* frame = reinterpret_cast<uint8_t*>(out) + kSegmentHeaderBytes + H;
     std::optional<uint64_t> base_hash;
     if (!base_hashes.empty()) base_hash = base_hashes[i];
-    EASYSYNC_ASSIGN_OR_RETURN(size_t f, encode(off, bytes, base_hash, {frame, bound}));
+    EASYSYNC_ASSIGN_OR_RETURN(size_t f,
+                              encode(worker.encoder, off, bytes, base_hash, {frame, bound}));
     EASYSYNC_ASSIGN_OR_RETURN(codec::FrameInfo info, codec::PeekFrame({frame, f}));
-    hashes->push_back(info.result_hash);
-    whole = whole && info.is_full_value();
     const size_t value_bytes = kSegmentHeaderBytes + H + f;
-    wire += value_bytes;
-    net::Write w{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true};
-    w.segment = true;
-    return std::shared_ptr<const Frame>(std::make_shared<Frame>(
-        EncodeWrite(w, value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); })));
-  };
-  EASYSYNC_ASSIGN_OR_RETURN(std::shared_ptr<const Frame> first, segment(0));
-  const std::function<Status()> rest = [&]() -> Status {
-    for (uint32_t i = 1; i < count; ++i) {
-      EASYSYNC_ASSIGN_OR_RETURN(std::shared_ptr<const Frame> f, segment(i));
-      worker_->Post([this, f = std::move(f)]() mutable { SendFrame(std::move(f)); });
-    }
+    net::Write m{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true};
+    m.segment = true;
+    made[i].frame = std::make_shared<const Frame>(
+        EncodeWrite(m, value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+    made[i].hash = info.result_hash;
+    made[i].wire = value_bytes;
+    made[i].full = info.is_full_value();
     return Status::Ok();
   };
-  Result<Pending> done = Request(request, Pending{}, std::move(first), "WRITE", rest);
+  // Segment 0 carries the request; the others follow, each sent once it and those before it
+  // are made.
+  EASYSYNC_RETURN_IF_ERROR(segment(0, 0));
+  size_t sent = 1;
+  const std::function<Status()> rest = [&]() -> Status {
+    return pool.Run(
+        count - 1, [&](size_t i, size_t w) { return segment(i + 1, w); },
+        [&](size_t i) {
+          worker_->Post(
+              [this, f = std::move(made[i + 1].frame)]() mutable { SendFrame(std::move(f)); });
+          sent = i + 2;
+          return Status::Ok();
+        });
+  };
+  Result<Pending> done = Request(request, Pending{}, std::move(made[0].frame), "WRITE", rest);
+  size_t wire = 0;
+  bool whole = true;  // every segment a full frame: a whole value, not a delta
+  for (size_t i = 0; i < sent; ++i) {
+    hashes->push_back(made[i].hash);
+    wire += made[i].wire;
+    whole = whole && made[i].full;
+  }
   CounterShard& c = shard();
   Count(c.codec_raw_bytes, H + n);
   Count(c.codec_wire_bytes, wire);

@@ -85,9 +85,10 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
       std::memcpy(holder->data(), header.data(), header.size());
       sent = SendSegments(
           *r, request, header, view.dtype, bytes, clock, now, std::move(base_hashes),
-          [&](size_t off, size_t len, std::optional<uint64_t> base_hash,
+          /*parallel=*/true,
+          [&](codec::Encoder& encoder, size_t off, size_t len, std::optional<uint64_t> base_hash,
               std::span<uint8_t> out) -> Result<size_t> {
-            EASYSYNC_ASSIGN_OR_RETURN(size_t n, dev.EncodeRange(off, len, base_hash, out));
+            EASYSYNC_ASSIGN_OR_RETURN(size_t n, dev.EncodeRange(encoder, off, len, base_hash, out));
             std::memcpy(holder->data() + detail::kTensorHeaderBytes + off,
                         dev.RangeValue(off, len).data(), len);
             return n;

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 #include "easysync/device_codec.h"
+#include "net/ordered_pool.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
 #include "net/udp_socket.h"
@@ -227,17 +228,20 @@ class NetClient final : public Client, public UcxWorker::Handler {
   Result<Pending> WriteSegments(Replica& r, uint32_t request, Frame& holder, const std::byte* data,
                                 uint64_t clock, int64_t now, std::vector<uint64_t>* hashes);
   // Encodes bytes [offset, offset + bytes) of a tensor's data as a codec frame into `frame`
-  // (EncodeBound bytes), against the same range of the base; base_hash: that range's XXH3-64
-  // in the base, where known. Called for each range in order.
-  using SegmentEncoder = FunctionRef<Result<size_t>(
-      size_t offset, size_t bytes, std::optional<uint64_t> base_hash, std::span<uint8_t> frame)>;
+  // (EncodeBound bytes), against the same range of the base, with `encoder` (the worker's);
+  // base_hash: that range's XXH3-64 in the base, where known.
+  using SegmentEncoder =
+      FunctionRef<Result<size_t>(codec::Encoder& encoder, size_t offset, size_t bytes,
+                                 std::optional<uint64_t> base_hash, std::span<uint8_t> frame)>;
   // Sends a tensor write of n data bytes (dtype, tensor_header) as segments that `encode`
-  // makes, each sent while the next is encoded; base_hashes: the base's segment hashes (empty
-  // where unknown); *hashes gets the new ones. The answer is the last segment's.
+  // makes, each sent as soon as it and those before it are made; base_hashes: the base's
+  // segment hashes (empty where unknown); *hashes gets the new ones (all of them only when
+  // every segment was made). With `parallel`, `encode` runs on several threads at once (for
+  // different ranges); else in order on this one. The answer is the last segment's.
   Result<Pending> SendSegments(Replica& r, uint32_t request, ByteSpan tensor_header, DType dtype,
                                size_t n, uint64_t clock, int64_t now,
-                               std::vector<uint64_t> base_hashes, SegmentEncoder encode,
-                               std::vector<uint64_t>* hashes);
+                               std::vector<uint64_t> base_hashes, bool parallel,
+                               SegmentEncoder encode, std::vector<uint64_t>* hashes);
   void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);
@@ -343,6 +347,26 @@ class NetClient final : public Client, public UcxWorker::Handler {
   std::atomic<uint32_t> count_{0};
 
   std::atomic<bool> device_path_for_host_{false};
+  // Segmented writes: each segment is encoded by one of several workers (the writing thread
+  // and, for host tensors, a pool's threads) with an encoder and a buffer of its own.
+  struct SegmentWorker {
+    codec::Encoder encoder;
+    std::unique_ptr<std::byte[]> scratch;
+    size_t scratch_bytes = 0;
+    std::byte* Scratch(size_t bytes) {
+      if (scratch_bytes < bytes) {
+        scratch.reset(new std::byte[bytes]);  // uninitialized: encoders write what they use
+        scratch_bytes = bytes;
+      }
+      return scratch.get();
+    }
+  };
+  static constexpr size_t kMaxSegmentWorkers = 4;
+  std::mutex segments_mu_;  // one segmented write at a time: guards the three below
+  std::unique_ptr<OrderedPool> segment_pool_;  // created with the first segmented write
+  OrderedPool serial_pool_{0};
+  std::vector<std::unique_ptr<SegmentWorker>> segment_workers_;
+
   std::mutex encode_mu_;  // guards encoder_ and scratch_
   codec::Encoder encoder_;
   std::unique_ptr<std::byte[]> scratch_;

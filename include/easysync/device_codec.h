@@ -17,8 +17,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "easysync/codec.h"
@@ -89,17 +91,24 @@ class DeviceEncoder {
   Result<Staged> Stage(DType dtype, size_t element_count, const uint8_t* cur, uint64_t new_version);
   // Bytes [offset, offset + bytes) of the staged update as a frame of bytes / DTypeSize
   // elements; base_hash: that range's XXH3-64 in the base, where the caller knows it.
-  // REQUIRES: a staged update; offset a multiple of block_bytes and of the element size,
-  // bytes a multiple of the element size, and ranges encoded in increasing order without
-  // overlap; out.size() >= EncodeBound for the range.
+  // REQUIRES: a staged update; offset a multiple of block_bytes and of the element size, the
+  // end one too or the tensor's end, ranges that do not overlap (InvalidArgument otherwise);
+  // out.size() >= EncodeBound for the range. Several threads may encode different ranges of
+  // one update at once, each with an encoder of its own (the overload without one uses the
+  // DeviceEncoder's).
   Result<size_t> EncodeRange(size_t offset, size_t bytes, std::optional<uint64_t> base_hash,
-                             std::span<uint8_t> out);
+                             std::span<uint8_t> out) {
+    return EncodeRange(encoder_, offset, bytes, base_hash, out);
+  }
+  Result<size_t> EncodeRange(Encoder& encoder, size_t offset, size_t bytes,
+                             std::optional<uint64_t> base_hash, std::span<uint8_t> out);
   // The staged update's new bytes of a range that EncodeRange has encoded (host memory;
   // valid until Commit or the next Stage). REQUIRES: offset + bytes <= the tensor's bytes.
   std::span<const uint8_t> RangeValue(size_t offset, size_t bytes) const {
     return {(kind_ == Staged::kBlocks ? shadow_ : staging_) + offset, bytes};
   }
-  // The receiver now holds the staged update (every range of it).
+  // The receiver now holds the staged update. REQUIRES: every range of it was encoded, or
+  // none (InvalidArgument for a part: the update is dropped, the next one goes whole).
   Status Commit(const uint8_t* cur);
 
   // The receiver lost track (it asked for a full value): the next frame is a full value.
@@ -121,10 +130,8 @@ class DeviceEncoder {
  private:
   Status Prepare(DType dtype, size_t element_count);
   void FreeAll();
-  // The staged changed blocks in [offset, offset + bytes) applied to the shadow (once).
-  Status ApplyBlocks(size_t offset, size_t bytes);
-  Result<size_t> EncodeBlocksRange(size_t offset, size_t bytes, uint64_t base_hash,
-                                   std::span<uint8_t> out);
+  Result<size_t> EncodeBlocksRange(Encoder& encoder, size_t offset, size_t bytes,
+                                   uint64_t base_hash, std::span<uint8_t> out);
 
   std::unique_ptr<DeltaBackend> backend_;
   Encoder encoder_;
@@ -135,17 +142,14 @@ class DeviceEncoder {
   uint64_t base_version_ = 0;  // 0: the receiver has nothing we know of
   std::optional<uint64_t> shadow_hash_;
   // The staged update: its kind and version, its changed blocks (ids_host_[0, staged_count_),
-  // their bytes in staging_), or the whole tensor in staging_; how far the blocks are applied
-  // to the shadow, and up to where ranges were encoded.
+  // their bytes in staging_), or the whole tensor in staging_.
   bool staged_ = false;
   Staged kind_ = Staged::kFull;
   uint64_t new_version_ = 0;
   size_t staged_count_ = 0;
-  size_t applied_block_ = 0;
-  size_t encoded_to_ = 0;
-  std::optional<uint64_t> whole_hash_;  // the result of a range that was the whole tensor
-  std::vector<uint32_t> range_ids_;     // a range's block ids, from its start
-  std::vector<uint8_t> range_base_;     // a range's base, where its blocks make no sparse frame
+  std::mutex ranges_mu_;  // guards the two below (ranges may be encoded at once)
+  std::vector<std::pair<size_t, size_t>> encoded_;  // the ranges encoded: [begin, end)
+  std::optional<uint64_t> whole_hash_;              // the result of a range that was the whole
   // Backend memory.
   uint8_t* base_ = nullptr;
   uint8_t* xor_ = nullptr;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <optional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #if EASYSYNC_HAVE_CUDA
@@ -78,13 +79,12 @@ const std::vector<Step> kSteps = {{0.0, false}, {0.0001, false}, {0.01, false}, 
 // that a receiver decodes range by range, each against its own range of what it holds.
 template <class Upload>
 void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t range_bytes,
-                      const std::vector<Step>& steps, Upload upload) {
+                      const std::vector<Step>& steps, Upload upload, bool threads = false) {
   const size_t esize = DTypeSize(dtype);
   std::mt19937_64 rng(count * 17 + esize);
   std::vector<uint8_t> cur(count * esize);
   for (auto& b : cur) b = static_cast<uint8_t>(rng());
   std::vector<uint8_t> receiver(cur.size());
-  std::vector<uint8_t> frame(EncodeBound(dtype, range_bytes / esize));
   std::vector<uint8_t> out(range_bytes);
   Decoder dec;
   for (size_t s = 0; s <= steps.size(); ++s) {
@@ -95,15 +95,36 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
     if (s == 0) {
       EXPECT_EQ(*staged, DeviceEncoder::Staged::kFull);
     }
-    for (size_t off = 0; off < cur.size(); off += range_bytes) {
+    // Every range encoded first (with `threads`, all at once, each with an encoder of its
+    // own), then decoded in order.
+    const size_t ranges = (cur.size() + range_bytes - 1) / range_bytes;
+    std::vector<std::vector<uint8_t>> frames(ranges);
+    std::vector<Result<size_t>> sizes(ranges, size_t{0});
+    std::vector<Encoder> encoders(ranges);
+    std::vector<std::thread> workers;
+    for (size_t r = 0; r < ranges; ++r) {
+      const size_t off = r * range_bytes;
       const size_t bytes = std::min(range_bytes, cur.size() - off);
       // The base's hash of the range: known for every other range, worked out by the
       // encoder for the rest.
       std::optional<uint64_t> base_hash;
-      if ((off / range_bytes) % 2 == 0) base_hash = HashBytes({receiver.data() + off, bytes});
-      auto size = enc.EncodeRange(off, bytes, base_hash, frame);
-      ASSERT_TRUE(size.ok()) << "step " << s << ": " << size.status().ToString();
-      const std::span<const uint8_t> f(frame.data(), *size);
+      if (r % 2 == 0) base_hash = HashBytes({receiver.data() + off, bytes});
+      frames[r].resize(EncodeBound(dtype, bytes / esize));
+      const auto encode = [&, r, off, bytes, base_hash] {
+        sizes[r] = enc.EncodeRange(encoders[r], off, bytes, base_hash, frames[r]);
+      };
+      if (threads) {
+        workers.emplace_back(encode);
+      } else {
+        encode();
+      }
+    }
+    for (std::thread& w : workers) w.join();
+    for (size_t r = 0; r < ranges; ++r) {
+      const size_t off = r * range_bytes;
+      const size_t bytes = std::min(range_bytes, cur.size() - off);
+      ASSERT_TRUE(sizes[r].ok()) << "step " << s << ": " << sizes[r].status().ToString();
+      const std::span<const uint8_t> f(frames[r].data(), *sizes[r]);
       auto info = PeekFrame(f);
       ASSERT_TRUE(info.ok());
       EXPECT_EQ(info->element_count, bytes / esize);
@@ -154,11 +175,16 @@ TEST(DeviceEncoderHost, AnUpdateSentInRangesDecodesRangeByRange) {
                      [](const std::vector<uint8_t>& t) { return t.data(); });
     EXPECT_EQ(enc.stats().full_frames, 1u);
     EXPECT_GE(enc.stats().block_frames, 4u);
+    // The ranges of each update from several threads at once.
+    DeviceEncoder parallel(MakeHostDeltaBackend());
+    RunRangeSequence(
+        parallel, d, count, size_t{64} << 10, kRangeSteps,
+        [](const std::vector<uint8_t>& t) { return t.data(); }, /*threads=*/true);
     EXPECT_EQ(enc.stats().dense_frames, 1u);
   }
 }
 
-TEST(DeviceEncoderHost, RangesMustBeStagedAlignedAndInOrder) {
+TEST(DeviceEncoderHost, RangesMustBeStagedAlignedAndApart) {
   DeviceEncoder enc(MakeHostDeltaBackend());
   std::vector<uint8_t> t(4096, 7), frame(EncodeBound(DType::kUInt8, 4096));
   EXPECT_EQ(enc.EncodeRange(0, 4096, std::nullopt, frame).status().code(),
@@ -172,11 +198,17 @@ TEST(DeviceEncoderHost, RangesMustBeStagedAlignedAndInOrder) {
   EXPECT_EQ(enc.EncodeRange(4032, 128, std::nullopt, frame).status().code(),
             StatusCode::kInvalidArgument);  // past the end
   ASSERT_TRUE(enc.EncodeRange(1024, 1024, std::nullopt, frame).ok());
-  EXPECT_EQ(enc.EncodeRange(0, 1024, std::nullopt, frame).status().code(),
-            StatusCode::kInvalidArgument);  // out of order
+  EXPECT_EQ(enc.EncodeRange(1536, 1024, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);                          // overlaps
+  ASSERT_TRUE(enc.EncodeRange(0, 1024, std::nullopt, frame).ok());  // before it: fine
   std::vector<uint8_t> small(10);
   EXPECT_EQ(enc.EncodeRange(2048, 1024, std::nullopt, small).status().code(),
             StatusCode::kInvalidArgument);
+  // Half the tensor went: it cannot become the base, and the next update is whole.
+  EXPECT_EQ(enc.Commit(t.data()).code(), StatusCode::kInvalidArgument);
+  auto staged = enc.Stage(DType::kUInt8, 4096, t.data(), 2);
+  ASSERT_TRUE(staged.ok());
+  EXPECT_EQ(*staged, DeviceEncoder::Staged::kFull);
 }
 
 TEST(DeviceEncoderHost, SparseStepCopiesOnlyChangedBlocks) {
@@ -372,7 +404,7 @@ TEST(DeviceEncoderCuda, MatchesTheHostPipeline) {
   EXPECT_GE(enc.stats().block_frames, 4u);
   DeviceEncoder ranges(std::move(MakeCudaDeltaBackend(nullptr)).value());
   RunRangeSequence(ranges, DType::kBFloat16, (size_t{7} << 15) / 2 + 3, size_t{64} << 10,
-                   kRangeSteps, upload);
+                   kRangeSteps, upload, /*threads=*/true);
   EXPECT_GE(ranges.stats().block_frames, 4u);
   cudaFree(dev);
 #endif
