@@ -844,15 +844,15 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
   std::lock_guard<std::mutex> lock(encode_mu_);
   const size_t bound = CodecValueBound(raw);
   if (bound == 0) return Status::InvalidArgument("not a valid tensor value");
-  EASYSYNC_ASSIGN_OR_RETURN(EncodedValue e,
-                            EncodeCodecValue(encoder_, raw, base_value, base_version, base_hash,
-                                             base_version + 1, {Scratch(bound), bound}, data_from));
+  EASYSYNC_ASSIGN_OR_RETURN(
+      EncodedValue e, EncodeCodecValue(coder_.encoder, raw, base_value, base_version, base_hash,
+                                       base_version + 1, {Scratch(bound), bound}, data_from));
   CounterShard& c = shard();
   Count(c.codec_raw_bytes, raw.size());
   Count(c.codec_wire_bytes, e.bytes);
   Count(e.delta ? c.deltas_sent : c.full_sent, 1);
   *hash = e.result_hash;
-  const std::byte* src = scratch_.get();
+  const std::byte* src = coder_.scratch.get();
   return std::shared_ptr<const Frame>(std::make_shared<Frame>(
       EncodeWrite(net::Write{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
                   e.bytes, [&](std::byte* dst) { std::memcpy(dst, src, e.bytes); })));
@@ -1026,7 +1026,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   }
   OrderedPool& pool = parallel ? *segment_pool_ : serial_pool_;
   while (segment_workers_.size() < pool.workers()) {
-    segment_workers_.push_back(std::make_unique<SegmentWorker>());
+    segment_workers_.push_back(std::make_unique<Coder>());
   }
   struct Made {
     std::shared_ptr<const Frame> frame;
@@ -1037,7 +1037,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   std::vector<Made> made(count);
   // Segment i as a WRITE, by worker w.
   const auto segment = [&](size_t i, size_t w) -> Status {
-    SegmentWorker& worker = *segment_workers_[w];
+    Coder& worker = *segment_workers_[w];
     const size_t off = i * kSegmentBytes;
     const size_t bytes = std::min(kSegmentBytes, n - off);
     const size_t bound = codec::EncodeBound(dtype, bytes / esize);

@@ -347,38 +347,32 @@ class NetClient final : public Client, public UcxWorker::Handler {
   std::atomic<uint32_t> count_{0};
 
   std::atomic<bool> device_path_for_host_{false};
-  // Segmented writes: each segment is encoded by one of several workers (the writing thread
-  // and, for host tensors, a pool's threads) with an encoder and a buffer of its own.
-  struct SegmentWorker {
+  // An encoder and the buffer its frames go to (uninitialized, grown as needed: encoders
+  // write what they use).
+  struct Coder {
     codec::Encoder encoder;
     std::unique_ptr<std::byte[]> scratch;
     size_t scratch_bytes = 0;
     std::byte* Scratch(size_t bytes) {
       if (scratch_bytes < bytes) {
-        scratch.reset(new std::byte[bytes]);  // uninitialized: encoders write what they use
+        scratch.reset(new std::byte[bytes]);
         scratch_bytes = bytes;
       }
       return scratch.get();
     }
   };
+  // Segmented writes: each segment is encoded by one of several workers (the writing thread
+  // and a pool's threads), each with a Coder of its own.
   static constexpr size_t kMaxSegmentWorkers = 4;
   std::mutex segments_mu_;  // one segmented write at a time: guards the three below
   std::unique_ptr<OrderedPool> segment_pool_;  // created with the first segmented write
   OrderedPool serial_pool_{0};
-  std::vector<std::unique_ptr<SegmentWorker>> segment_workers_;
+  std::vector<std::unique_ptr<Coder>> segment_workers_;
 
-  std::mutex encode_mu_;  // guards encoder_ and scratch_
-  codec::Encoder encoder_;
-  std::unique_ptr<std::byte[]> scratch_;
-  size_t scratch_bytes_ = 0;
+  std::mutex encode_mu_;  // guards coder_
+  Coder coder_;
   // The scratch buffer, at least `bytes` long. REQUIRES: encode_mu_ held.
-  std::byte* Scratch(size_t bytes) {
-    if (scratch_bytes_ < bytes) {
-      scratch_.reset(new std::byte[bytes]);  // uninitialized: encoders write what they use
-      scratch_bytes_ = bytes;
-    }
-    return scratch_.get();
-  }
+  std::byte* Scratch(size_t bytes) { return coder_.Scratch(bytes); }
 
   std::mutex mu_;  // guards state_, failure_, pending_, next_request_
   std::condition_variable cv_;

@@ -106,8 +106,8 @@ uint64_t NetClient::WriteUdp(Replica& r, std::shared_ptr<Frame> holder, size_t o
     if (base) {
       std::lock_guard<std::mutex> lock(encode_mu_);
       const size_t bound = CodecValueBound(value);
-      auto e = EncodeCodecValue(encoder_, value, ByteSpan(*base).subspan(base_offset), base_version,
-                                base_hash, base_version + 1, {Scratch(bound), bound});
+      auto e = EncodeCodecValue(coder_.encoder, value, ByteSpan(*base).subspan(base_offset),
+                                base_version, base_hash, base_version + 1, {Scratch(bound), bound});
       if (e.ok() && e->delta) {
         delta = std::make_shared<const std::vector<std::byte>>(Scratch(bound),
                                                                Scratch(bound) + e->bytes);
