@@ -53,6 +53,7 @@ struct Encoder::Impl {
   Scratch alt;     // the second zstd candidate
   Scratch sample;  // compressed samples (SampleCompresses)
   Scratch zeros;   // a zero block for scans of XOR blocks
+  Scratch block;   // one block's new bytes, for scans of XOR blocks against a base
   size_t zeros_bytes = 0;
   internal::StreamHash cur_hash;
   internal::StreamHash base_hash;
@@ -393,14 +394,17 @@ Result<size_t> Encoder::Impl::EncodeBlocks(const XorBlocks& blocks, uint8_t* bas
     next_id = id + 1;
   }
   // Without the base, the scan compares the XOR bytes against zeros; with it, each block's
-  // new bytes (base ^ XOR, made in `scratch`) against the base, which then takes them.
-  if (!zeros.Reserve(b)) return internal::OutOfMemory(b);
-  if (base == nullptr && zeros_bytes < b) {
-    std::memset(zeros.data(), 0, b);
-    zeros_bytes = b;
+  // new bytes (base ^ XOR, made in `block`) against the base, which then takes them.
+  if (base == nullptr) {
+    if (!zeros.Reserve(b)) return internal::OutOfMemory(b);
+    if (zeros_bytes < b) {
+      std::memset(zeros.data(), 0, b);
+      zeros_bytes = b;
+    }
+  } else if (!block.Reserve(b)) {
+    return internal::OutOfMemory(b);
   }
-  uint8_t* scratch = zeros.data();
-  if (base != nullptr) zeros_bytes = 0;  // no longer zeros
+  uint8_t* scratch = block.data();
   const bool diff = base != nullptr && options.allow_planes && options.allow_diff && esize > 1;
   bool sparse = options.allow_delta && options.allow_sparse && n != 0;
   internal::SparseSink sink;

@@ -847,15 +847,32 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
   EASYSYNC_ASSIGN_OR_RETURN(
       EncodedValue e, EncodeCodecValue(coder_.encoder, raw, base_value, base_version, base_hash,
                                        base_version + 1, {Scratch(bound), bound}, data_from));
-  CounterShard& c = shard();
-  Count(c.codec_raw_bytes, raw.size());
-  Count(c.codec_wire_bytes, e.bytes);
-  Count(e.delta ? c.deltas_sent : c.full_sent, 1);
   *hash = e.result_hash;
-  const std::byte* src = coder_.scratch.get();
-  return std::shared_ptr<const Frame>(std::make_shared<Frame>(
-      EncodeWrite(net::Write{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
-                  e.bytes, [&](std::byte* dst) { std::memcpy(dst, src, e.bytes); })));
+  return CodecWrite(r, request, clock, now, {coder_.scratch.get(), e.bytes}, raw.size(), e.delta);
+}
+
+std::shared_ptr<const Frame> NetClient::CodecWrite(Replica& r, uint32_t request, uint64_t clock,
+                                                   int64_t now, ByteSpan value, size_t raw_bytes,
+                                                   bool delta) {
+  CounterShard& c = shard();
+  Count(c.codec_raw_bytes, raw_bytes);
+  Count(c.codec_wire_bytes, value.size());
+  Count(delta ? c.deltas_sent : c.full_sent, 1);
+  return std::make_shared<const Frame>(EncodeWrite(
+      net::Write{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true}, value.size(),
+      [&](std::byte* dst) { std::memcpy(dst, value.data(), value.size()); }));
+}
+
+void NetClient::InstallWritten(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
+                               const UpdateInfo& info, std::optional<uint64_t> hash,
+                               std::vector<uint64_t> segment_hashes) {
+  Count(shard().updates_sent, 1);
+  const Frame* written = holder.get();
+  if (Apply(r, std::move(holder), offset, info, hash, /*local=*/true)) Ring();
+  if (!segment_hashes.empty()) {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (r.holder.get() == written) r.segment_hashes = std::move(segment_hashes);
+  }
 }
 
 Result<uint64_t> NetClient::Write(AttrId attr, size_t size, FunctionRef<void(std::byte*)> encode) {
@@ -943,16 +960,9 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
       continue;
     }
     if (!done.status.ok()) return done.status;
-    Count(shard().updates_sent, 1);
-    const Frame* written = holder.get();
-    if (Apply(*r, std::move(holder), offset, UpdateInfo{done.version, done.clock, id(), now, 0},
-              hash, /*local=*/true)) {
-      Ring();
-    }
-    if (!segment_hashes.empty()) {
-      std::lock_guard<std::mutex> lock(r->mu);
-      if (r->holder.get() == written) r->segment_hashes = std::move(segment_hashes);
-    }
+    InstallWritten(*r, std::move(holder), offset,
+                   UpdateInfo{done.version, done.clock, id(), now, 0}, hash,
+                   std::move(segment_hashes));
     return done.version;
   }
 }

@@ -117,13 +117,8 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
           dev.Reset();
           return info.status();
         }
-        CounterShard& c = shard();
-        Count(c.codec_raw_bytes, raw);
-        Count(c.codec_wire_bytes, value_bytes);
-        Count(info->frame.is_full_value() ? c.full_sent : c.deltas_sent, 1);
-        frame = std::make_shared<const Frame>(EncodeWrite(
-            net::Write{request, r->hub_id.load(), clock, ToHub(now), {}, /*codec=*/true},
-            value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+        frame = CodecWrite(*r, request, clock, now, {out, value_bytes}, raw,
+                           !info->frame.is_full_value());
       }
       sent = Request(request, Pending{}, frame, "WRITE");
     }
@@ -152,7 +147,6 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
       dev.Reset();
       return st;
     }
-    Count(shard().updates_sent, 1);
     dev.Acknowledge(done.version);
     r->device_acked = done.version;
     // The replica keeps the value on the host: the encoder's shadow is exactly it.
@@ -163,16 +157,9 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
         std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
       }
     }
-    const Frame* written = holder.get();
     const std::optional<uint64_t> hash = segments ? std::nullopt : std::optional(dev.shadow_hash());
-    if (Apply(*r, std::move(holder), 0, UpdateInfo{done.version, done.clock, id(), now, 0}, hash,
-              /*local=*/true)) {
-      Ring();
-    }
-    if (segments) {
-      std::lock_guard<std::mutex> lock(r->mu);
-      if (r->holder.get() == written) r->segment_hashes = std::move(segment_hashes);
-    }
+    InstallWritten(*r, std::move(holder), 0, UpdateInfo{done.version, done.clock, id(), now, 0},
+                   hash, std::move(segment_hashes));
     return done.version;
   }
 }

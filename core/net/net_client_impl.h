@@ -245,6 +245,15 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);
+  // A codec WRITE of `value` (an encoded tensor value of raw_bytes before encoding), counted
+  // in the codec statistics as a delta or a whole value.
+  std::shared_ptr<const Frame> CodecWrite(Replica& r, uint32_t request, uint64_t clock, int64_t now,
+                                          ByteSpan value, size_t raw_bytes, bool delta);
+  // The hub acknowledged this client's write: the replica takes the written value (and a
+  // segmented write's hashes, while no other value came meanwhile).
+  void InstallWritten(Replica& r, std::shared_ptr<Frame> holder, size_t offset,
+                      const UpdateInfo& info, std::optional<uint64_t> hash,
+                      std::vector<uint64_t> segment_hashes);
   // Encodes a codec WRITE of the raw value against the replica's acknowledged value (or
   // whole); *hash gets the XXH3-64 of the tensor data (the next write's base hash).
   // With data_from, raw holds only the tensor header yet; the encoder fills in the tensor's
