@@ -102,7 +102,7 @@ struct LatencySetup {
 // here (first, while this process has no threads and is not pinned yet). False when that one
 // did not start (said on stderr).
 inline bool SetUpLatency(const std::string& suite, const LatencyFlags& f, LatencySetup* s) {
-  s->where = f.host.empty() ? ChoosePlacement() : Placement{-1, 0, -1, 0, -1, "-"};
+  s->where = f.host.empty() ? ChoosePlacement(/*latency=*/true) : Placement{-1, 0, -1, 0, -1, "-"};
   s->options.ucx_transports = f.transports;
   if (f.spin_us >= 0) s->options.spin = std::chrono::microseconds(f.spin_us);
   const int hub_cpu = s->where.hub_first;

@@ -32,8 +32,8 @@ struct HubOptions {
   std::string ucx_transports;
   // A peer that has not authenticated by then is dropped (it holds a connection slot).
   std::chrono::milliseconds handshake_timeout{10000};
-  // How long the progress thread spins after the last message before it sleeps on UCX's
-  // wake-up fd; negative: chosen by the CPUs available (net::ResolveSpin).
+  // How long the progress thread keeps polling (yielding the CPU between polls) after the
+  // last message before it sleeps on UCX's wake-up fd; negative: net::kDefaultSpin.
   std::chrono::nanoseconds spin{-1};
   // Bounds on what the hub keeps: the latest values of all attributes together, and the
   // number of attributes. A declare or write past them is refused (that request only).

@@ -27,8 +27,8 @@ constexpr char kUsage[] =
     "                         with UDP subscribers also keep their previous value (the\n"
     "                         base of those subscribers' deltas): up to twice this\n"
     "  --max-attributes N     bound on the attributes the hub keeps (default 1048576)\n"
-    "  --spin-us N            spin this long after a message before sleeping (default: 50\n"
-    "                         with 4 or more CPUs, else 0)\n";
+    "  --spin-us N            keep polling this long after a message before sleeping,\n"
+    "                         yielding the CPU between polls (default: 50)\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   char* end = nullptr;

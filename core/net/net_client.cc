@@ -2,6 +2,8 @@
 // reliable writes (see net_client_impl.h).
 #include "net/net_client.h"
 
+#include <sched.h>
+
 #include "net/net_client_impl.h"
 
 namespace easysync::net {
@@ -753,7 +755,8 @@ Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
     return p;
   }
   pending_.emplace(id, std::move(p));
-  worker_->Post([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
+  // Sent from this thread when the worker is free (SendFrame takes no lock of ours).
+  worker_->RunOrPost([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
   if (more) {
     lock.unlock();
     const Status st = more();
@@ -762,6 +765,18 @@ Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
       pending_.erase(id);
       return st;
     }
+  }
+  if (!pending_.at(id).done) {
+    // The answer is usually a round trip away: wait for it driving the worker (so that it is
+    // handled on this thread, not handed over from another), then sleep.
+    lock.unlock();
+    SpinUntil(
+        [&] {
+          std::lock_guard<std::mutex> relock(mu_);
+          return pending_.at(id).done;
+        },
+        Clock::now() + options_.request_timeout);
+    lock.lock();
   }
   const bool done =
       cv_.wait_for(lock, options_.request_timeout, [&] { return pending_.at(id).done; });
@@ -1129,12 +1144,23 @@ Result<std::optional<Client::SharedValue>> NetClient::ReadSharedIfNewer(AttrId a
   return std::optional<SharedValue>(std::move(v));
 }
 
-bool NetClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
+bool NetClient::SpinUntil(FunctionRef<bool()> ready, Deadline deadline) {
   if (ready()) return true;
-  const Deadline spin_until = std::min(deadline, Clock::now() + options_.spin);
+  Deadline spin_until = std::min(deadline, Clock::now() + options_.spin);
   while (Clock::now() < spin_until) {
+    if (worker_->TryProgress()) {
+      // Traffic: keep spinning for a while after it.
+      spin_until = std::min(deadline, Clock::now() + options_.spin);
+    } else {
+      sched_yield();  // gives way to whichever thread has the next step
+    }
     if (ready()) return true;
   }
+  return false;
+}
+
+bool NetClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
+  if (SpinUntil(ready, deadline)) return true;
   std::unique_lock<std::mutex> lock(wait_mu_);
   waiters_.fetch_add(1, std::memory_order_seq_cst);
   bool ok;

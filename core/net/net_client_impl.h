@@ -93,6 +93,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
   Result<std::optional<UpdateInfo>> ReadIfNewer(AttrId attr, uint64_t have,
                                                 FunctionRef<Status(ByteSpan)> decode) override;
   bool WaitUntil(FunctionRef<bool()> ready, Deadline deadline) override;
+  // Polls ready() for up to options_.spin (longer while traffic flows, never past deadline),
+  // driving the worker when it is free and yielding the CPU otherwise; whether it got ready.
+  // The caller holds none of our locks.
+  bool SpinUntil(FunctionRef<bool()> ready, Deadline deadline);
   void Kick() override { Ring(); }
 
   // UcxWorker::Handler, on the progress thread.

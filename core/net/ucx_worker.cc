@@ -152,11 +152,7 @@ std::string AvailableTransports() {
 }
 
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested) {
-  if (requested.count() >= 0) return requested;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
-  return cpus >= 4 ? std::chrono::microseconds(50) : std::chrono::nanoseconds(0);
+  return requested.count() >= 0 ? requested : kDefaultSpin;
 }
 
 Result<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& options, Handler* handler) {
@@ -190,7 +186,7 @@ Status UcxWorker::Init() {
   }
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // drive_mu_
   EASYSYNC_UCX_CHECK(ucp_worker_create(context_, &wp, &worker_));
   EASYSYNC_UCX_CHECK(ucp_worker_get_efd(worker_, &worker_fd_));
   post_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -220,6 +216,8 @@ void UcxWorker::Stop() {
     (void)!write(post_fd_, &one, sizeof(one));
     thread_.join();
   }
+  // A caller may be driving the worker still (its pass began before stop_): wait it out.
+  std::lock_guard<std::mutex> drive(drive_mu_);
 }
 
 UcxWorker::~UcxWorker() {
@@ -303,6 +301,7 @@ Result<ucp_ep_h> UcxWorker::Accept(ucp_conn_request_h request, std::string* peer
 
 void UcxWorker::Start() {
   thread_ = std::thread([this] { Loop(); });
+  started_.store(true, kSeqCst);
 }
 
 void UcxWorker::Post(std::function<void()> fn) {
@@ -314,6 +313,58 @@ void UcxWorker::Post(std::function<void()> fn) {
     const uint64_t one = 1;
     (void)!write(post_fd_, &one, sizeof(one));
   }
+}
+
+void UcxWorker::RunOrPost(std::function<void()> fn) {
+  std::unique_lock<std::mutex> drive(drive_mu_, std::try_to_lock);
+  if (drive.owns_lock() && !stop_.load(kSeqCst) && started_.load(kSeqCst)) {
+    bool queued;
+    {
+      std::lock_guard<std::mutex> lock(post_mu_);
+      queued = !posted_.empty();
+    }
+    if (!queued) {
+      fn();
+      driven_elsewhere_ = true;
+      drive.unlock();
+      AfterDrivenHere(false);
+      return;
+    }
+  }
+  if (drive.owns_lock()) drive.unlock();
+  Post(std::move(fn));
+}
+
+bool UcxWorker::TryProgress() {
+  std::unique_lock<std::mutex> drive(drive_mu_, std::try_to_lock);
+  if (!drive.owns_lock() || stop_.load(kSeqCst) || !started_.load(kSeqCst)) return false;
+  const bool busy = Pass();
+  passed_elsewhere_ = true;
+  if (busy) last_activity_ = std::chrono::steady_clock::now();
+  drive.unlock();
+  AfterDrivenHere(busy);
+  return busy;
+}
+
+void UcxWorker::AfterDrivenHere(bool handled) {
+  // The progress thread sets sleeping_ under drive_mu_ before it arms the worker and clears
+  // it after it takes drive_mu_ back: seen set here, it is in poll() (or about to be), armed
+  // before this caller drove the worker. It must pass again when UCX still owns something
+  // that only progress completes, or when this caller handled events (the handlers may have
+  // left work that the progress thread's timers and posts would otherwise find only later).
+  if ((handled || inflight_.load(kSeqCst) > 0) && sleeping_.load(kSeqCst)) {
+    const uint64_t one = 1;
+    (void)!write(post_fd_, &one, sizeof(one));
+  }
+}
+
+bool UcxWorker::Pass() {
+  bool busy = RunPosted();
+  while (ucp_worker_progress(worker_) != 0) busy = true;
+  for (size_t i = 0; i < watched_.size(); ++i) {
+    if (watched_[i].on_ready()) busy = true;  // (may unwatch: index, not iterator)
+  }
+  return busy;
 }
 
 bool UcxWorker::RunPosted() {
@@ -500,21 +551,30 @@ void UcxWorker::UnwatchFd(int fd) {
 }
 
 void UcxWorker::Loop() {
+  // Takes drive_mu_ without sleeping on it: a caller holds it for one send or pass.
+  auto take = [this] {
+    while (!drive_mu_.try_lock()) sched_yield();
+  };
   auto last = std::chrono::steady_clock::now();
   std::vector<pollfd> fds;
+  take();
   while (!stop_.load(std::memory_order_relaxed)) {
-    bool busy = RunPosted();
-    while (ucp_worker_progress(worker_) != 0) busy = true;
-    for (size_t i = 0; i < watched_.size(); ++i) {
-      if (watched_[i].on_ready()) busy = true;  // (may unwatch: index, not iterator)
-    }
+    // While a caller makes the passes, this thread only keeps its timers and stays awake,
+    // at the cost of a yield: a pass of its own would delay the caller's on a shared CPU.
+    bool busy = std::exchange(passed_elsewhere_, false) ? true : Pass();
+    busy = std::exchange(driven_elsewhere_, false) || busy;
     const int idle_ms = handler_->OnIdle();
     if (busy) {
       last = std::chrono::steady_clock::now();
       last_activity_ = last;
       continue;
     }
-    if (std::chrono::steady_clock::now() - last < options_.spin) continue;
+    if (std::chrono::steady_clock::now() - last < options_.spin) {
+      drive_mu_.unlock();
+      sched_yield();
+      take();
+      continue;
+    }
     sleeping_.store(true, kSeqCst);
     bool pending;
     {
@@ -526,16 +586,17 @@ void UcxWorker::Loop() {
       continue;
     }
     const ucs_status_t st = ucp_worker_arm(worker_);
-    if (st == UCS_OK) {
-      fds.assign({{worker_fd_, POLLIN, 0}, {post_fd_, POLLIN, 0}});
-      for (const Watched& w : watched_) fds.push_back({w.fd, POLLIN, 0});
-      poll(fds.data(), fds.size(), idle_ms);
-    }
+    fds.assign({{worker_fd_, POLLIN, 0}, {post_fd_, POLLIN, 0}});
+    for (const Watched& w : watched_) fds.push_back({w.fd, POLLIN, 0});
+    drive_mu_.unlock();
+    if (st == UCS_OK) poll(fds.data(), fds.size(), idle_ms);
+    take();
     sleeping_.store(false, kSeqCst);
     uint64_t drained;
     (void)!read(post_fd_, &drained, sizeof(drained));
     last = std::chrono::steady_clock::now();
   }
+  drive_mu_.unlock();
 }
 
 }  // namespace easysync::net

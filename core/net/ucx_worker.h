@@ -1,13 +1,19 @@
 // The UCX layer: a ucp context + worker driven by one progress thread, endpoints with peer
 // error handling, a listener, and whole-frame active messages.
 //
-// Threading: Create(), Listen() and Connect() run on the caller's thread before Start();
-// after Start() every UCX call happens on the progress thread. Other threads hand work to
-// it with Post(). Handler methods run on the progress thread.
+// Threading: one thread at a time drives the worker, the one holding its drive lock: the
+// progress thread, or a caller that found the worker free (RunOrPost, TryProgress), which then
+// acts as the progress thread for that call. Create(), Listen() and Connect() run on the
+// caller's thread before Start(). Everything else that touches UCX, and every Handler method,
+// runs while the lock is held; other threads hand work over with Post(). "Progress thread"
+// below means whichever thread drives the worker.
 //
-// Waiting: the thread spins on ucp_worker_progress for `spin` after the last activity, then
-// arms the worker (ucp_worker_arm) and sleeps in poll() on its event fd and on an eventfd
-// that Post() rings, so an idle process costs no CPU and steady traffic no wake-ups.
+// Waiting: the progress thread keeps polling for `spin` after the last activity, yielding its
+// CPU between passes (so a spinning thread never starves the one that has the next step to
+// run when CPUs are few), then arms the worker (ucp_worker_arm) and sleeps in poll() on its
+// event fd and on an eventfd that Post() rings, so an idle process costs no CPU and steady
+// traffic no wake-ups. A caller that sends or waits drives the worker itself when it is free,
+// so a message leaves and arrives without handing over to another thread.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -39,10 +45,9 @@ Status UcxError(ucs_status_t s, const char* what, const char* file, int line);
 // What UCX can use on this machine: "tcp (eth0 lo), posix (memory), ...", for error messages.
 std::string AvailableTransports();
 
-// A negative spin means: choose. Spinning pays off only when the spinning threads have cores
-// of their own; with fewer than 4 CPUs a client's caller and progress thread and a hub on the
-// same machine starve each other (measured on 2 CPUs: 187 us one-way with a 50 us spin, 55 us
-// without), so the choice is 50 us with 4 or more CPUs available, else none.
+// A negative spin means: choose (kDefaultSpin). Spinning threads yield between polls, so they
+// give way to any thread with work on the same CPU.
+inline constexpr std::chrono::microseconds kDefaultSpin{50};
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested);
 
 struct UcxOptions {
@@ -85,7 +90,15 @@ class UcxWorker {
   void Stop();
   // Runs fn on the progress thread. Thread-safe.
   void Post(std::function<void()> fn);
-  bool OnProgressThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  // Runs fn on this thread, as the progress thread, when the progress thread runs, no other
+  // thread drives the worker and nothing posted is waiting (so fn keeps its place after
+  // earlier posts); else posts it. fn
+  // must not take locks that handlers take and the caller holds. Thread-safe.
+  void RunOrPost(std::function<void()> fn);
+  // One progress pass on this thread (posted work, UCX, watched fds) when no other thread
+  // drives the worker: Handler methods may run here. Whether anything happened. The caller
+  // holds no lock that a handler takes. Thread-safe; false before Start() and once Stop() began.
+  bool TryProgress();
   // When UCX last made progress (bytes moved, a message or completion). Progress thread only:
   // a large message still arriving counts as a live peer before any frame completes.
   std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
@@ -112,6 +125,11 @@ class UcxWorker {
   Status Init();
   void Loop();
   bool RunPosted();
+  // One pass: posted work, ucp_worker_progress until idle, watched fds. REQUIRES: drive_mu_.
+  bool Pass();
+  // After a caller drove the worker (drive_mu_ just released): wakes the progress thread when
+  // UCX still owns a send that only progress completes and the thread sleeps.
+  void AfterDrivenHere(bool handled);
   static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
                            size_t length, const ucp_am_recv_param_t* param);
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
@@ -149,11 +167,20 @@ class UcxWorker {
     bool dropped = false;  // its receive failed: skipped
   };
   std::unordered_map<ucp_ep_h, std::deque<std::shared_ptr<Arrival>>> arrivals_;
+  // Held by whichever thread drives the worker (see Threading above).
+  std::mutex drive_mu_;
+  // A caller drove the worker since the progress thread's last pass: it passes again before it
+  // arms the worker, since a send started there may need progress. Guarded by drive_mu_.
+  bool driven_elsewhere_ = false;
+  // A caller made a pass (TryProgress) since the progress thread's last one. Guarded by
+  // drive_mu_.
+  bool passed_elsewhere_ = false;
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
   std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
   std::atomic<bool> sleeping_{false};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> started_{false};  // Start() ran: callers may drive the worker
   std::thread thread_;
 };
 

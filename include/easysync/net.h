@@ -29,9 +29,9 @@ struct NetOptions {
   std::string token;
   // UCX transport list in UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's choice.
   std::string ucx_transports;
-  // How long the UCX progress thread and waiting readers spin before they sleep. Negative:
-  // 50 us when the process may use 4 or more CPUs, else 0 (spinning threads that share too
-  // few cores starve the one that holds the message).
+  // How long the UCX progress thread and waiting callers keep polling after the last traffic
+  // before they sleep; they yield the CPU between polls, so they give way to any thread with
+  // work. Negative: 50 us. Zero: sleep at once (each message then pays a thread wake-up).
   std::chrono::nanoseconds spin{-1};
   std::chrono::milliseconds connect_timeout{10000};
   // How long Declare and Write wait for the hub's answer.
