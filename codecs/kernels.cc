@@ -81,6 +81,10 @@ inline uint64_t LoadElement(const uint8_t* p) {
 // unconditionally, the cursor advances by the popcount), then they are emitted. Unpredictable
 // branches, not memory, were what bounded the simple per-element loop at 1-10% density.
 constexpr size_t kChunk = 4096;
+// How far ahead the scan asks for base's bytes. The caller has usually just hashed cur's block
+// (it is in cache) while base comes from memory: one stream that the hardware prefetchers
+// kept too short a distance ahead of (a 256 MiB bf16 step: 42 -> 33 ms with it).
+constexpr size_t kPrefetchAhead = 4096;
 
 template <size_t E, bool kDiff>
 [[gnu::always_inline]] inline bool SparseScanBody(const uint8_t* cur, const uint8_t* base,
@@ -96,6 +100,9 @@ template <size_t E, bool kDiff>
     uint16_t* w = offsets;
     size_t off = chunk;
     for (; off + 64 <= chunk_end; off += 64) {
+      // (An address, not a pointer past the end: a prefetch never faults.)
+      __builtin_prefetch(
+          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base + off) + kPrefetchAhead));
       uint64_t m = ElementMask<E>(ChangedBytes64(cur + off, base + off));
       const auto rel = static_cast<uint16_t>(off - chunk);
       const int n = __builtin_popcountll(m);
