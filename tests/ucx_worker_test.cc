@@ -4,6 +4,7 @@
 #include "net/ucx_worker.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -215,6 +216,29 @@ TEST(UcxWorker, StopWaitsForACallerThatDrivesTheWorker) {
   go = false;
   driver.join();
   p.reset();
+}
+
+TEST(UcxWorker, AYieldShowsAThreadComputingOnTheSameCpu) {
+  // Both threads on this thread's CPU: a yield hands the CPU to the computing thread for its
+  // time slice, which YieldQuickly reports (a spinning thread then sleeps instead).
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu(), &one);
+  cpu_set_t before;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  std::atomic<bool> go{true};
+  std::thread computes([&] {
+    (void)sched_setaffinity(0, sizeof(one), &one);
+    volatile uint64_t x = 0;
+    while (go.load(std::memory_order_relaxed)) x = x + 1;
+  });
+  bool seen = false;
+  for (int i = 0; i < 200 && !seen; ++i) seen = !YieldQuickly();
+  go = false;
+  computes.join();
+  ASSERT_EQ(sched_setaffinity(0, sizeof(before), &before), 0);
+  EXPECT_TRUE(seen) << "200 yields never gave the CPU to the thread computing beside this one";
 }
 
 }  // namespace

@@ -1151,8 +1151,8 @@ bool NetClient::SpinUntil(FunctionRef<bool()> ready, Deadline deadline) {
     if (worker_->TryProgress()) {
       // Traffic: keep spinning for a while after it.
       spin_until = std::min(deadline, Clock::now() + options_.spin);
-    } else {
-      sched_yield();  // gives way to whichever thread has the next step
+    } else if (!YieldQuickly()) {  // gives way to whichever thread has the next step
+      break;  // a thread computes on this CPU: sleep, so that the change preempts it
     }
     if (ready()) return true;
   }

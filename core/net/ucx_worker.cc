@@ -151,6 +151,15 @@ std::string AvailableTransports() {
   return out.empty() ? "none" : out;
 }
 
+bool YieldQuickly() {
+  // Spinning threads alone pass the CPU around within a few microseconds; a thread that
+  // computes keeps it for its time slice (0.7 ms and more).
+  constexpr auto kSlow = std::chrono::microseconds(100);
+  const auto start = std::chrono::steady_clock::now();
+  sched_yield();
+  return std::chrono::steady_clock::now() - start < kSlow;
+}
+
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested) {
   return requested.count() >= 0 ? requested : kDefaultSpin;
 }
@@ -556,6 +565,7 @@ void UcxWorker::Loop() {
     while (!drive_mu_.try_lock()) sched_yield();
   };
   auto last = std::chrono::steady_clock::now();
+  bool contended = false;  // the last yield showed a thread computing on this CPU
   std::vector<pollfd> fds;
   take();
   while (!stop_.load(std::memory_order_relaxed)) {
@@ -569,9 +579,9 @@ void UcxWorker::Loop() {
       last_activity_ = last;
       continue;
     }
-    if (std::chrono::steady_clock::now() - last < options_.spin) {
+    if (!contended && std::chrono::steady_clock::now() - last < options_.spin) {
       drive_mu_.unlock();
-      sched_yield();
+      contended = !YieldQuickly();
       take();
       continue;
     }
@@ -595,6 +605,7 @@ void UcxWorker::Loop() {
     uint64_t drained;
     (void)!read(post_fd_, &drained, sizeof(drained));
     last = std::chrono::steady_clock::now();
+    contended = false;  // spin again after what woke it, until a yield says otherwise
   }
   drive_mu_.unlock();
 }

@@ -12,8 +12,10 @@
 // CPU between passes (so a spinning thread never starves the one that has the next step to
 // run when CPUs are few), then arms the worker (ucp_worker_arm) and sleeps in poll() on its
 // event fd and on an eventfd that Post() rings, so an idle process costs no CPU and steady
-// traffic no wake-ups. A caller that sends or waits drives the worker itself when it is free,
-// so a message leaves and arrives without handing over to another thread.
+// traffic no wake-ups. It sleeps at once when a yield shows a thread computing on its CPU
+// (YieldQuickly): the event that wakes it then preempts that thread. A caller that sends or waits
+// drives the worker itself when it is free, so a message leaves and arrives without handing over to
+// another thread.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -49,6 +51,12 @@ std::string AvailableTransports();
 // give way to any thread with work on the same CPU.
 inline constexpr std::chrono::microseconds kDefaultSpin{50};
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested);
+
+// Yields the CPU once; false when that took long enough to show a thread that computes on the
+// same CPU (it ran a whole time slice): then a spinning thread should sleep instead, since
+// only a thread that wakes up preempts the one computing (a runnable one waits for its slice
+// to end, milliseconds), while spinning threads yield to each other within microseconds.
+bool YieldQuickly();
 
 struct UcxOptions {
   std::string transports;  // UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's default

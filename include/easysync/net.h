@@ -31,7 +31,8 @@ struct NetOptions {
   std::string ucx_transports;
   // How long the UCX progress thread and waiting callers keep polling after the last traffic
   // before they sleep; they yield the CPU between polls, so they give way to any thread with
-  // work. Negative: 50 us. Zero: sleep at once (each message then pays a thread wake-up).
+  // work, and sleep at once when a thread computes on the same CPU. Negative: 50 us. Zero:
+  // sleep at once (each message then pays a thread wake-up).
   std::chrono::nanoseconds spin{-1};
   std::chrono::milliseconds connect_timeout{10000};
   // How long Declare and Write wait for the hub's answer.
