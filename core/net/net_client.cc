@@ -1086,14 +1086,14 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     return Status::Ok();
   };
   // Segment 0 carries the request; the others follow, each sent once it and those before it
-  // are made.
+  // are made (from the writing thread when the worker is free: no hand-over per segment).
   EASYSYNC_RETURN_IF_ERROR(segment(0, 0));
   size_t sent = 1;
   const std::function<Status()> rest = [&]() -> Status {
     return pool.Run(
         count - 1, [&](size_t i, size_t w) { return segment(i + 1, w); },
         [&](size_t i) {
-          worker_->Post(
+          worker_->RunOrPost(
               [this, f = std::move(made[i + 1].frame)]() mutable { SendFrame(std::move(f)); });
           sent = i + 2;
           return Status::Ok();
