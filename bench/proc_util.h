@@ -74,7 +74,8 @@ inline void PinToCpus(int first, int count) {
 // (net-tensor) gives each client one, where it encodes or decodes while the hub floats over
 // both; the latency suites (`latency`) give the hub one of its own and let the clients share
 // the other: a ping-pong has work for one client at a time, while every message passes the
-// hub (measured: 14.6 us one-way against 23.6 us with the clients apart and the hub floating).
+// hub (measured: 14.5-15.5 us one-way against 23.8-24.0 us with the clients apart and the hub
+// floating).
 struct Placement {
   int a_first, a_count, b_first, b_count, hub_first;
   const char* name;
