@@ -5,9 +5,11 @@
 // WRITE to the hub, which answers WRITTEN to A and relays UPDATE to B; set() returns on
 // WRITTEN); B waits for the change, reads it with get() and writes it back as `pong`; A waits
 // for pong and reads it. One-way = round trip / 2, so a "hop" here is client -> hub ->
-// client: two network messages, the hub's ordering and relaying, and both clients' wake-ups
-// (progress thread, then the waiting reader). The WRITTEN ack travels in parallel with the
-// relayed UPDATE, so it is on the measured path only through the CPU it takes.
+// client: two network messages, the hub's ordering and relaying, and the hand-over of the
+// CPU to the waiting reader (which handles the UPDATE on its own thread). The WRITTEN ack
+// travels in parallel with the relayed UPDATE, so it is on the measured path only through
+// the CPU it takes. With 2 CPUs the hub has one and the clients share the other
+// (ChoosePlacement).
 //
 // Raw floor: two processes, one ucp worker each (listener + client endpoint over sockaddr,
 // the same transports), an 8-byte active message each way, both sides busy-polling
