@@ -21,11 +21,13 @@ using testing::kTestToken;
 using testing::Spawn;
 using testing::WaitChild;
 
-NetOptions Options(uint16_t port, std::string transports = "") {
+NetOptions Options(uint16_t port, std::string transports = "",
+                   std::chrono::nanoseconds spin = std::chrono::nanoseconds(-1)) {
   NetOptions o;
   o.port = port;
   o.token = kTestToken;
   o.ucx_transports = std::move(transports);
+  o.spin = spin;
   return o;
 }
 
@@ -52,12 +54,32 @@ Value Config() {
       {"lr", 0.001}, {"layers", Value::List{int64_t{4}, int64_t{8}}}, {"name", "run-7"}});
 }
 
-void EveryKindCrossesTheHub(const std::string& transports) {
+// A tensor large enough to go in segments (32 MiB or more).
+struct Big : SyncedObject {
+  Synced<Tensor> weights{this, "weights"};
+  Synced<int64_t> ready{this, "ready"};  // the reader subscribed
+  explicit Big(Client& c) : SyncedObject(c, "Big") {}
+};
+
+void EveryKindCrossesTheHub(const std::string& transports,
+                            std::chrono::nanoseconds spin = std::chrono::nanoseconds(-1)) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0) << "the hub did not start";
+  const bool big = spin.count() == 0;  // the segmented path too, where nothing spins
   // Children are forked before this process starts UCX.
   const pid_t writer = Spawn([&] {
-    auto c = connect(Options(hub.port(), transports));
+    auto c = connect(Options(hub.port(), transports, spin));
+    if (big) {
+      Big b(*c);
+      while (b.ready.get() != 1) {
+        if (!b.ready.wait_for_change(seconds(30))) return 1;
+      }
+      Tensor t = Pattern({10, 1 << 20}, 3);  // 40 MiB
+      b.weights = t;                         // whole
+      t.mutable_data()[12345] ^= std::byte{1};
+      t.mutable_data()[t.nbytes() - 1] ^= std::byte{1};
+      b.weights = t;  // a delta, in segments
+    }
     Kinds s(*c);
     s.score = int64_t{1} << 40;
     s.ratio = 0.125;
@@ -70,9 +92,17 @@ void EveryKindCrossesTheHub(const std::string& transports) {
     // Stay until the reader answers, so it can also write back to us.
     return s.done.wait_for_change(seconds(30)) && s.done.get() == 2 ? 0 : 1;
   });
-  auto client = connect(Options(hub.port(), transports));
+  auto client = connect(Options(hub.port(), transports, spin));
+  Big b(*client);
+  if (big) b.ready = 1;  // so that the segments come to this client as they are written
   Kinds mine(*client);
   ASSERT_TRUE(client->WaitUntil([&] { return mine.done.get() == 1; }, Clock::now() + seconds(30)));
+  if (big) {
+    Tensor want = Pattern({10, 1 << 20}, 3);
+    want.mutable_data()[12345] ^= std::byte{1};
+    want.mutable_data()[want.nbytes() - 1] ^= std::byte{1};
+    EXPECT_EQ(b.weights.get(), want);
+  }
   EXPECT_EQ(mine.score.get(), int64_t{1} << 40);
   EXPECT_EQ(mine.ratio.get(), 0.125);
   EXPECT_TRUE(mine.flag.get());
@@ -87,13 +117,20 @@ void EveryKindCrossesTheHub(const std::string& transports) {
   EXPECT_GT(st.bytes_recv, 17u * 33u * 4u);
   EXPECT_GE(st.packets_recv, 8u);
   EXPECT_GE(st.packets_sent, 3u);
-  EXPECT_EQ(st.updates_sent, 1u);
+  EXPECT_EQ(st.updates_sent, big ? 2u : 1u);
+  if (big) {
+    EXPECT_GE(st.deltas_recv, 1u);  // the segmented delta, applied as it came
+  }
   client.reset();
   EXPECT_EQ(hub.Stop(), 0);
 }
 
 TEST(NetBus, EveryKindCrossesTheHub) { EveryKindCrossesTheHub(""); }
 TEST(NetBus, EveryKindCrossesTheHubOverUcxTcp) { EveryKindCrossesTheHub("tcp"); }
+// No thread spins: frames leave from the writing threads and answers wake the progress thread.
+TEST(NetBus, EveryKindCrossesTheHubWithoutSpinning) {
+  EveryKindCrossesTheHub("tcp", std::chrono::nanoseconds(0));
+}
 
 TEST(NetBus, LateJoinerSeesCurrentStateAndDoesNotResetIt) {
   HubProcess hub;
