@@ -394,6 +394,28 @@ TEST(NetReconnect, SilentHubIsDetectedByKeepAliveAndWritesAreKept) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {
+  // A reader that waits in short slices (as Python's wait_for_change does, to honour
+  // Ctrl-C) polls the connection at the start of each; polling that finds nothing must not
+  // count as hearing from the hub.
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  NetOptions o = Options(hub.port());
+  o.keepalive_interval = milliseconds(100);
+  o.keepalive_timeout = milliseconds(1000);
+  auto ca = connect(o);
+  Game a(*ca);
+  a.score = 1;
+  ASSERT_EQ(kill(hub.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitFor([&] { return testing::ProcessState(hub.pid()) == 'T'; }));
+  const auto until = std::chrono::steady_clock::now() + milliseconds(3000);
+  while (std::chrono::steady_clock::now() < until) (void)a.score.wait_for_change(milliseconds(20));
+  ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
+  EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)))
+      << "the silent hub went unnoticed while the reader waited";
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 // A float32 tensor of n elements, element i = i * 0.5 + seed.
 Tensor Ramp(size_t n, float seed) {
   Tensor t(DType::kFloat32, {static_cast<int64_t>(n)});

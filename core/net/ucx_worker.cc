@@ -349,6 +349,7 @@ bool UcxWorker::TryProgress() {
   if (!drive.owns_lock() || stop_.load(kSeqCst) || !started_.load(kSeqCst)) return false;
   const bool busy = Pass();
   passed_elsewhere_ = true;
+  handled_elsewhere_ = handled_elsewhere_ || busy;
   if (busy) last_activity_ = std::chrono::steady_clock::now();
   drive.unlock();
   AfterDrivenHere(busy);
@@ -560,18 +561,26 @@ void UcxWorker::UnwatchFd(int fd) {
 }
 
 void UcxWorker::Loop() {
-  // Takes drive_mu_ without sleeping on it: a caller holds it for one send or pass.
+  // Takes drive_mu_, yielding while a caller holds it for a send or a short pass, and
+  // sleeping on it when the caller's pass is a long one (a large value to apply).
   auto take = [this] {
-    while (!drive_mu_.try_lock()) sched_yield();
+    for (int i = 0; i < 64; ++i) {
+      if (drive_mu_.try_lock()) return;
+      sched_yield();
+    }
+    drive_mu_.lock();
   };
   auto last = std::chrono::steady_clock::now();
   bool contended = false;  // the last yield showed a thread computing on this CPU
   std::vector<pollfd> fds;
   take();
   while (!stop_.load(std::memory_order_relaxed)) {
-    // While a caller makes the passes, this thread only keeps its timers and stays awake,
-    // at the cost of a yield: a pass of its own would delay the caller's on a shared CPU.
-    bool busy = std::exchange(passed_elsewhere_, false) ? true : Pass();
+    // While a caller makes the passes, this thread only keeps its timers, at the cost of a
+    // yield: a pass of its own would delay the caller's on a shared CPU. Only passes that
+    // moved something count as activity (last_activity() tells the keep-alive the peer is
+    // alive).
+    bool busy =
+        std::exchange(passed_elsewhere_, false) ? std::exchange(handled_elsewhere_, false) : Pass();
     busy = std::exchange(driven_elsewhere_, false) || busy;
     const int idle_ms = handler_->OnIdle();
     if (busy) {

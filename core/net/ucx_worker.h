@@ -183,6 +183,7 @@ class UcxWorker {
   // A caller made a pass (TryProgress) since the progress thread's last one. Guarded by
   // drive_mu_.
   bool passed_elsewhere_ = false;
+  bool handled_elsewhere_ = false;  // and one of those passes moved something
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
   std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
