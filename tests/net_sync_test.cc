@@ -365,20 +365,29 @@ TEST(NetReconnect, HubKilledAndRestartedClientsReconnectAndConverge) {
   EXPECT_EQ(hub->Stop(), 0);
 }
 
+// Options that give up on a silent hub after a second.
+NetOptions QuickKeepAlive(uint16_t port) {
+  NetOptions o = Options(port);
+  o.keepalive_interval = milliseconds(100);
+  o.keepalive_timeout = milliseconds(1000);
+  return o;
+}
+
+// The hub stops answering but its connections stay open: only keep-alives can tell.
+void Silence(const HubProcess& hub) {
+  ASSERT_EQ(kill(hub.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitFor([&] { return testing::ProcessState(hub.pid()) == 'T'; }));
+}
+
 TEST(NetReconnect, SilentHubIsDetectedByKeepAliveAndWritesAreKept) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o = Options(hub.port());
-  o.keepalive_interval = milliseconds(100);
-  o.keepalive_timeout = milliseconds(1000);
-  auto ca = connect(o);
+  auto ca = connect(QuickKeepAlive(hub.port()));
   auto cb = connect(Options(hub.port()));
   Game a(*ca), b(*cb);
   a.score = 1;
   ASSERT_TRUE(WaitFor([&] { return b.score.get() == 1; }));
-  // The hub stops answering but its connections stay open: only keep-alives can tell.
-  ASSERT_EQ(kill(hub.pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitFor([&] { return testing::ProcessState(hub.pid()) == 'T'; }));
+  ASSERT_NO_FATAL_FAILURE(Silence(hub));
   const auto t0 = std::chrono::steady_clock::now();
   a.score = 2;  // waits for an answer until the keep-alive gives up, then is kept
   const auto waited = std::chrono::steady_clock::now() - t0;
@@ -400,14 +409,10 @@ TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {
   // count as hearing from the hub.
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o = Options(hub.port());
-  o.keepalive_interval = milliseconds(100);
-  o.keepalive_timeout = milliseconds(1000);
-  auto ca = connect(o);
+  auto ca = connect(QuickKeepAlive(hub.port()));
   Game a(*ca);
   a.score = 1;
-  ASSERT_EQ(kill(hub.pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitFor([&] { return testing::ProcessState(hub.pid()) == 'T'; }));
+  ASSERT_NO_FATAL_FAILURE(Silence(hub));
   const auto until = std::chrono::steady_clock::now() + milliseconds(3000);
   while (std::chrono::steady_clock::now() < until) (void)a.score.wait_for_change(milliseconds(20));
   ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
