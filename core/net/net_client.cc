@@ -365,7 +365,8 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
   if (r.incoming->hashes.size() < r.incoming->count) return;
   Replica::Incoming done = std::move(*r.incoming);
   r.incoming.reset();
-  // Only this thread installs received values, but a local write may have come in between.
+  // Only the thread driving the worker installs received values, but a local write may have
+  // come in between.
   if (r.dirty || r.holder != done.base || m.version <= r.info.version) return;
   Install(r, std::move(done.out), 0, info, std::nullopt);
   r.segment_hashes = std::move(done.hashes);
@@ -427,7 +428,8 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     }
     st = DecodeCodecValue(decoder_, m.value, ByteSpan(*base).subspan(base_offset), base_hash, *out);
     lock.lock();
-    // Only this thread installs received values, but a local write may have come in between.
+    // Only the thread driving the worker installs received values, but a local write may have
+    // come in between.
     if (st.ok() && r.info.version == peek->frame.base_version && !r.dirty) {
       Install(r, std::move(out), 0, info, peek->frame.result_hash);
     } else if (st.ok()) {

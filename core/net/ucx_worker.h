@@ -1,5 +1,5 @@
-// The UCX layer: a ucp context + worker driven by one progress thread, endpoints with peer
-// error handling, a listener, and whole-frame active messages.
+// The UCX layer: a ucp context + worker driven by a progress thread (and by callers that find
+// it free), endpoints with peer error handling, a listener, and whole-frame active messages.
 //
 // Threading: one thread at a time drives the worker, the one holding its drive lock: the
 // progress thread, or a caller that found the worker free (RunOrPost, TryProgress), which then
@@ -13,9 +13,9 @@
 // run when CPUs are few), then arms the worker (ucp_worker_arm) and sleeps in poll() on its
 // event fd and on an eventfd that Post() rings, so an idle process costs no CPU and steady
 // traffic no wake-ups. It sleeps at once when a yield shows a thread computing on its CPU
-// (YieldQuickly): the event that wakes it then preempts that thread. A caller that sends or waits
-// drives the worker itself when it is free, so a message leaves and arrives without handing over to
-// another thread.
+// (YieldQuickly): the event that wakes it then preempts that thread. A caller that sends or
+// waits drives the worker itself when it is free, so a message leaves and arrives without
+// handing over to another thread.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -100,8 +100,8 @@ class UcxWorker {
   void Post(std::function<void()> fn);
   // Runs fn on this thread, as the progress thread, when the progress thread runs, no other
   // thread drives the worker and nothing posted is waiting (so fn keeps its place after
-  // earlier posts); else posts it. fn
-  // must not take locks that handlers take and the caller holds. Thread-safe.
+  // earlier posts); else posts it. fn must not take a lock that a handler takes while the
+  // caller holds it. Thread-safe.
   void RunOrPost(std::function<void()> fn);
   // One progress pass on this thread (posted work, UCX, watched fds) when no other thread
   // drives the worker: Handler methods may run here. Whether anything happened. The caller
