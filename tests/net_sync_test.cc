@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <thread>
 
@@ -206,6 +207,36 @@ struct WriterReader {
     return cb->WaitUntil([&] { return b->w.version() >= 1; }, Clock::now() + seconds(60));
   }
 };
+
+// Threads of this process (its /proc/self/task entries).
+size_t ThreadCount() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+TEST(NetDelta, EncodeThreadsSetsWhoEncodesTheSegments) {
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  for (const int threads : {0, 2}) {
+    HubProcess hub;
+    ASSERT_NE(hub.port(), 0);
+    NetOptions o = Options(hub.port());
+    o.encode_threads = threads;
+    auto ca = connect(o);
+    auto cb = connect(Options(hub.port()));
+    Model a(*ca), b(*cb);
+    Tensor w = Weights(kElements, 1);
+    a.w = w;  // whole: not in segments yet (the hub had no value of this shape)
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
+    const size_t before = ThreadCount();
+    Step(w, 10, 2);
+    a.w = w;  // in segments: the pool starts with `threads` threads
+    EXPECT_EQ(ThreadCount(), before + static_cast<size_t>(threads)) << threads << " threads";
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
+    EXPECT_TRUE(b.w.get() == w) << threads << " threads";
+    EXPECT_EQ(ca->stats().deltas_sent, 1u);
+  }
+}
 
 // In network mode a tensor read borrows the replica's bytes instead of copying them, and what
 // a reader holds never changes: newer versions go elsewhere, and a reader's own changes to

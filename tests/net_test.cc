@@ -314,6 +314,11 @@ TEST(NetAuth, OptionsThatWouldSpinOrGiveUpAtOnceAreRefused) {
   o = Options(1);
   o.request_timeout = std::chrono::milliseconds(0);
   EXPECT_EQ(TryConnect(o).status().code(), StatusCode::kInvalidArgument);
+  o = Options(1);
+  o.encode_threads = 65;
+  r = TryConnect(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("encode_threads"), std::string::npos);
 }
 
 TEST(NetAuth, NoHubIsUnavailableNotAHang) {

@@ -35,6 +35,7 @@ Status CheckOptions(const NetOptions& o) {
     return bad("reconnect backoff must be >= 1 ms, its maximum no less than its minimum");
   }
   if (o.max_message_bytes < 1024) return bad("max_message_bytes must be >= 1024");
+  if (o.encode_threads > 64) return bad("encode_threads must be <= 64");
   return Status::Ok();
 }
 
@@ -1048,8 +1049,9 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   hashes->clear();
   std::lock_guard<std::mutex> segments_lock(segments_mu_);
   if (parallel && !segment_pool_) {
-    segment_pool_ =
-        std::make_unique<OrderedPool>(OrderedPool::ThreadsForThisProcess(kMaxSegmentWorkers));
+    segment_pool_ = std::make_unique<OrderedPool>(
+        options_.encode_threads >= 0 ? static_cast<size_t>(options_.encode_threads)
+                                     : OrderedPool::ThreadsForThisProcess(kMaxSegmentWorkers));
   }
   OrderedPool& pool = parallel ? *segment_pool_ : serial_pool_;
   while (segment_workers_.size() < pool.workers()) {

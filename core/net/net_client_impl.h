@@ -375,8 +375,8 @@ class NetClient final : public Client, public UcxWorker::Handler {
     }
   };
   // Segmented writes: each segment is encoded by one of several workers (the writing thread
-  // and a pool's threads), each with a Coder of its own.
-  static constexpr size_t kMaxSegmentWorkers = 4;
+  // and a pool's threads, NetOptions::encode_threads), each with a Coder of its own.
+  static constexpr size_t kMaxSegmentWorkers = 4;  // the automatic choice's bound
   std::mutex segments_mu_;  // one segmented write at a time: guards the three below
   std::unique_ptr<OrderedPool> segment_pool_;  // created with the first segmented write
   OrderedPool serial_pool_{0};

@@ -52,6 +52,10 @@ struct NetOptions {
   bool reconnect = true;
   std::chrono::milliseconds reconnect_backoff_min{50};
   std::chrono::milliseconds reconnect_backoff_max{2000};
+  // Threads that encode the segments of a large tensor write beside the writing thread (each
+  // keeps ~2x a segment, 16 MiB, of buffers). Negative: one fewer than the CPUs the process
+  // may use, at most 3. Zero: the writing thread encodes alone.
+  int encode_threads = -1;
 };
 
 // Connects and authenticates to the hub. PermissionDenied when the hub rejects the token,
