@@ -13,6 +13,14 @@ if(EASYSYNC_SANITIZE)
   target_compile_options(easysync_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${_san}>)
   target_link_options(easysync_options INTERFACE ${_san})
 endif()
+if(EASYSYNC_SANITIZE_THREAD)
+  target_compile_options(easysync_options INTERFACE
+    $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=thread -fno-omit-frame-pointer>
+    # GCC: ThreadSanitizer does not model std::atomic_thread_fence (the waiters' handshake
+    # uses one); a race it hides would still show on the variables around it.
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-tsan>)
+  target_link_options(easysync_options INTERFACE -fsanitize=thread)
+endif()
 
 # easysync_add_test(NAME SOURCES src... [LIBS lib...]): one GoogleTest binary, each TEST a ctest case.
 function(easysync_add_test name)

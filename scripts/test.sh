@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: the Release build with warnings as errors, the Python
 # package (pytest, with and without torch), the same tests under AddressSanitizer +
-# UndefinedBehaviorSanitizer, and each decoder's fuzzer for a bounded time. Usage: scripts/test.sh [--quick]   (--quick: the Release build only)
+# UndefinedBehaviorSanitizer, the network layer's tests under ThreadSanitizer, and each
+# decoder's fuzzer for a bounded time.
+# Usage: scripts/test.sh [--quick]   (--quick: the Release build and the Python package only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -33,4 +35,10 @@ run_preset ci "" -DEASYSYNC_WITH_PYTHON=ON  # the bindings too, with warnings as
 python_tests
 [ "${1:-}" = "--quick" ] && exit 0
 run_preset asan
+# The network layer under ThreadSanitizer (callers and the progress thread share the UCX
+# worker), with the hub the tests start built the same way. The preset turns UCX's memory
+# hooks off: ThreadSanitizer intercepts the same calls (mmap, malloc), and the process
+# crashes with both.
+run_preset tsan "easysync-hub ucx_worker_test ordered_pool_test net_protocol_test net_test
+  net_sync_test net_robustness_test net_device_test net_udp_test net_udp_netns_test"
 run_preset fuzz "fuzz_frame_decoder fuzz_sparse_decoder fuzz_roundtrip"
