@@ -52,8 +52,9 @@ TEST(OrderedPool, AFailedTaskStopsTheRestAndNothingFromItIsHandedBack) {
   OrderedPool pool(2);
   std::atomic<size_t> started{0};
   std::vector<size_t> order;
+  constexpr size_t kTasks = 10000;  // all of them would take the workers ~0.2 s
   const Status st = pool.Run(
-      1000,
+      kTasks,
       [&](size_t i, size_t) {
         started.fetch_add(1);
         std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -67,7 +68,9 @@ TEST(OrderedPool, AFailedTaskStopsTheRestAndNothingFromItIsHandedBack) {
   EXPECT_EQ(st.message(), "task 10");
   ASSERT_EQ(order.size(), 10u);  // 0..9, in order
   for (size_t i = 0; i < order.size(); ++i) EXPECT_EQ(order[i], i);
-  EXPECT_LT(started.load(), 20u);  // the rest never started
+  // The rest never started. (How many started beside task 10 before its failure was seen
+  // depends on how long its thread was kept off a CPU: a loaded machine saw 67.)
+  EXPECT_LT(started.load(), kTasks / 2);
 }
 
 TEST(OrderedPool, AFailedHandBackStopsTheRun) {
