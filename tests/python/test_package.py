@@ -540,6 +540,34 @@ def test_network_tensor_steps_travel_as_deltas(hub):
         assert s["codec_wire_bytes"] - before < (4 << 20) // 10
 
 
+def test_connect_takes_the_spin_and_the_encoding_threads(hub):
+    # No spin, no encoding threads on one side; a long spin on the other: values still cross.
+    with connect("127.0.0.1", hub.port, token=TOKEN, spin_us=0, encode_threads=0) as c1, \
+            connect("127.0.0.1", hub.port, token=TOKEN, spin_us=500) as c2:
+        @SyncedObject(c1, name="Opts")
+        class A:
+            def __init__(self):
+                self.x = 0
+
+        @SyncedObject(c2, name="Opts")
+        class B:
+            def __init__(self):
+                self.x = 0
+
+        a, b = A(), B()
+        for v in range(1, 6):
+            a.x = v
+            for _ in range(50):
+                if b.x == v:
+                    break
+                easysync.wait_for_change(b, "x", timeout=0.2)
+            assert b.x == v
+    with pytest.raises(ValueError, match="spin_us"):
+        connect("127.0.0.1", hub.port, token=TOKEN, spin_us=-1)
+    with pytest.raises(ValueError, match="encode_threads"):
+        connect("127.0.0.1", hub.port, token=TOKEN, encode_threads=65)
+
+
 def test_import_with_torch_loaded_registers_the_extension():
     pytest.importorskip("torch")
     # pip install . with torch present builds the extension into the package.

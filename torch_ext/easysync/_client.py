@@ -113,20 +113,31 @@ def shm_connect(cluster_name: str | None = None, *, name: str | None = None,
 
 def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None,
             transports: str | None = None, timeout: float = 10.0,
-            reconnect: bool = True) -> Client:
+            reconnect: bool = True, spin_us: float | None = None,
+            encode_threads: int | None = None) -> Client:
     """Connects to an easysync-hub at host:port over UCX.
 
     ``token``: the hub's shared secret (default: the EASYSYNC_TOKEN environment variable).
     ``transports``: a UCX transport list ("tcp", "shm,tcp", "rc,ud"); default: UCX's choice.
+    ``spin_us``: how long waiting threads keep polling after the last traffic before they
+    sleep (default 50; 0: sleep at once). ``encode_threads``: threads that encode a large
+    tensor write beside the writing one (default: one fewer than the CPUs, at most 3).
     Raises ConnectionError when the hub is unreachable, PermissionError on a wrong token.
     """
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if spin_us is not None and not spin_us >= 0:
+        raise ValueError(f"spin_us must be >= 0, not {spin_us!r}")
+    if encode_threads is not None and (isinstance(encode_threads, bool)
+                                       or not isinstance(encode_threads, int)
+                                       or not 0 <= encode_threads <= 64):
+        raise ValueError(f"encode_threads must be an int in 0..64, not {encode_threads!r}")
     return _register(Client(_core.connect(
         host, port, token=token or "", transports=transports or "", timeout=float(timeout),
-        reconnect=bool(reconnect))))
+        reconnect=bool(reconnect), spin_us=-1.0 if spin_us is None else float(spin_us),
+        encode_threads=-1 if encode_threads is None else encode_threads)))
 
 
 def default_client() -> Client:

@@ -140,9 +140,11 @@ std::shared_ptr<ClientBox> ShmConnect(const std::string& name, const std::string
 
 std::shared_ptr<ClientBox> NetConnect(const std::string& host, int port, const std::string& token,
                                       const std::string& transports, double timeout_s,
-                                      bool reconnect) {
+                                      bool reconnect, double spin_us, int encode_threads) {
   if (port <= 0 || port > 65535) throw py::value_error("port must be in 1..65535");
   if (!(timeout_s > 0)) throw py::value_error("timeout must be > 0 seconds");
+  // Negative: the default (see NetOptions).
+  if (!(spin_us < 1e6)) throw py::value_error("spin_us must be below 1e6");
   NetOptions o;
   o.host = host;
   o.port = static_cast<uint16_t>(port);
@@ -151,6 +153,8 @@ std::shared_ptr<ClientBox> NetConnect(const std::string& host, int port, const s
   o.connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1e3));
   o.request_timeout = o.connect_timeout;
   o.reconnect = reconnect;
+  if (spin_us >= 0) o.spin = std::chrono::nanoseconds(static_cast<int64_t>(spin_us * 1e3));
+  o.encode_threads = encode_threads;
   Result<std::shared_ptr<Client>> r = Status::Internal("unset");
   {
     py::gil_scoped_release nogil;
@@ -293,5 +297,5 @@ PYBIND11_MODULE(_core, m) {
         py::arg("arena_bytes") = 16ull << 20, py::arg("attach_timeout") = 5.0);
   m.def("connect", &ep::NetConnect, py::arg("host") = "127.0.0.1", py::arg("port") = 5000,
         py::arg("token") = "", py::arg("transports") = "", py::arg("timeout") = 10.0,
-        py::arg("reconnect") = true);
+        py::arg("reconnect") = true, py::arg("spin_us") = -1.0, py::arg("encode_threads") = -1);
 }
