@@ -540,21 +540,26 @@ def test_network_tensor_steps_travel_as_deltas(hub):
         assert s["codec_wire_bytes"] - before < (4 << 20) // 10
 
 
+def _int_x_on_each(c1, c2, name):
+    """The synced object `name` with an int x = 0, declared through c1 and through c2."""
+    @SyncedObject(c1, name=name)
+    class A:
+        def __init__(self):
+            self.x = 0
+
+    @SyncedObject(c2, name=name)
+    class B:
+        def __init__(self):
+            self.x = 0
+
+    return A(), B()
+
+
 def test_connect_takes_the_spin_and_the_encoding_threads(hub):
     # No spin, no encoding threads on one side; a long spin on the other: values still cross.
     with connect("127.0.0.1", hub.port, token=TOKEN, spin_us=0, encode_threads=0) as c1, \
             connect("127.0.0.1", hub.port, token=TOKEN, spin_us=500) as c2:
-        @SyncedObject(c1, name="Opts")
-        class A:
-            def __init__(self):
-                self.x = 0
-
-        @SyncedObject(c2, name="Opts")
-        class B:
-            def __init__(self):
-                self.x = 0
-
-        a, b = A(), B()
+        a, b = _int_x_on_each(c1, c2, "Opts")
         for v in range(1, 6):
             a.x = v
             for _ in range(50):
@@ -740,17 +745,7 @@ def test_asking_the_version_reads_no_value(cluster):
     # version() says what a read would return without reading it: a change it reports is
     # still one to wait for, and to read.
     with shm_connect(cluster) as c1, shm_connect(cluster) as c2:
-        @SyncedObject(c1, name="Ver")
-        class A:
-            def __init__(self):
-                self.x = 0
-
-        @SyncedObject(c2, name="Ver")
-        class B:
-            def __init__(self):
-                self.x = 0
-
-        a, b = A(), B()
+        a, b = _int_x_on_each(c1, c2, "Ver")
         assert b.x == 0
         assert not easysync.wait_for_change(b, "x", timeout=0)
         a.x = 1
