@@ -36,6 +36,7 @@ void Usage(std::FILE* out) {
       "                  [--mib N (256)] [--steps DIR [--dtype NAME (bf16)]]\n"
       "                  [--python PATH (python3)] [--links loopback,10gbit,1gbit]\n"
       "                  [--hub HOST:PORT --token T] [--ucx-transports LIST (tcp)]\n"
+      "                  [--device host|cuda|host-twin] [--client-cpus N (automatic)]\n"
       "                  (default step: synthetic rl-bf16, 1.5% of elements move by 1 ULP;\n"
       "                  --steps: snapshot pairs as in codec, tiled to the size)\n"
       "  py-overhead     one-way latency of a Python attribute update between two Python\n"

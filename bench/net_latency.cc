@@ -137,7 +137,7 @@ int RunNetLatency(int argc, char** argv, int first) {
   std::printf(
       "net-latency: one-way latency of an int64 update A -> hub -> B (round trip / 2), "
       "UCX transports '%s', placement %s, client spin %lld us\n",
-      f.transports.c_str(), setup.where.name, static_cast<long long>(spin_us));
+      f.transports.c_str(), setup.where.name.c_str(), static_cast<long long>(spin_us));
   Table table(
       {"p50_us", "p99_us", "raw_ucx_p50_us", "raw_ucx_p99_us", "ratio_vs_two_raw_hops", "iters"});
   table.Row({Fixed(p50, 2), Fixed(p99, 2), Fixed(raw50, 2), Fixed(raw99, 2), Fixed(ratio, 2),

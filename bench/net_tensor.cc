@@ -89,6 +89,7 @@ struct Flags {
   std::string token;
   std::string transports = "tcp";
   std::string device = "host";  // host, cuda, host-twin: where A's tensor lives
+  int client_cpus = 0;          // > 0: CPUs for each client (ChoosePlacement)
 };
 
 bool Shaped(const std::string& link) { return link != "loopback" && link != "external"; }
@@ -521,15 +522,16 @@ bool RunLinkProcess(const Flags& f, const std::string& link, const Placement& wh
 // ---- flags and output
 
 int BadUsage(const std::string& why) {
-  std::fprintf(stderr,
-               "easysync-bench net-tensor: %s\n"
-               "usage: easysync-bench net-tensor [--json] [--reps N] [--mib N]\n"
-               "                                 [--steps DIR [--dtype NAME]] [--python PATH]\n"
-               "                                 [--links loopback,10gbit,1gbit]\n"
-               "                                 [--hub HOST:PORT --token T] "
-               "[--ucx-transports LIST]\n"
-               "                                 [--device host|cuda|host-twin]\n",
-               why.c_str());
+  std::fprintf(
+      stderr,
+      "easysync-bench net-tensor: %s\n"
+      "usage: easysync-bench net-tensor [--json] [--reps N] [--mib N]\n"
+      "                                 [--steps DIR [--dtype NAME]] [--python PATH]\n"
+      "                                 [--links loopback,10gbit,1gbit]\n"
+      "                                 [--hub HOST:PORT --token T] "
+      "[--ucx-transports LIST]\n"
+      "                                 [--device host|cuda|host-twin] [--client-cpus N]\n",
+      why.c_str());
   return 2;
 }
 
@@ -578,6 +580,9 @@ int ParseFlags(int argc, char** argv, int first, Flags* f) {
       f->token = value;
     } else if (flag == "--ucx-transports") {
       f->transports = value;
+    } else if (flag == "--client-cpus") {
+      if (!integer || n < 1 || n > 256) return BadUsage("--client-cpus needs 1..256");
+      f->client_cpus = static_cast<int>(n);
     } else if (flag == "--device") {
       if (value != "host" && value != "cuda" && value != "host-twin") {
         return BadUsage("--device needs host, cuda or host-twin");
@@ -659,7 +664,8 @@ int RunNetTensor(int argc, char** argv, int first) {
   }
   const int64_t codec_bytes = static_cast<int64_t>(Median(codec));
   const int64_t raw_bytes = static_cast<int64_t>(steps.bytes());
-  const Placement where = f.host.empty() ? ChoosePlacement() : Placement{-1, 0, -1, 0, -1, "-"};
+  const Placement where =
+      f.host.empty() ? ChoosePlacement(false, f.client_cpus) : Placement{-1, 0, -1, 0, -1, "-"};
   const std::string hub = f.host.empty() ? "own" : f.host + ":" + std::to_string(f.port);
 
   std::vector<Row> rows;
@@ -714,7 +720,7 @@ int RunNetTensor(int argc, char** argv, int first) {
       "'%s', placement %s; medians of %d\n",
       steps.label().c_str(), static_cast<long long>(f.mib),
       std::string(DTypeName(steps.dtype())).c_str(), f.device.c_str(), hub.c_str(),
-      f.transports.c_str(), where.name, f.reps);
+      f.transports.c_str(), where.name.c_str(), f.reps);
   Table table({"link", "delta_s", "full_s", "gloo_s", "delta_vs_gloo", "wire_bytes",
                "full_wire_bytes", "codec_bytes", "raw_bytes"});
   auto fixed = [](double v, int decimals) {

@@ -78,11 +78,18 @@ inline void PinToCpus(int first, int count) {
 // floating).
 struct Placement {
   int a_first, a_count, b_first, b_count, hub_first;
-  const char* name;
+  std::string name;
 };
 
-inline Placement ChoosePlacement(bool latency = false) {
+// `client_cpus` > 0 asks for that many CPUs per client (the hub gets one after them); it is
+// granted when there are that many, else the automatic choice stands.
+inline Placement ChoosePlacement(bool latency = false, int client_cpus = 0) {
   const int n = CPU_COUNT(&StartupCpus());
+  if (client_cpus > 0 && 2 * client_cpus + 1 <= n) {
+    const std::string c = std::to_string(client_cpus);
+    return {0,           client_cpus,     client_cpus,
+            client_cpus, 2 * client_cpus, "A:" + c + "cpu,B:" + c + "cpu,hub:1cpu"};
+  }
   if (n >= 5) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
   if (n >= 3) return {0, 1, 1, 1, 2, "A:1cpu,B:1cpu,hub:1cpu"};
   if (n == 2 && latency) return {0, 1, 0, 1, 1, "A+B:1cpu,hub:1cpu"};

@@ -86,7 +86,8 @@ int RunUdpLatency(int argc, char** argv, int first) {
   std::printf(
       "udp-latency: one-way latency of a double update A -> hub -> B (round trip / 2), UDP "
       "path vs reliable (UCX transports '%s'), placement %s, client spin %lld us, hub %s\n",
-      f.transports.c_str(), setup.where.name, static_cast<long long>(spin_us), hub_name.c_str());
+      f.transports.c_str(), setup.where.name.c_str(), static_cast<long long>(spin_us),
+      hub_name.c_str());
   Table table({"path", "p50_us", "p99_us", "max_us", "iters"});
   table.Row({"udp", Fixed(u.p50, 2), Fixed(u.p99, 2), Fixed(u.max, 2), std::to_string(u.n)});
   table.Row({"reliable", Fixed(r.p50, 2), Fixed(r.p99, 2), Fixed(r.max, 2), std::to_string(r.n)});
