@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "easysync/function_ref.h"
@@ -185,6 +186,10 @@ size_t FrameCacheBlocksForTests();
 
 // Whole messages, and the values replicas keep: 64-byte aligned, so a tensor value inside
 // one (at a multiple of 64 bytes from the start) can be handed out as a Tensor without a copy.
+// Growing a Frame (Frame(n), resize(n)) leaves the new bytes as they are, not zeroed: every
+// such frame is written before it is read (a decode's output, a receive, an encode cut to
+// what it wrote), and zeroing a large value first would cost a pass over it (and, on fresh
+// memory, take every page fault at once).
 template <class T>
 struct CacheLineAllocator {
   using value_type = T;
@@ -193,6 +198,14 @@ struct CacheLineAllocator {
   CacheLineAllocator(const CacheLineAllocator<U>&) {}  // NOLINT: rebinding
   T* allocate(size_t n) { return static_cast<T*>(AllocateFrameBytes(n * sizeof(T))); }
   void deallocate(T* p, size_t n) { FreeFrameBytes(p, n * sizeof(T)); }
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialized: a byte is left as it is
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
   friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
 };
 using Frame = std::vector<std::byte, CacheLineAllocator<std::byte>>;
