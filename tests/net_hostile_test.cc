@@ -303,10 +303,11 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
 
 // A real client reading attribute H.t (a tensor), and whether it holds exactly `want`.
 struct TensorReader {
-  explicit TensorReader(uint16_t port) {
+  explicit TensorReader(uint16_t port, int decode_threads = -1) {
     NetOptions o;
     o.port = port;
     o.token = testing::kTestToken;
+    o.decode_threads = decode_threads;
     client = ValueOrThrow(TryConnect(o));
     attr = ValueOrThrow(client->Declare("H", "t", ValueKind::kTensor, nullptr));
   }
@@ -464,6 +465,101 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
   bad[net::kWriteValueOffset + 20] = std::byte{1};
   p.Send(bad);
   p.ExpectRejected(net::ErrorCode::kMalformed, "a segment with reserved bytes set");
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// `base` with every 7th float from `from` on set to k (a tensor of RawFloatTensor's layout).
+std::vector<std::byte> Changed(std::vector<std::byte> base, size_t from, float k) {
+  auto* f = reinterpret_cast<float*>(base.data() + detail::kTensorHeaderBytes);
+  const size_t n = (base.size() - detail::kTensorHeaderBytes) / 4;
+  for (size_t i = from; i < n; i += 7) f[i] = k;
+  return base;
+}
+
+// Segmented writes sent back to back, each against the one before: the hub relays each
+// without waiting to apply the one before, and a reader that decodes segments on several
+// threads applies every one as a delta: the first segment of a write waits for the write
+// before to be installed (its base) instead of finding the base missing and resyncing.
+TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = size_t{1} << 20;  // 4 MiB of float32, cut in 4 segments of 1 MiB
+  constexpr size_t kSeg = size_t{1} << 20;
+  std::vector<std::vector<std::byte>> v = {testing::RawFloatTensor(kN, 1.0f)};
+  for (int k = 1; k <= 4; ++k) v.push_back(Changed(v.back(), static_cast<size_t>(k), 1.0f + k));
+  TensorReader reader(hub.port(), /*decode_threads=*/3);
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+  p.Send(CodecWrite(2, id, v[0], {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v[0]); }));
+  for (uint32_t k = 1; k < v.size(); ++k) {
+    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(2 + k, id, v[k], v[k - 1], k, i, 4, kSeg));
+  }
+  for (uint64_t k = 1; k < v.size(); ++k) {
+    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, k + 1);
+  }
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 5; }));
+  EXPECT_TRUE(reader.Holds(v[4]));
+  EXPECT_EQ(reader.client->stats().deltas_recv, 4u);
+  EXPECT_EQ(reader.client->stats().resyncs, 0u);
+  // A late joiner gets the last one whole.
+  TensorReader late(hub.port());
+  EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[4]); }));
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// A segmented write that does not verify, and one sent right after it against it: the hub
+// finds the first out once it applies it, drops the second too (its base), and publishes the
+// value it kept at a version above both, so the reader and a late joiner end with it.
+TEST(NetHostile, AWriteAfterOneThatDoesNotVerifyGoesWithIt) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = size_t{1} << 20;
+  constexpr size_t kSeg = size_t{1} << 20;
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
+  const auto v2 = Changed(v1, 1, 2.0f), v3 = Changed(v2, 2, 3.0f);
+  TensorReader reader(hub.port(), /*decode_threads=*/3);
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+  p.Send(CodecWrite(2, id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  for (uint32_t i = 0; i < 4; ++i) {
+    Frame f = SegmentWrite(3, id, v2, v1, 1, i, 4, kSeg);
+    if (i == 3) f.back() ^= std::byte{0x40};
+    p.Send(f);
+  }
+  for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(4, id, v3, v2, 2, i, 4, kSeg));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  // The second write was taken against the first (relayed before the first was applied), or
+  // refused (the hub had applied the first already, or dropped the second part way through
+  // with it); either way the hub's v1 ends on top, above every version given out.
+  std::optional<Frame> f;
+  net::MsgType type;
+  do {  // (the republished UPDATE may come first)
+    f = p.Next();
+    ASSERT_TRUE(f.has_value());
+    type = net::DecodeHeader(*f, 1u << 30)->type;
+  } while (type == net::MsgType::kUpdate);
+  if (type == net::MsgType::kWritten) {
+    EXPECT_EQ(net::DecodeWritten(net::Payload(*f))->version, 3u);
+  } else {
+    ASSERT_EQ(type, net::MsgType::kError) << net::MsgTypeName(type);
+    EXPECT_EQ(net::DecodeError(net::Payload(*f))->code, net::ErrorCode::kStaleBase);
+  }
+  TensorReader late(hub.port());
+  ASSERT_TRUE(testing::WaitFor([&] { return late.Holds(v1); }));
+  const uint64_t last = late.client->LatestVersion(late.attr);
+  EXPECT_GE(last, type == net::MsgType::kWritten ? 4u : 3u);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return reader.client->LatestVersion(reader.attr) == last && reader.Holds(v1); }));
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }

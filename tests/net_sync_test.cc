@@ -223,7 +223,9 @@ TEST(NetDelta, EncodeThreadsSetsWhoEncodesTheSegments) {
     NetOptions o = Options(hub.port());
     o.encode_threads = threads;
     auto ca = connect(o);
-    auto cb = connect(Options(hub.port()));
+    NetOptions ob = Options(hub.port());
+    ob.decode_threads = 0;  // only A's threads are counted
+    auto cb = connect(ob);
     Model a(*ca), b(*cb);
     Tensor w = Weights(kElements, 1);
     a.w = w;  // whole: not in segments yet (the hub had no value of this shape)
@@ -236,6 +238,59 @@ TEST(NetDelta, EncodeThreadsSetsWhoEncodesTheSegments) {
     EXPECT_TRUE(b.w.get() == w) << threads << " threads";
     EXPECT_EQ(ca->stats().deltas_sent, 1u);
   }
+}
+
+TEST(NetDelta, DecodeThreadsSetsWhoDecodesTheSegments) {
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  for (const int threads : {0, 3}) {
+    HubProcess hub;
+    ASSERT_NE(hub.port(), 0);
+    NetOptions oa = Options(hub.port());
+    oa.encode_threads = 0;  // only B's threads are counted
+    NetOptions ob = Options(hub.port());
+    ob.decode_threads = threads;
+    auto ca = connect(oa);
+    auto cb = connect(ob);
+    Model a(*ca), b(*cb);
+    Tensor w = Weights(kElements, 1);
+    a.w = w;  // whole: not in segments yet
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
+    const size_t before = ThreadCount();
+    Step(w, 10, 2);
+    a.w = w;  // in segments: B's decode threads start with the first
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
+    EXPECT_EQ(ThreadCount(), before + static_cast<size_t>(threads)) << threads << " threads";
+    EXPECT_TRUE(b.w.get() == w) << threads << " threads";
+    EXPECT_EQ(cb->stats().deltas_recv, 1u);
+  }
+}
+
+// Segmented deltas written back to back (none awaited by the reader): the reader decodes
+// each on several threads and takes the next one's first segment only once the one before
+// is installed (it is that one's base), so every delta applies and none needs a resync.
+TEST(NetDelta, BackToBackSegmentedDeltasAllApplyOnAReaderThatDecodesInParallel) {
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  NetOptions ob = Options(hub.port());
+  ob.decode_threads = 3;
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(ob);
+  Model a(*ca), b(*cb);
+  Tensor w = Weights(kElements, 1);
+  a.w = w;
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
+  constexpr int kWrites = 6;
+  for (int k = 0; k < kWrites; ++k) {
+    Step(w, 10, 3 + k);
+    a.w = w;
+  }
+  ASSERT_TRUE(
+      cb->WaitUntil([&] { return b.w.version() >= 1 + kWrites; }, Clock::now() + seconds(120)));
+  EXPECT_TRUE(b.w.get() == w);
+  EXPECT_EQ(cb->stats().deltas_recv, static_cast<uint64_t>(kWrites));
+  EXPECT_EQ(cb->stats().resyncs, 0u);
+  EXPECT_EQ(ca->stats().deltas_sent, static_cast<uint64_t>(kWrites));
 }
 
 // In network mode a tensor read borrows the replica's bytes instead of copying them, and what

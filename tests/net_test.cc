@@ -319,6 +319,11 @@ TEST(NetAuth, OptionsThatWouldSpinOrGiveUpAtOnceAreRefused) {
   r = TryConnect(o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("encode_threads"), std::string::npos);
+  o = Options(1);
+  o.decode_threads = 65;
+  r = TryConnect(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("decode_threads"), std::string::npos);
 }
 
 TEST(NetAuth, NoHubIsUnavailableNotAHang) {

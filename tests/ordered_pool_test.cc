@@ -1,5 +1,7 @@
 // OrderedPool: tasks on several threads, results handed back in order, failures stop the rest.
+// TaskQueue: posted tasks on several threads; none lost, none after Close.
 #include "net/ordered_pool.h"
+#include "net/task_queue.h"
 
 #include <gtest/gtest.h>
 
@@ -128,6 +130,58 @@ TEST(OrderedPool, ThreadsForThisProcessFollowTheCpusItMayUse) {
   if (cpus >= 1) {
     EXPECT_LE(OrderedPool::ThreadsForThisProcess(64), cpus - 1);
   }
+}
+
+TEST(TaskQueue, RunsEveryTaskPostedOnItsThreadsAndCloseWaitsForThem) {
+  for (size_t threads : {size_t{0}, size_t{1}, size_t{3}}) {
+    std::atomic<int> runs{0};
+    std::mutex mu;
+    std::set<size_t> workers;
+    std::set<std::thread::id> ids;
+    {
+      TaskQueue q(threads);
+      EXPECT_EQ(q.threads(), threads);
+      for (int i = 0; i < 200; ++i) {
+        q.Post([&](size_t w) {
+          if (i % 10 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+          std::lock_guard<std::mutex> lock(mu);
+          workers.insert(w);
+          ids.insert(std::this_thread::get_id());
+          runs.fetch_add(1);
+        });
+      }
+      q.Close();  // every task posted has run
+      EXPECT_EQ(runs.load(), 200) << threads << " threads";
+      // After Close a task runs at once, on the caller's thread, as worker 0.
+      std::thread::id where;
+      q.Post([&](size_t w) {
+        EXPECT_EQ(w, 0u);
+        where = std::this_thread::get_id();
+      });
+      EXPECT_EQ(where, std::this_thread::get_id());
+    }
+    EXPECT_EQ(runs.load(), 200);
+    for (size_t w : workers) EXPECT_LT(w, std::max<size_t>(threads, 1));
+    if (threads == 0) {
+      EXPECT_EQ(ids, std::set<std::thread::id>{std::this_thread::get_id()});
+    } else {
+      EXPECT_EQ(ids.count(std::this_thread::get_id()), 0u);  // none on the poster's thread
+    }
+  }
+}
+
+TEST(TaskQueue, TheDestructorRunsWhatWasPosted) {
+  std::atomic<int> runs{0};
+  {
+    TaskQueue q(2);
+    for (int i = 0; i < 50; ++i) {
+      q.Post([&](size_t) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        runs.fetch_add(1);
+      });
+    }
+  }
+  EXPECT_EQ(runs.load(), 50);
 }
 
 }  // namespace

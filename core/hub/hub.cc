@@ -134,12 +134,13 @@ int Hub::OnIdle() {
   int pending_ms = -1;  // until the next relayed delta's deadline
   if (!pending_.empty()) {
     const int64_t now = NowNanos();
-    SettleWhere([&](const PendingApply& p) {
-      return *p.sends_left <= 0 || now >= p.deadline_ns;  // its relay left, or it is late
-    });
-    for (const auto& p : pending_) {
-      const int64_t ms = (p->deadline_ns - now) / 1'000'000 + 1;
-      pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
+    if (StepPending(now)) {
+      pending_ms = 0;  // more to apply after the next pass
+    } else {
+      for (const auto& p : pending_) {
+        const int64_t ms = (p->deadline_ns - now) / 1'000'000 + 1;
+        pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
+      }
     }
   }
   const auto until = [pending_ms](int ms) {
@@ -548,7 +549,10 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     return Refuse(ep, m.request_id, net::ErrorCode::kNotFound,
                   "attribute id " + std::to_string(m.attr_id) + " was not declared by this client");
   }
-  Settle(m.attr_id);  // a delta relayed before: applied first, it is the base
+  // A delta relayed before: applied first, it is the base. A segment may go on against
+  // segmented writes not applied yet: they are applied in order, and the relay of this one
+  // does not wait for them.
+  if (!m.segment || !SegmentsMayChain(m.attr_id)) Settle(m.attr_id);
   Attr& a = attrs_[m.attr_id];
   if (m.segment) return HandleSegment(ep, peer, a, m, std::move(frame));
   a.open.reset();  // a segmented write still in progress is superseded: this one came first
@@ -611,6 +615,39 @@ void Hub::Settle(uint32_t id) {
   SettleWhere([id](const PendingApply& p) { return id == kAll || p.id == id; });
 }
 
+bool Hub::SegmentsMayChain(uint32_t id) const {
+  return std::all_of(pending_.begin(), pending_.end(),
+                     [id](const auto& p) { return p->id != id || p->segments != nullptr; });
+}
+
+Hub::Stamp Hub::Head(uint32_t id, const Attr& a) const {
+  for (auto it = pending_.rbegin(); it != pending_.rend(); ++it) {
+    if ((*it)->id == id) return (*it)->stamp;
+  }
+  return Stamp{a.version, a.clock, a.writer, a.write_ns};
+}
+
+bool Hub::StepPending(int64_t now) {
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    PendingApply& p = *pending_[i];
+    // Its relay left, or it is late; and no earlier write of the attribute waits.
+    if (*p.sends_left > 0 && now < p.deadline_ns) continue;
+    const auto earlier = pending_.begin() + static_cast<ptrdiff_t>(i);
+    if (std::any_of(pending_.begin(), earlier, [&](const auto& q) { return q->id == p.id; })) {
+      continue;
+    }
+    // A segment at a time; the last one (or a failure, which ApplyRelayed meets again) ends it.
+    if (p.segments && p.next + 1 < p.segments->count && ApplySegment(attrs_[p.id], p).ok()) {
+      return true;
+    }
+    const std::shared_ptr<PendingApply> last = std::move(pending_[i]);
+    pending_.erase(earlier);
+    ApplyRelayed(*last);
+    return true;
+  }
+  return false;
+}
+
 void Hub::SettleWhere(FunctionRef<bool(const PendingApply&)> which) {
   for (size_t i = 0; i < pending_.size();) {
     if (!which(*pending_[i])) {
@@ -634,20 +671,35 @@ std::shared_ptr<const net::Frame> Hub::WholeUpdate(uint32_t id, const Attr& a) {
       net::Encode(net::Update{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false}));
 }
 
-void Hub::ApplyRelayed(const PendingApply& p) {
+void Hub::ApplyRelayed(PendingApply& p) {
   Attr& a = attrs_[p.id];
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
-  std::vector<uint64_t> hashes;
-  Status st = p.segments ? ApplySegments(a, *p.segments, &holder, &hashes)
-                         : DecodeInto(a, p.value, p.info, &holder, &offset);
+  Status st;
+  if (p.segments) {
+    while (st.ok() && p.next < p.segments->count) st = ApplySegment(a, p);
+    holder = std::move(p.out);
+  } else {
+    st = DecodeInto(a, p.value, p.info, &holder, &offset);
+  }
   if (!st.ok()) {
     // Already relayed: its receivers drop it (it does not verify for them either). Publish
     // the value the hub kept at a newer version, so that everyone, the writer too, converges.
+    // The attribute's writes relayed after it had it as their base: they go too.
+    Stamp top = p.stamp;
+    std::erase_if(pending_, [&](const std::shared_ptr<PendingApply>& q) {
+      if (q->id != p.id) return false;
+      top = q->stamp;
+      return true;
+    });
+    if (a.open) {
+      top = a.open->stamp;
+      a.open.reset();  // its writer is refused at its next segment and sends the whole value
+    }
     Log("a delta of " + a.object + "." + a.name + " from client " + std::to_string(p.stamp.writer) +
         " did not verify after it was relayed (" + st.message() + "); republishing version " +
         std::to_string(a.version) + "'s value");
-    const Stamp again{p.stamp.version + 1, p.stamp.clock + 1, a.writer, NowNanos()};
+    const Stamp again{top.version + 1, top.clock + 1, a.writer, NowNanos()};
     a.version = again.version;
     a.clock = again.clock;
     a.write_ns = again.write_ns;
@@ -660,7 +712,7 @@ void Hub::ApplyRelayed(const PendingApply& p) {
           p.segments ? std::nullopt : std::optional<uint64_t>(p.info.frame.result_hash), ByteSpan(),
           kEveryone);
   if (!p.segments) return;
-  a.segment_hashes = std::move(hashes);
+  a.segment_hashes = std::move(p.hashes);
   if (old && old.use_count() == 1 && old != a.holder && !a.spare &&
       total_value_bytes_ + spare_bytes_ + old->size() <= options_.max_total_value_bytes) {
     spare_bytes_ += old->size();
@@ -700,10 +752,12 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
            "segment " + std::to_string(s->index) + " of " + a.object + "." + a.name + ": " + why +
                ": send the whole value");
   };
-  if ((!s->info.is_full_value() && s->info.base_version != a.version) ||
+  // Against the latest write, applied or not (the size and header are the same either way).
+  const Stamp head = Head(m.attr_id, a);
+  if ((!s->info.is_full_value() && s->info.base_version != head.version) ||
       a.value().size() != s->raw_bytes || !net::SameTensorHeader(a.value(), s->tensor_header)) {
     return stale("its base is version " + std::to_string(s->info.base_version) +
-                 " but the hub has version " + std::to_string(a.version));
+                 " but the hub has version " + std::to_string(head.version));
   }
   if (s->index == 0) {
     if (!Fits(ep, m.request_id, a, s->raw_bytes)) return;
@@ -711,7 +765,7 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
     o->ep = ep;
     o->request_id = m.request_id;
     o->count = s->count;
-    o->stamp = Stamp{a.version + 1, std::max(a.clock, m.clock) + 1, peer.id, m.write_ns};
+    o->stamp = Stamp{head.version + 1, std::max(head.clock, m.clock) + 1, peer.id, m.write_ns};
     for (ucp_ep_h sub : a.subscribers) {
       if (sub != ep && !ByUdp(sub, m.attr_id, s->raw_bytes)) o->relayed.insert(sub);
     }
@@ -739,31 +793,31 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
   pending_.push_back(std::move(p));
 }
 
-Status Hub::ApplySegments(Attr& a, const OpenSegments& o, std::shared_ptr<net::Frame>* out,
-                          std::vector<uint64_t>* hashes) {
+Status Hub::ApplySegment(Attr& a, PendingApply& p) {
+  const OpenSegments& o = *p.segments;
   // Into another buffer (the one the value before this one used, when free): a segment that
   // does not verify leaves the hub's value as it was.
   const ByteSpan base = a.value();
-  if (a.spare) spare_bytes_ -= a.spare->size();
-  std::shared_ptr<net::Frame> value = std::move(a.spare);
-  if (!value || value.use_count() != 1 || value->size() != base.size()) {
-    value = std::make_shared<net::Frame>(base.size());
+  if (!p.out) {
+    if (a.spare) spare_bytes_ -= a.spare->size();
+    p.out = std::move(a.spare);
+    if (!p.out || p.out.use_count() != 1 || p.out->size() != base.size()) {
+      p.out = std::make_shared<net::Frame>(base.size());
+    }
+    std::memcpy(p.out->data(), base.data(), detail::kTensorHeaderBytes);
+    p.known_base = a.segment_hashes.size() == o.count;
+    p.hashes.clear();
   }
-  std::memcpy(value->data(), base.data(), detail::kTensorHeaderBytes);
-  const bool known = a.segment_hashes.size() == o.count;
+  const net::SegmentInfo& s = o.segments[p.next];
   const auto* from = reinterpret_cast<const uint8_t*>(base.data()) + detail::kTensorHeaderBytes;
-  hashes->clear();
-  for (uint32_t i = 0; i < o.count; ++i) {
-    const net::SegmentInfo& s = o.segments[i];
-    auto* to = reinterpret_cast<uint8_t*>(value->data()) + detail::kTensorHeaderBytes + s.offset;
-    codec::DecodeOptions options;
-    if (known) options.known_base_hash = a.segment_hashes[i];
-    EASYSYNC_RETURN_IF_ERROR(
-        decoder_.Decode({reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size()},
-                        from + s.offset, s.bytes, {to, s.bytes}, options));
-    hashes->push_back(s.info.result_hash);
-  }
-  *out = std::move(value);
+  auto* to = reinterpret_cast<uint8_t*>(p.out->data()) + detail::kTensorHeaderBytes + s.offset;
+  codec::DecodeOptions options;
+  if (p.known_base) options.known_base_hash = a.segment_hashes[p.next];
+  EASYSYNC_RETURN_IF_ERROR(
+      decoder_.Decode({reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size()},
+                      from + s.offset, s.bytes, {to, s.bytes}, options));
+  p.hashes.push_back(s.info.result_hash);
+  ++p.next;
   return Status::Ok();
 }
 

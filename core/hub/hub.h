@@ -151,8 +151,8 @@ class Hub final : public net::UcxWorker::Handler {
   void Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
                size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value, ucp_ep_h except);
   // A segmented write in progress (net/wire_value.h, "Segments"): each segment is relayed
-  // as it comes, against the value the hub holds; all are applied together once the last
-  // came and the relays left. A write of the attribute by anyone else supersedes it.
+  // as it comes, against the latest version (Head); once the last came it is applied, a
+  // segment per pass (PendingApply). A write of the attribute by anyone else supersedes it.
   struct OpenSegments {
     ucp_ep_h ep = nullptr;
     uint32_t request_id = 0;
@@ -164,14 +164,14 @@ class Hub final : public net::UcxWorker::Handler {
     std::shared_ptr<int> sends_left = std::make_shared<int>(0);
   };
   void HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, net::Frame&& frame);
-  // Applies a segmented write's segments to a copy of the value; their hashes into *hashes.
-  Status ApplySegments(Attr& a, const OpenSegments& o, std::shared_ptr<net::Frame>* out,
-                       std::vector<uint64_t>* hashes);
 
   // A delta relayed before the hub applied it (cut-through): applied once the relay has
   // left (its sends completed), or at once when something needs the attribute's value (a
   // frame about it, a datagram) or by the deadline. The progress thread stays free to move
-  // the relay meanwhile: applying takes a pass over the whole tensor.
+  // the relay meanwhile: applying takes a pass over the whole tensor. A segmented write is
+  // applied a segment per pass (OnIdle), so that the relay of another write waits for one
+  // segment at most; the next segmented write of the attribute may be relayed before it is
+  // applied (the writes of an attribute are applied in order).
   struct PendingApply {
     uint32_t id = 0;
     Stamp stamp{};
@@ -181,19 +181,37 @@ class Hub final : public net::UcxWorker::Handler {
     std::shared_ptr<int> sends_left = std::make_shared<int>(0);  // relay sends in flight
     int64_t deadline_ns = 0;
     std::shared_ptr<OpenSegments> segments;  // a segmented write instead of write/value/info
+    // A segmented write's application so far: the buffer it goes into (null before the
+    // first segment), the next segment, the hashes of those applied, whether the base's
+    // segment hashes are known.
+    std::shared_ptr<net::Frame> out;
+    uint32_t next = 0;
+    std::vector<uint64_t> hashes;
+    bool known_base = false;
   };
   std::vector<std::shared_ptr<PendingApply>> pending_;
   // Applies the pending delta of attribute id (every one: kAll), if any.
   static constexpr uint32_t kAll = ~uint32_t{0};
   void Settle(uint32_t id);
   void SettleWhere(FunctionRef<bool(const PendingApply&)> which);
+  // Whether a segment of attribute id may be taken without applying the writes pending for
+  // it first: they are all segmented writes (none, or the same attribute's size and header).
+  bool SegmentsMayChain(uint32_t id) const;
+  // The stamp of the attribute's latest write: the last one pending, else the value's.
+  Stamp Head(uint32_t id, const Attr& a) const;
+  // Applies the next segment of p (a segmented write) into p.out.
+  Status ApplySegment(Attr& a, PendingApply& p);
+  // Applies one segment of the first pending write that may be applied now (OnIdle); true
+  // when one was.
+  bool StepPending(int64_t now);
   // Sends frame to ep, counting it in *in_flight until it completed (or failed).
   void SendCounted(ucp_ep_h ep, std::shared_ptr<const net::Frame> frame,
                    const std::shared_ptr<int>& in_flight);
   // An UPDATE with the attribute's value as the hub holds it, raw.
   static std::shared_ptr<const net::Frame> WholeUpdate(uint32_t id, const Attr& a);
-  // Applies a relayed delta; on failure publishes the hub's value anew so everyone converges.
-  void ApplyRelayed(const PendingApply& p);
+  // Applies a relayed delta (what is left of it); on failure publishes the hub's value anew
+  // so everyone converges, dropping the attribute's writes relayed after it (their base).
+  void ApplyRelayed(PendingApply& p);
   // Whether `bytes` more of values fit the hub's bound (answers the request when not).
   bool Fits(ucp_ep_h ep, uint32_t request_id, const Attr& a, size_t bytes);
   void HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m);

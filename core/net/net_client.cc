@@ -4,6 +4,9 @@
 
 #include <sched.h>
 
+#include <span>
+#include <tuple>
+
 #include "net/net_client_impl.h"
 
 namespace easysync::net {
@@ -36,6 +39,7 @@ Status CheckOptions(const NetOptions& o) {
   }
   if (o.max_message_bytes < 1024) return bad("max_message_bytes must be >= 1024");
   if (o.encode_threads > 64) return bad("encode_threads must be <= 64");
+  if (o.decode_threads > 64) return bad("decode_threads must be <= 64");
   return Status::Ok();
 }
 
@@ -75,7 +79,7 @@ Status NetClient::Connect() {
 }
 
 void NetClient::SendFrame(std::shared_ptr<const Frame> frame) {
-  if (ep_ == nullptr) return;
+  if (ep_ == nullptr || !worker_) return;  // (no worker: posted work run as it goes)
   CounterShard& c = shard();
   Count(c.bytes_sent, frame->size());
   Count(c.packets_sent, 1);
@@ -307,7 +311,27 @@ void NetClient::RequestResync(Replica& r) {
   SendFrame(std::make_shared<const Frame>(Encode(Resync{r.hub_id.load()})));
 }
 
-void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
+TaskQueue* NetClient::DecodeQueue() {
+  std::call_once(decode_once_, [this] {
+    // Automatic: every CPU the process may use, the progress thread's too (it mostly waits
+    // meanwhile), but none with one CPU.
+    const size_t cpus = OrderedPool::ThreadsForThisProcess(SIZE_MAX) + 1;
+    const size_t threads = options_.decode_threads >= 0
+                               ? static_cast<size_t>(options_.decode_threads)
+                               : (cpus > 1 ? std::min(cpus, kMaxSegmentWorkers) : 0);
+    if (threads == 0) return;  // the progress thread decodes
+    for (size_t w = 0; w < threads; ++w) decoders_.push_back(std::make_unique<codec::Decoder>());
+    decode_queue_ = std::make_unique<TaskQueue>(threads);
+  });
+  return decode_queue_.get();
+}
+
+void NetClient::AwaitDecodes(Replica& r, std::unique_lock<std::mutex>& lock) {
+  r.decoded.wait(lock, [&r] { return !r.incoming || r.incoming->in_flight == 0; });
+}
+
+void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info,
+                          std::shared_ptr<Frame> frame) {
   auto s = PeekSegmentValue(m.value);
   std::unique_lock<std::mutex> lock(r.mu);
   if (!s.ok() || r.kind != ValueKind::kTensor) {
@@ -317,6 +341,7 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
   SeeClock(m.clock);
   const bool delta = !s->info.is_full_value();
   if (s->index == 0) {
+    AwaitDecodes(r, lock);  // the update before may still be decoding: it may be the base
     r.incoming.reset();
     if (m.version <= r.info.version || r.resync_requested) return;
     if (r.dirty || r.value().size() != s->raw_bytes ||
@@ -325,11 +350,13 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
       return RequestResync(r);
     }
     Replica::Incoming in;
+    in.serial = ++r.incoming_serial;
     in.version = m.version;
     in.count = s->count;
     in.base = r.holder;
     in.base_offset = r.offset;
     if (r.segment_hashes.size() == s->count) in.base_hashes = r.segment_hashes;
+    in.hashes.assign(s->count, 0);
     if (r.spare && r.spare.use_count() == 1 && r.spare->size() == s->raw_bytes) {
       in.out = std::move(r.spare);
     } else {
@@ -340,37 +367,71 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info) {
     r.incoming = std::move(in);
   }
   if (!r.incoming || r.incoming->version != m.version || r.incoming->count != s->count ||
-      r.incoming->hashes.size() != s->index) {
+      r.incoming->received != s->index) {
     return;  // not part of the update being received (superseded, or after a failure)
   }
   // The base stays what it was at segment 0: the incoming update holds it, so it is never
   // written in place meanwhile.
-  const Replica::Incoming& in = *r.incoming;
+  Replica::Incoming& in = *r.incoming;
+  ++in.received;
   const auto* base = reinterpret_cast<const uint8_t*>(in.base->data()) + in.base_offset +
                      detail::kTensorHeaderBytes + s->offset;
   auto* out = reinterpret_cast<uint8_t*>(in.out->data()) + detail::kTensorHeaderBytes + s->offset;
   codec::DecodeOptions options;
   if (!in.base_hashes.empty()) options.known_base_hash = in.base_hashes[s->index];
-  const std::shared_ptr<Frame> keep_base = in.base, keep_out = in.out;
+  const SegmentDone done{&r, in.serial, s->index, s->info.result_hash, info};
+  const std::span<const uint8_t> wire{reinterpret_cast<const uint8_t*>(s->frame.data()),
+                                      s->frame.size()};
+  const size_t bytes = s->bytes;
+  // Held until the decode is done: the frame (wire points into it), the base and the output.
+  auto decode = [this, done, wire, base = delta ? base : nullptr, out, bytes, options,
+                 keep = std::make_tuple(std::move(frame), in.base, in.out)](codec::Decoder& decoder,
+                                                                            bool pooled) {
+    const Status st =
+        decoder.Decode(wire, base, base != nullptr ? bytes : 0, {out, bytes}, options);
+    FinishSegment(done, st, pooled);
+  };
+  if (TaskQueue* q = s->count > 1 ? DecodeQueue() : nullptr) {
+    ++in.in_flight;
+    lock.unlock();
+    q->Post([this, decode = std::move(decode)](size_t w) { decode(*decoders_[w], true); });
+    return;
+  }
   lock.unlock();
-  const Status st =
-      decoder_.Decode({reinterpret_cast<const uint8_t*>(s->frame.data()), s->frame.size()},
-                      delta ? base : nullptr, delta ? s->bytes : 0, {out, s->bytes}, options);
-  lock.lock();
-  if (!r.incoming || r.incoming->version != m.version) return;  // superseded meanwhile
+  decode(decoder_, false);
+}
+
+void NetClient::FinishSegment(const SegmentDone& d, const Status& st, bool pooled) {
+  Replica& r = *d.r;
+  std::unique_lock<std::mutex> lock(r.mu);
+  const bool current = r.incoming && r.incoming->serial == d.serial;
+  if (current && pooled) --r.incoming->in_flight;
+  if (!current) {
+    r.decoded.notify_all();
+    return;  // superseded meanwhile
+  }
   if (!st.ok()) {
     r.incoming.reset();
-    return RequestResync(r);
+    r.decoded.notify_all();
+    if (!pooled) return RequestResync(r);
+    lock.unlock();
+    // A request goes from the thread that drives the worker.
+    worker_->RunOrPost([this, &r] {
+      std::lock_guard<std::mutex> again(r.mu);
+      RequestResync(r);
+    });
+    return;
   }
-  r.incoming->hashes.push_back(s->info.result_hash);
-  if (r.incoming->hashes.size() < r.incoming->count) return;
-  Replica::Incoming done = std::move(*r.incoming);
+  Replica::Incoming& in = *r.incoming;
+  in.hashes[d.index] = d.hash;
+  if (++in.decoded < in.count) return;
+  Replica::Incoming whole = std::move(in);
   r.incoming.reset();
-  // Only the thread driving the worker installs received values, but a local write may have
-  // come in between.
-  if (r.dirty || r.holder != done.base || m.version <= r.info.version) return;
-  Install(r, std::move(done.out), 0, info, std::nullopt);
-  r.segment_hashes = std::move(done.hashes);
+  r.decoded.notify_all();
+  // A local write may have come in between.
+  if (r.dirty || r.holder != whole.base || d.info.version <= r.info.version) return;
+  Install(r, std::move(whole.out), 0, d.info, std::nullopt);
+  r.segment_hashes = std::move(whole.hashes);
   Count(shard().deltas_recv, 1);
   lock.unlock();
   Ring();
@@ -385,7 +446,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     if (Apply(r, std::move(frame), kUpdateValueOffset, info, std::nullopt)) Ring();
     return;
   }
-  if (m.segment) return OnSegment(r, m, info);
+  if (m.segment) return OnSegment(r, m, info, std::move(frame));
   CounterShard& c = shard();
   auto peek = PeekCodecValue(m.value);
   if (!peek.ok() || r.kind != ValueKind::kTensor) {
@@ -405,6 +466,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
   }
   // A delta: against exactly the replica's value, or not at all.
   std::unique_lock<std::mutex> lock(r.mu);
+  AwaitDecodes(r, lock);  // a segmented update still decoding may be the base
   if (m.version <= r.info.version) return;
   if (r.resync_requested) return;  // the whole value is on its way
   if (r.dirty || peek->frame.base_version != r.info.version ||

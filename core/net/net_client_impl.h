@@ -31,6 +31,7 @@
 #include "easysync/device_codec.h"
 #include "net/ordered_pool.h"
 #include "net/protocol.h"
+#include "net/task_queue.h"
 #include "net/ucx_worker.h"
 #include "net/udp_socket.h"
 #include "net/udp_wire.h"
@@ -58,6 +59,9 @@ class NetClient final : public Client, public UcxWorker::Handler {
   }
   ~NetClient() override {
     StopCallbacks();
+    // The decodes in flight finish (while the worker can still take what they post); a
+    // segment the progress thread hands over from here on is decoded on that thread.
+    if (decode_queue_) decode_queue_->Close();
     if (worker_) worker_->Stop();  // before reset(): the thread still uses worker_
     worker_.reset();
     for (uint32_t i = 0; i < count_.load(); ++i) delete replicas_[i].load();
@@ -129,16 +133,21 @@ class NetClient final : public Client, public UcxWorker::Handler {
     // When the value came or went in segments (wire_value.h): each segment's hash, the base
     // hashes of the next segmented write. Empty otherwise.
     std::vector<uint64_t> segment_hashes;
-    // A segmented update being received (progress thread; guarded by mu): the segments so
-    // far applied into `out` against `base`; installed after the last one.
+    // A segmented update being received (guarded by mu): its segments are decoded into
+    // `out` against `base`, on the progress thread or the decode threads (decode_queue_),
+    // and installed once the last is done.
     struct Incoming {
+      uint64_t serial = 0;  // which update this is (incoming_serial)
       uint64_t version = 0;
       uint32_t count = 0;
       std::shared_ptr<Frame> base, out;
       size_t base_offset = 0;
-      std::vector<uint64_t> base_hashes, hashes;
+      std::vector<uint64_t> base_hashes, hashes;          // hashes: by segment, as they are decoded
+      uint32_t received = 0, decoded = 0, in_flight = 0;  // in_flight: on the decode threads
     };
     std::optional<Incoming> incoming;
+    uint64_t incoming_serial = 0;
+    std::condition_variable decoded;  // a segment's decode finished (with mu)
     // Written while disconnected: info.version is provisional, the value not yet sent.
     bool dirty = false;
     bool resync_requested = false;  // a whole value was asked for; deltas wait for it
@@ -246,7 +255,19 @@ class NetClient final : public Client, public UcxWorker::Handler {
                                size_t n, uint64_t clock, int64_t now,
                                std::vector<uint64_t> base_hashes, bool parallel,
                                SegmentEncoder encode, std::vector<uint64_t>* hashes);
-  void OnSegment(Replica& r, const Update& m, const UpdateInfo& info);
+  void OnSegment(Replica& r, const Update& m, const UpdateInfo& info, std::shared_ptr<Frame> frame);
+  // One segment's decode, done: records it, and installs the update after its last segment.
+  // `pooled`: on a decode thread (not the one driving the worker).
+  struct SegmentDone {
+    Replica* r;
+    uint64_t serial;
+    uint32_t index;
+    uint64_t hash;
+    UpdateInfo info;
+  };
+  void FinishSegment(const SegmentDone& d, const Status& st, bool pooled);
+  // Waits until no segment of r's incoming update is decoding. REQUIRES: lock holds r.mu.
+  static void AwaitDecodes(Replica& r, std::unique_lock<std::mutex>& lock);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);
   // A codec WRITE of `value` (an encoded tensor value of raw_bytes before encoding), counted
@@ -381,6 +402,12 @@ class NetClient final : public Client, public UcxWorker::Handler {
   std::unique_ptr<OrderedPool> segment_pool_;  // created with the first segmented write
   OrderedPool serial_pool_{0};
   std::vector<std::unique_ptr<Coder>> segment_workers_;
+  // Segmented updates received: their segments are decoded on these threads (created with
+  // the first one, where the process may run on more than one CPU), each with a decoder.
+  std::once_flag decode_once_;
+  std::unique_ptr<TaskQueue> decode_queue_;
+  std::vector<std::unique_ptr<codec::Decoder>> decoders_;
+  TaskQueue* DecodeQueue();
 
   std::mutex encode_mu_;  // guards coder_
   Coder coder_;

@@ -56,6 +56,10 @@ struct NetOptions {
   // keeps ~2x a segment, 16 MiB, of buffers). Negative: one fewer than the CPUs the process
   // may use, at most 3. Zero: the writing thread encodes alone.
   int encode_threads = -1;
+  // Threads that decode the segments of a large tensor update as they arrive (each keeps a
+  // decoder's buffers). Negative: as many as the CPUs the process may use, at most 4 (none
+  // with one CPU). Zero: the UCX progress thread decodes them.
+  int decode_threads = -1;
 };
 
 // Connects and authenticates to the hub. PermissionDenied when the hub rejects the token,

@@ -114,7 +114,7 @@ def shm_connect(cluster_name: str | None = None, *, name: str | None = None,
 def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None,
             transports: str | None = None, timeout: float = 10.0,
             reconnect: bool = True, spin_us: float | None = None,
-            encode_threads: int | None = None) -> Client:
+            encode_threads: int | None = None, decode_threads: int | None = None) -> Client:
     """Connects to an easysync-hub at host:port over UCX.
 
     ``token``: the hub's shared secret (default: the EASYSYNC_TOKEN environment variable).
@@ -122,6 +122,8 @@ def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = No
     ``spin_us``: how long waiting threads keep polling after the last traffic before they
     sleep (default 50; 0: sleep at once). ``encode_threads``: threads that encode a large
     tensor write beside the writing one (default: one fewer than the CPUs, at most 3).
+    ``decode_threads``: threads that decode a large tensor update as it arrives (default: as
+    many as the CPUs, at most 4, none with one CPU; 0: the progress thread decodes).
     Raises ConnectionError when the hub is unreachable, PermissionError on a wrong token.
     """
     if not isinstance(host, str):
@@ -134,10 +136,15 @@ def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = No
                                        or not isinstance(encode_threads, int)
                                        or not 0 <= encode_threads <= 64):
         raise ValueError(f"encode_threads must be an int in 0..64, not {encode_threads!r}")
+    if decode_threads is not None and (isinstance(decode_threads, bool)
+                                       or not isinstance(decode_threads, int)
+                                       or not 0 <= decode_threads <= 64):
+        raise ValueError(f"decode_threads must be an int in 0..64, not {decode_threads!r}")
     return _register(Client(_core.connect(
         host, port, token=token or "", transports=transports or "", timeout=float(timeout),
         reconnect=bool(reconnect), spin_us=-1.0 if spin_us is None else float(spin_us),
-        encode_threads=-1 if encode_threads is None else encode_threads)))
+        encode_threads=-1 if encode_threads is None else encode_threads,
+        decode_threads=-1 if decode_threads is None else decode_threads)))
 
 
 def default_client() -> Client:
