@@ -802,16 +802,19 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
   }
 }
 
+Status NetClient::CheckMessageSize(const Frame& frame, std::string_view what) {
+  if (frame.size() <= MaxMessageBytes()) return Status::Ok();
+  return Status::ResourceExhausted(
+      std::string(what) + " of " + std::to_string(frame.size()) +
+      " bytes is over the message limit of " + std::to_string(MaxMessageBytes()) +
+      " (the smaller of NetOptions::max_message_bytes and the hub's --max-message-bytes)");
+}
+
 Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
                                               std::shared_ptr<const Frame> frame,
                                               std::string_view what,
                                               const std::function<Status()>& more) {
-  if (frame->size() > MaxMessageBytes()) {
-    return Status::ResourceExhausted(
-        std::string(what) + " of " + std::to_string(frame->size()) +
-        " bytes is over the message limit of " + std::to_string(MaxMessageBytes()) +
-        " (the smaller of NetOptions::max_message_bytes and the hub's --max-message-bytes)");
-  }
+  if (frame) EASYSYNC_RETURN_IF_ERROR(CheckMessageSize(*frame, what));
   std::unique_lock<std::mutex> lock(mu_);
   if (state_ == State::kFailed) return failure_;
   if (state_ != State::kReady) {
@@ -821,7 +824,9 @@ Result<NetClient::Pending> NetClient::Request(uint32_t id, Pending p,
   }
   pending_.emplace(id, std::move(p));
   // Sent from this thread when the worker is free (SendFrame takes no lock of ours).
-  worker_->RunOrPost([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
+  if (frame) {
+    worker_->RunOrPost([this, frame = std::move(frame)]() mutable { SendFrame(std::move(frame)); });
+  }
   if (more) {
     lock.unlock();
     const Status st = more();
@@ -1151,21 +1156,22 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     made[i].full = info.is_full_value();
     return Status::Ok();
   };
-  // Segment 0 carries the request; the others follow, each sent once it and those before it
-  // are made (from the writing thread when the worker is free: no hand-over per segment).
-  EASYSYNC_RETURN_IF_ERROR(segment(0, 0));
-  size_t sent = 1;
-  const std::function<Status()> rest = [&]() -> Status {
+  // Every segment, the first one too, is encoded on the workers; each is sent once it and
+  // those before it are made (from the writing thread when the worker is free: no hand-over
+  // per segment). Segment 0 carries the request: it goes once the request is registered.
+  size_t sent = 0;
+  const std::function<Status()> all = [&]() -> Status {
     return pool.Run(
-        count - 1, [&](size_t i, size_t w) { return segment(i + 1, w); },
-        [&](size_t i) {
+        count, [&](size_t i, size_t w) { return segment(i, w); },
+        [&](size_t i) -> Status {
+          EASYSYNC_RETURN_IF_ERROR(CheckMessageSize(*made[i].frame, "WRITE"));
           worker_->RunOrPost(
-              [this, f = std::move(made[i + 1].frame)]() mutable { SendFrame(std::move(f)); });
-          sent = i + 2;
+              [this, f = std::move(made[i].frame)]() mutable { SendFrame(std::move(f)); });
+          sent = i + 1;
           return Status::Ok();
         });
   };
-  Result<Pending> done = Request(request, Pending{}, std::move(made[0].frame), "WRITE", rest);
+  Result<Pending> done = Request(request, Pending{}, nullptr, "WRITE", all);
   size_t wire = 0;
   bool whole = true;  // every segment a full frame: a whole value, not a delta
   for (size_t i = 0; i < sent; ++i) {

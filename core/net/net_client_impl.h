@@ -224,10 +224,12 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void SendFrame(std::shared_ptr<const Frame> frame);
   // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
   // Pending::lost when the connection is down or went down before the answer. `more`
-  // (optional) runs once the frame is on its way, on this thread, to send the frames that
-  // follow it (a segmented write's).
+  // (optional) runs once the request is registered and `frame` on its way, on this thread, to
+  // send the frames that follow it, or (frame null) every frame of it (a segmented write's).
   Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
                           std::string_view what, const std::function<Status()>& more = {});
+  // ResourceExhausted (naming `what`) when frame is over the message limit.
+  Status CheckMessageSize(const Frame& frame, std::string_view what);
   uint32_t NextRequest() {
     std::lock_guard<std::mutex> lock(mu_);
     return next_request_++;
