@@ -142,7 +142,7 @@ TEST(TaskQueue, RunsEveryTaskPostedOnItsThreadsAndCloseWaitsForThem) {
       TaskQueue q(threads);
       EXPECT_EQ(q.threads(), threads);
       for (int i = 0; i < 200; ++i) {
-        q.Post([&](size_t w) {
+        q.Post([&, i](size_t w) {
           if (i % 10 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
           std::lock_guard<std::mutex> lock(mu);
           workers.insert(w);
