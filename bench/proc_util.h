@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -69,8 +70,10 @@ inline void PinToCpus(int first, int count) {
 }
 
 // Where the network suites' three processes run (CPU indices into StartupCpus()). Each client
-// has two busy threads (the caller and the UCX progress thread), so a client gets two CPUs
-// when there are enough; with one nothing is pinned. With two CPUs the throughput suite
+// has two busy threads (the caller and the UCX progress thread), so in the latency suites a
+// client gets two CPUs when there are enough; in the throughput suite (net-tensor) it gets
+// up to 6, for the threads that encode (writer) or decode (reader) a large tensor's
+// segments; with one CPU nothing is pinned. With two CPUs the throughput suite
 // (net-tensor) gives each client one, where it encodes or decodes while the hub floats over
 // both; the latency suites (`latency`) give the hub one of its own and let the clients share
 // the other: a ping-pong has work for one client at a time, while every message passes the
@@ -90,7 +93,13 @@ inline Placement ChoosePlacement(bool latency = false, int client_cpus = 0) {
     return {0,           client_cpus,     client_cpus,
             client_cpus, 2 * client_cpus, "A:" + c + "cpu,B:" + c + "cpu,hub:1cpu"};
   }
-  if (n >= 5) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
+  if (n >= 5 && latency) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
+  if (n >= 5) {
+    // Throughput: each client's coding threads (up to 4 besides the caller) get CPUs too.
+    const int c = std::min(6, (n - 1) / 2);
+    const std::string k = std::to_string(c);
+    return {0, c, c, c, 2 * c, "A:" + k + "cpu,B:" + k + "cpu,hub:1cpu"};
+  }
   if (n >= 3) return {0, 1, 1, 1, 2, "A:1cpu,B:1cpu,hub:1cpu"};
   if (n == 2 && latency) return {0, 1, 0, 1, 1, "A+B:1cpu,hub:1cpu"};
   if (n == 2) return {0, 1, 1, 1, -1, "A:1cpu,B:1cpu,hub:shared"};
