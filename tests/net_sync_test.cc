@@ -215,16 +215,18 @@ size_t ThreadCount() {
   return n;
 }
 
-TEST(NetDelta, EncodeThreadsSetsWhoEncodesTheSegments) {
+// The writer's pool starts with encode_threads threads at its first segmented write, the
+// reader's decode threads with the first segmented update it receives.
+TEST(NetDelta, CodingThreadsSetWhoEncodesAndDecodesTheSegments) {
   constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
-  for (const int threads : {0, 2}) {
+  for (const auto& [encode, decode] : {std::pair{0, 0}, std::pair{2, 0}, std::pair{0, 3}}) {
     HubProcess hub;
     ASSERT_NE(hub.port(), 0);
-    NetOptions o = Options(hub.port());
-    o.encode_threads = threads;
-    auto ca = connect(o);
+    NetOptions oa = Options(hub.port());
+    oa.encode_threads = encode;
     NetOptions ob = Options(hub.port());
-    ob.decode_threads = 0;  // only A's threads are counted
+    ob.decode_threads = decode;
+    auto ca = connect(oa);
     auto cb = connect(ob);
     Model a(*ca), b(*cb);
     Tensor w = Weights(kElements, 1);
@@ -232,36 +234,13 @@ TEST(NetDelta, EncodeThreadsSetsWhoEncodesTheSegments) {
     ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
     const size_t before = ThreadCount();
     Step(w, 10, 2);
-    a.w = w;  // in segments: the pool starts with `threads` threads
-    EXPECT_EQ(ThreadCount(), before + static_cast<size_t>(threads)) << threads << " threads";
+    a.w = w;  // in segments
     ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
-    EXPECT_TRUE(b.w.get() == w) << threads << " threads";
-    EXPECT_EQ(ca->stats().deltas_sent, 1u);
-  }
-}
-
-TEST(NetDelta, DecodeThreadsSetsWhoDecodesTheSegments) {
-  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
-  for (const int threads : {0, 3}) {
-    HubProcess hub;
-    ASSERT_NE(hub.port(), 0);
-    NetOptions oa = Options(hub.port());
-    oa.encode_threads = 0;  // only B's threads are counted
-    NetOptions ob = Options(hub.port());
-    ob.decode_threads = threads;
-    auto ca = connect(oa);
-    auto cb = connect(ob);
-    Model a(*ca), b(*cb);
-    Tensor w = Weights(kElements, 1);
-    a.w = w;  // whole: not in segments yet
-    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
-    const size_t before = ThreadCount();
-    Step(w, 10, 2);
-    a.w = w;  // in segments: B's decode threads start with the first
-    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
-    EXPECT_EQ(ThreadCount(), before + static_cast<size_t>(threads)) << threads << " threads";
-    EXPECT_TRUE(b.w.get() == w) << threads << " threads";
-    EXPECT_EQ(cb->stats().deltas_recv, 1u);
+    const std::string which = std::to_string(encode) + " + " + std::to_string(decode);
+    EXPECT_EQ(ThreadCount(), before + static_cast<size_t>(encode + decode)) << which;
+    EXPECT_TRUE(b.w.get() == w) << which;
+    EXPECT_EQ(ca->stats().deltas_sent, 1u) << which;
+    EXPECT_EQ(cb->stats().deltas_recv, 1u) << which;
   }
 }
 
