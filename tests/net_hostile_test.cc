@@ -513,6 +513,42 @@ TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// A segmented write cut off half way by the writer's next one: the reader drops what it was
+// decoding of the first (its decode threads may still be at it when the next one's first
+// segment comes) and applies the second.
+TEST(NetHostile, AWriteCutOffHalfWayGivesWayToTheNext) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  constexpr size_t kN = size_t{1} << 20;
+  constexpr size_t kSeg = size_t{1} << 20;
+  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
+  const auto v2 = Changed(v1, 1, 2.0f), v3 = Changed(v1, 2, 3.0f);
+  TensorReader reader(hub.port(), /*decode_threads=*/3);
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+  p.Send(CodecWrite(2, id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  for (int round = 0; round < 20; ++round) {
+    const uint64_t base = 1 + static_cast<uint64_t>(round);
+    const auto& from = round % 2 == 0 ? v1 : v3;
+    const auto& to = round % 2 == 0 ? v3 : v1;
+    const uint32_t cut = 10 + 2 * static_cast<uint32_t>(round);
+    for (uint32_t i = 0; i < 3; ++i) p.Send(SegmentWrite(cut, id, v2, from, base, i, 4, kSeg));
+    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(cut + 1, id, to, from, base, i, 4, kSeg));
+    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, base + 1);
+    ASSERT_TRUE(testing::WaitFor([&] {
+      return reader.client->LatestVersion(reader.attr) == base + 1 && reader.Holds(to);
+    })) << "round "
+        << round;
+  }
+  EXPECT_EQ(reader.client->stats().resyncs, 0u);
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 // A segmented write that does not verify, and one sent right after it against it: the hub
 // finds the first out once it applies it, drops the second too (its base), and publishes the
 // value it kept at a version above both, so the reader and a late joiner end with it.

@@ -405,7 +405,9 @@ void NetClient::FinishSegment(const SegmentDone& d, const Status& st, bool poole
   Replica& r = *d.r;
   std::unique_lock<std::mutex> lock(r.mu);
   const bool current = r.incoming && r.incoming->serial == d.serial;
-  if (current && pooled) --r.incoming->in_flight;
+  if (current && pooled && --r.incoming->in_flight == 0) {
+    r.decoded.notify_all();  // AwaitDecodes may wait for this one (a later update has come)
+  }
   if (!current) {
     r.decoded.notify_all();
     return;  // superseded meanwhile
