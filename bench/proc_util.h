@@ -88,19 +88,12 @@ struct Placement {
 // granted when there are that many, else the automatic choice stands.
 inline Placement ChoosePlacement(bool latency = false, int client_cpus = 0) {
   const int n = CPU_COUNT(&StartupCpus());
-  if (client_cpus > 0 && 2 * client_cpus + 1 <= n) {
-    const std::string c = std::to_string(client_cpus);
-    return {0,           client_cpus,     client_cpus,
-            client_cpus, 2 * client_cpus, "A:" + c + "cpu,B:" + c + "cpu,hub:1cpu"};
-  }
-  if (n >= 5 && latency) return {0, 2, 2, 2, 4, "A:2cpu,B:2cpu,hub:1cpu"};
-  if (n >= 5) {
-    // Throughput: each client's coding threads (up to 4 besides the caller) get CPUs too.
-    const int c = std::min(6, (n - 1) / 2);
+  const auto apart = [](int c) {  // c CPUs per client, the hub on the next one
     const std::string k = std::to_string(c);
-    return {0, c, c, c, 2 * c, "A:" + k + "cpu,B:" + k + "cpu,hub:1cpu"};
-  }
-  if (n >= 3) return {0, 1, 1, 1, 2, "A:1cpu,B:1cpu,hub:1cpu"};
+    return Placement{0, c, c, c, 2 * c, "A:" + k + "cpu,B:" + k + "cpu,hub:1cpu"};
+  };
+  if (client_cpus > 0 && 2 * client_cpus + 1 <= n) return apart(client_cpus);
+  if (n >= 3) return apart(n < 5 ? 1 : latency ? 2 : std::min(6, (n - 1) / 2));
   if (n == 2 && latency) return {0, 1, 0, 1, 1, "A+B:1cpu,hub:1cpu"};
   if (n == 2) return {0, 1, 1, 1, -1, "A:1cpu,B:1cpu,hub:shared"};
   return {-1, 0, -1, 0, -1, "unpinned"};
