@@ -55,6 +55,8 @@ class RawPeer : public net::UcxWorker::Handler {
     frames_.pop_front();
     return f;
   }
+  // Stops taking anything from the hub (its progress thread ends): a stalled peer.
+  void Pause() { worker_->Stop(); }
   bool WaitDropped(milliseconds timeout = milliseconds(20000)) {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, timeout, [&] { return error_; });
@@ -510,6 +512,57 @@ TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
   TensorReader late(hub.port());
   EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[4]); }));
   ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// Segmented writes back to back while a subscriber takes nothing: their relays to it do not
+// complete, so the hub's applies wait; it keeps at most a few writes of the attribute waiting
+// (applying the oldest when more come), and the reader and a late joiner end with the last.
+TEST(NetHostile, WritesPastAStalledSubscriberAllArrive) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  // 16 MiB of random floats in 4 segments: each write's relay is 16 MiB that the stalled
+  // subscriber never takes, more than the sockets between them hold.
+  constexpr size_t kN = size_t{4} << 20;
+  constexpr size_t kSeg = size_t{4} << 20;
+  std::vector<std::vector<std::byte>> v;
+  for (int k = 0; k <= 6; ++k) {
+    v.push_back(testing::RawFloatTensor(kN, 0.0f));
+    auto* f = reinterpret_cast<uint32_t*>(v.back().data() + detail::kTensorHeaderBytes);
+    uint64_t x = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(k + 1);
+    for (size_t i = 0; i < kN; ++i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      f[i] = static_cast<uint32_t>(x) & 0x3FFFFFFFu;  // finite floats
+    }
+  }
+  TensorReader reader(hub.port(), /*decode_threads=*/3);
+  auto stalled = std::make_unique<RawPeer>(hub.port());
+  Login(*stalled);
+  stalled->Send(
+      net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  Expect(*stalled, net::MsgType::kDeclared, &net::DecodeDeclared);
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+  p.Send(CodecWrite(2, id, v[0], {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v[0]); }));
+  stalled->Pause();
+  for (uint32_t k = 1; k < v.size(); ++k) {
+    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(2 + k, id, v[k], v[k - 1], k, i, 4, kSeg));
+  }
+  for (uint64_t k = 1; k < v.size(); ++k) {
+    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, k + 1);
+  }
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 7; }));
+  EXPECT_TRUE(reader.Holds(v[6]));
+  EXPECT_EQ(reader.client->stats().resyncs, 0u);
+  TensorReader late(hub.port());
+  EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[6]); }));
+  EXPECT_EQ(late.client->LatestVersion(late.attr), 7u);
+  ExpectServes(hub.port());
+  stalled.reset();  // gone before the hub stops
   EXPECT_EQ(hub.Stop(), 0);
 }
 

@@ -5,6 +5,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 
@@ -29,6 +30,7 @@ constexpr int64_t kNsPerByte = 10;                  // ... from a floor of 10 ns
 constexpr int64_t kAckDelayNs = 10'000'000;         // ACKs of datagram writes wait this long
 // A relayed delta is applied by then even if its relay has not left (a stalled subscriber).
 constexpr int64_t kApplyDeadlineNs = 1'000'000'000;
+constexpr size_t kMaxChained = 2;  // writes of one attribute relayed and not yet applied
 
 // The first wait before a UDP value goes again: more for a value that takes longer to send.
 int64_t ResendFloorNs(size_t value_bytes) {
@@ -552,7 +554,21 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   // A delta relayed before: applied first, it is the base. A segment may go on against
   // segmented writes not applied yet: they are applied in order, and the relay of this one
   // does not wait for them.
-  if (!m.segment || !SegmentsMayChain(m.attr_id)) Settle(m.attr_id);
+  if (!m.segment || !SegmentsMayChain(m.attr_id)) {
+    Settle(m.attr_id);
+  } else {
+    // At most kMaxChained writes of an attribute wait to be applied: a writer faster than the
+    // hub's apply makes the hub hold no more than that many writes' frames.
+    size_t waiting = static_cast<size_t>(std::count_if(
+        pending_.begin(), pending_.end(), [&](const auto& p) { return p->id == m.attr_id; }));
+    if (waiting >= kMaxChained) {
+      SettleWhere([&](const PendingApply& p) {
+        if (p.id != m.attr_id || waiting < kMaxChained) return false;
+        --waiting;
+        return true;
+      });
+    }
+  }
   Attr& a = attrs_[m.attr_id];
   if (m.segment) return HandleSegment(ep, peer, a, m, std::move(frame));
   a.open.reset();  // a segmented write still in progress is superseded: this one came first
