@@ -518,6 +518,8 @@ TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
 // Segmented writes back to back while a subscriber takes nothing: their relays to it do not
 // complete, so the hub's applies wait; it keeps at most a few writes of the attribute waiting
 // (applying the oldest when more come), and the reader and a late joiner end with the last.
+// The hub then stops cleanly with that subscriber still stalled (it aborted in UCX once: its
+// endpoints were closed with a flush that the stalled peer never let finish).
 TEST(NetHostile, WritesPastAStalledSubscriberAllArrive) {
   testing::HubProcess hub;
   ASSERT_NE(hub.port(), 0);
@@ -562,7 +564,6 @@ TEST(NetHostile, WritesPastAStalledSubscriberAllArrive) {
   EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[6]); }));
   EXPECT_EQ(late.client->LatestVersion(late.attr), 7u);
   ExpectServes(hub.port());
-  stalled.reset();  // gone before the hub stops
   EXPECT_EQ(hub.Stop(), 0);
 }
 
