@@ -471,6 +471,55 @@ TEST(NetHostile, SegmentedWritesCountOnlyWhole) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// A hub, a raw writer that declared H.t and wrote `first` whole (version 1), and a real
+// reader of H.t that decodes segments on 3 threads and holds `first`.
+constexpr size_t kFloats = size_t{1} << 20;    // the tests below: 4 MiB of float32 ...
+constexpr size_t kSegBytes = size_t{1} << 20;  // ... cut in 4 segments of 1 MiB
+
+struct WriterAndReader {
+  testing::HubProcess hub;
+  TensorReader reader{hub.port(), /*decode_threads=*/3};
+  RawPeer p{hub.port()};
+  uint32_t id = 0;
+
+  void Start(const std::vector<std::byte>& first) {
+    Login(p);
+    p.Send(
+        net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+    id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+    p.Send(CodecWrite(2, id, first, {}, 0));
+    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+    ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(first); }));
+  }
+
+  // Writes v[1], v[2], ... back to back, each in 4 segments of `seg` bytes against the one
+  // before (v[0] is the value at version 1); the reader ends with the last as deltas, and a
+  // late joiner gets it too.
+  // The hub still serves, and stops cleanly.
+  void Finish() {
+    ExpectServes(hub.port());
+    EXPECT_EQ(hub.Stop(), 0);
+  }
+
+  void WriteInTurn(const std::vector<std::vector<std::byte>>& v, size_t seg) {
+    for (uint32_t k = 1; k < v.size(); ++k) {
+      for (uint32_t i = 0; i < 4; ++i)
+        p.Send(SegmentWrite(2 + k, id, v[k], v[k - 1], k, i, 4, seg));
+    }
+    for (uint64_t k = 1; k < v.size(); ++k) {
+      EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, k + 1);
+    }
+    const uint64_t last = v.size();
+    EXPECT_TRUE(
+        testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == last; }));
+    EXPECT_TRUE(reader.Holds(v.back()));
+    EXPECT_EQ(reader.client->stats().resyncs, 0u);
+    TensorReader late(hub.port());
+    EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v.back()); }));
+    EXPECT_EQ(late.client->LatestVersion(late.attr), last);
+  }
+};
+
 // `base` with every 7th float from `from` on set to k (a tensor of RawFloatTensor's layout).
 std::vector<std::byte> Changed(std::vector<std::byte> base, size_t from, float k) {
   auto* f = reinterpret_cast<float*>(base.data() + detail::kTensorHeaderBytes);
@@ -484,35 +533,13 @@ std::vector<std::byte> Changed(std::vector<std::byte> base, size_t from, float k
 // threads applies every one as a delta: the first segment of a write waits for the write
 // before to be installed (its base) instead of finding the base missing and resyncing.
 TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
-  testing::HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
-  constexpr size_t kN = size_t{1} << 20;  // 4 MiB of float32, cut in 4 segments of 1 MiB
-  constexpr size_t kSeg = size_t{1} << 20;
-  std::vector<std::vector<std::byte>> v = {testing::RawFloatTensor(kN, 1.0f)};
+  WriterAndReader s;
+  std::vector<std::vector<std::byte>> v = {testing::RawFloatTensor(kFloats, 1.0f)};
   for (int k = 1; k <= 4; ++k) v.push_back(Changed(v.back(), static_cast<size_t>(k), 1.0f + k));
-  TensorReader reader(hub.port(), /*decode_threads=*/3);
-  RawPeer p(hub.port());
-  Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
-  p.Send(CodecWrite(2, id, v[0], {}, 0));
-  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
-  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v[0]); }));
-  for (uint32_t k = 1; k < v.size(); ++k) {
-    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(2 + k, id, v[k], v[k - 1], k, i, 4, kSeg));
-  }
-  for (uint64_t k = 1; k < v.size(); ++k) {
-    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, k + 1);
-  }
-  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 5; }));
-  EXPECT_TRUE(reader.Holds(v[4]));
-  EXPECT_EQ(reader.client->stats().deltas_recv, 4u);
-  EXPECT_EQ(reader.client->stats().resyncs, 0u);
-  // A late joiner gets the last one whole.
-  TensorReader late(hub.port());
-  EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[4]); }));
-  ExpectServes(hub.port());
-  EXPECT_EQ(hub.Stop(), 0);
+  ASSERT_NO_FATAL_FAILURE(s.Start(v[0]));
+  ASSERT_NO_FATAL_FAILURE(s.WriteInTurn(v, kSegBytes));
+  EXPECT_EQ(s.reader.client->stats().deltas_recv, 4u);
+  s.Finish();
 }
 
 // Segmented writes back to back while a subscriber takes nothing: their relays to it do not
@@ -521,120 +548,81 @@ TEST(NetHostile, BackToBackSegmentedWritesAllApplyAsDeltas) {
 // The hub then stops cleanly with that subscriber still stalled (it aborted in UCX once: its
 // endpoints were closed with a flush that the stalled peer never let finish).
 TEST(NetHostile, WritesPastAStalledSubscriberAllArrive) {
-  testing::HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
+  WriterAndReader s;
   // 16 MiB of random floats in 4 segments: each write's relay is 16 MiB that the stalled
   // subscriber never takes, more than the sockets between them hold.
-  constexpr size_t kN = size_t{4} << 20;
-  constexpr size_t kSeg = size_t{4} << 20;
+  constexpr size_t kBigN = size_t{4} << 20;
+  constexpr size_t kBigSeg = size_t{4} << 20;
   std::vector<std::vector<std::byte>> v;
   for (int k = 0; k <= 6; ++k) {
-    v.push_back(testing::RawFloatTensor(kN, 0.0f));
+    v.push_back(testing::RawFloatTensor(kBigN, 0.0f));
     auto* f = reinterpret_cast<uint32_t*>(v.back().data() + detail::kTensorHeaderBytes);
     uint64_t x = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(k + 1);
-    for (size_t i = 0; i < kN; ++i) {
+    for (size_t i = 0; i < kBigN; ++i) {
       x ^= x << 13, x ^= x >> 7, x ^= x << 17;
       f[i] = static_cast<uint32_t>(x) & 0x3FFFFFFFu;  // finite floats
     }
   }
-  TensorReader reader(hub.port(), /*decode_threads=*/3);
-  auto stalled = std::make_unique<RawPeer>(hub.port());
+  ASSERT_NO_FATAL_FAILURE(s.Start(v[0]));
+  auto stalled = std::make_unique<RawPeer>(s.hub.port());
   Login(*stalled);
   stalled->Send(
       net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
   Expect(*stalled, net::MsgType::kDeclared, &net::DecodeDeclared);
-  RawPeer p(hub.port());
-  Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
-  p.Send(CodecWrite(2, id, v[0], {}, 0));
-  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
-  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v[0]); }));
   stalled->Pause();
-  for (uint32_t k = 1; k < v.size(); ++k) {
-    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(2 + k, id, v[k], v[k - 1], k, i, 4, kSeg));
-  }
-  for (uint64_t k = 1; k < v.size(); ++k) {
-    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, k + 1);
-  }
-  EXPECT_TRUE(testing::WaitFor([&] { return reader.client->LatestVersion(reader.attr) == 7; }));
-  EXPECT_TRUE(reader.Holds(v[6]));
-  EXPECT_EQ(reader.client->stats().resyncs, 0u);
-  TensorReader late(hub.port());
-  EXPECT_TRUE(testing::WaitFor([&] { return late.Holds(v[6]); }));
-  EXPECT_EQ(late.client->LatestVersion(late.attr), 7u);
-  ExpectServes(hub.port());
-  EXPECT_EQ(hub.Stop(), 0);
+  ASSERT_NO_FATAL_FAILURE(s.WriteInTurn(v, kBigSeg));
+  s.Finish();
 }
 
 // A segmented write cut off half way by the writer's next one: the reader drops what it was
 // decoding of the first (its decode threads may still be at it when the next one's first
 // segment comes) and applies the second.
 TEST(NetHostile, AWriteCutOffHalfWayGivesWayToTheNext) {
-  testing::HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
-  constexpr size_t kN = size_t{1} << 20;
-  constexpr size_t kSeg = size_t{1} << 20;
-  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
+  WriterAndReader s;
+  const auto v1 = testing::RawFloatTensor(kFloats, 1.0f);
   const auto v2 = Changed(v1, 1, 2.0f), v3 = Changed(v1, 2, 3.0f);
-  TensorReader reader(hub.port(), /*decode_threads=*/3);
-  RawPeer p(hub.port());
-  Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
-  p.Send(CodecWrite(2, id, v1, {}, 0));
-  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
-  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  ASSERT_NO_FATAL_FAILURE(s.Start(v1));
   for (int round = 0; round < 20; ++round) {
     const uint64_t base = 1 + static_cast<uint64_t>(round);
     const auto& from = round % 2 == 0 ? v1 : v3;
     const auto& to = round % 2 == 0 ? v3 : v1;
     const uint32_t cut = 10 + 2 * static_cast<uint32_t>(round);
-    for (uint32_t i = 0; i < 3; ++i) p.Send(SegmentWrite(cut, id, v2, from, base, i, 4, kSeg));
-    for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(cut + 1, id, to, from, base, i, 4, kSeg));
-    EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, base + 1);
+    for (uint32_t i = 0; i < 3; ++i)
+      s.p.Send(SegmentWrite(cut, s.id, v2, from, base, i, 4, kSegBytes));
+    for (uint32_t i = 0; i < 4; ++i)
+      s.p.Send(SegmentWrite(cut + 1, s.id, to, from, base, i, 4, kSegBytes));
+    EXPECT_EQ(Expect(s.p, net::MsgType::kWritten, &net::DecodeWritten).version, base + 1);
     ASSERT_TRUE(testing::WaitFor([&] {
-      return reader.client->LatestVersion(reader.attr) == base + 1 && reader.Holds(to);
+      return s.reader.client->LatestVersion(s.reader.attr) == base + 1 && s.reader.Holds(to);
     })) << "round "
         << round;
   }
-  EXPECT_EQ(reader.client->stats().resyncs, 0u);
-  ExpectServes(hub.port());
-  EXPECT_EQ(hub.Stop(), 0);
+  EXPECT_EQ(s.reader.client->stats().resyncs, 0u);
+  s.Finish();
 }
 
 // A segmented write that does not verify, and one sent right after it against it: the hub
 // finds the first out once it applies it, drops the second too (its base), and publishes the
 // value it kept at a version above both, so the reader and a late joiner end with it.
 TEST(NetHostile, AWriteAfterOneThatDoesNotVerifyGoesWithIt) {
-  testing::HubProcess hub;
-  ASSERT_NE(hub.port(), 0);
-  constexpr size_t kN = size_t{1} << 20;
-  constexpr size_t kSeg = size_t{1} << 20;
-  const auto v1 = testing::RawFloatTensor(kN, 1.0f);
+  WriterAndReader s;
+  const auto v1 = testing::RawFloatTensor(kFloats, 1.0f);
   const auto v2 = Changed(v1, 1, 2.0f), v3 = Changed(v2, 2, 3.0f);
-  TensorReader reader(hub.port(), /*decode_threads=*/3);
-  RawPeer p(hub.port());
-  Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const uint32_t id = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
-  p.Send(CodecWrite(2, id, v1, {}, 0));
-  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
-  ASSERT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  ASSERT_NO_FATAL_FAILURE(s.Start(v1));
   for (uint32_t i = 0; i < 4; ++i) {
-    Frame f = SegmentWrite(3, id, v2, v1, 1, i, 4, kSeg);
+    Frame f = SegmentWrite(3, s.id, v2, v1, 1, i, 4, kSegBytes);
     if (i == 3) f.back() ^= std::byte{0x40};
-    p.Send(f);
+    s.p.Send(f);
   }
-  for (uint32_t i = 0; i < 4; ++i) p.Send(SegmentWrite(4, id, v3, v2, 2, i, 4, kSeg));
-  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  for (uint32_t i = 0; i < 4; ++i) s.p.Send(SegmentWrite(4, s.id, v3, v2, 2, i, 4, kSegBytes));
+  EXPECT_EQ(Expect(s.p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
   // The second write was taken against the first (relayed before the first was applied), or
   // refused (the hub had applied the first already, or dropped the second part way through
   // with it); either way the hub's v1 ends on top, above every version given out.
   std::optional<Frame> f;
   net::MsgType type;
   do {  // (the republished UPDATE may come first)
-    f = p.Next();
+    f = s.p.Next();
     ASSERT_TRUE(f.has_value());
     type = net::DecodeHeader(*f, 1u << 30)->type;
   } while (type == net::MsgType::kUpdate);
@@ -644,14 +632,13 @@ TEST(NetHostile, AWriteAfterOneThatDoesNotVerifyGoesWithIt) {
     ASSERT_EQ(type, net::MsgType::kError) << net::MsgTypeName(type);
     EXPECT_EQ(net::DecodeError(net::Payload(*f))->code, net::ErrorCode::kStaleBase);
   }
-  TensorReader late(hub.port());
+  TensorReader late(s.hub.port());
   ASSERT_TRUE(testing::WaitFor([&] { return late.Holds(v1); }));
   const uint64_t last = late.client->LatestVersion(late.attr);
   EXPECT_GE(last, type == net::MsgType::kWritten ? 4u : 3u);
   EXPECT_TRUE(testing::WaitFor(
-      [&] { return reader.client->LatestVersion(reader.attr) == last && reader.Holds(v1); }));
-  ExpectServes(hub.port());
-  EXPECT_EQ(hub.Stop(), 0);
+      [&] { return s.reader.client->LatestVersion(s.reader.attr) == last && s.reader.Holds(v1); }));
+  s.Finish();
 }
 
 TEST(NetHostile, PeerThatNeverAuthenticatesIsDropped) {
