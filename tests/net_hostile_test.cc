@@ -84,7 +84,7 @@ class RawPeer : public net::UcxWorker::Handler {
   void OnOversize(ucp_ep_h, size_t) override {}
   void OnEndpointError(ucp_ep_h ep, ucs_status_t) override {
     closed_ = true;
-    worker_->Close(ep, /*flush=*/false);
+    worker_->Close(ep);
     std::lock_guard<std::mutex> lock(mu_);
     error_ = true;
     cv_.notify_all();

@@ -47,7 +47,7 @@ class ScriptedHub : public net::UcxWorker::Handler {
   // Drops the client's connection without a word, as a hub that dies would.
   void Drop() {
     worker_->Post([this] {
-      if (ep_ != nullptr) worker_->Close(ep_, /*flush=*/false);
+      if (ep_ != nullptr) worker_->Close(ep_);
       ep_ = nullptr;
     });
   }
@@ -100,7 +100,7 @@ class ScriptedHub : public net::UcxWorker::Handler {
   }
   void OnOversize(ucp_ep_h, size_t) override {}
   void OnEndpointError(ucp_ep_h ep, ucs_status_t) override {
-    worker_->Close(ep, /*flush=*/false);
+    worker_->Close(ep);
     if (ep == ep_) ep_ = nullptr;
   }
 

@@ -103,7 +103,7 @@ class Side : public UcxWorker::Handler {
     cv_.notify_all();
   }
   void OnOversize(ucp_ep_h, size_t) override {}
-  void OnEndpointError(ucp_ep_h ep, ucs_status_t) override { worker_->Close(ep, false); }
+  void OnEndpointError(ucp_ep_h ep, ucs_status_t) override { worker_->Close(ep); }
   void OnConnectRequest(ucp_conn_request_h request) override {
     std::string peer;
     auto ep = worker_->Accept(request, &peer);

@@ -78,7 +78,7 @@ void Hub::OnConnectRequest(ucp_conn_request_h request) {
 
 void Hub::OnEndpointError(ucp_ep_h ep, ucs_status_t status) {
   if (closing_.erase(ep) != 0) {
-    worker_->Close(ep, /*flush=*/false);
+    worker_->Close(ep);
     return;
   }
   auto it = peers_.find(ep);
@@ -87,7 +87,7 @@ void Hub::OnEndpointError(ucp_ep_h ep, ucs_status_t status) {
     Log("client " + std::to_string(it->second.id) + " (" + it->second.address +
         ") disconnected: " + ucs_status_string(status));
   }
-  Drop(ep, /*flush=*/false);
+  Drop(ep);
 }
 
 void Hub::Forget(ucp_ep_h ep, const Peer& peer) {
@@ -102,7 +102,7 @@ void Hub::Forget(ucp_ep_h ep, const Peer& peer) {
   if (peer.id != 0) by_id_.erase(peer.id);
 }
 
-void Hub::Drop(ucp_ep_h ep, bool flush) {
+void Hub::Drop(ucp_ep_h ep) {
   auto it = peers_.find(ep);
   if (it != peers_.end()) {
     if (it->second.state != PeerState::kReady) --handshaking_;
@@ -110,7 +110,7 @@ void Hub::Drop(ucp_ep_h ep, bool flush) {
     peers_.erase(it);
   }
   closing_.erase(ep);
-  worker_->Close(ep, flush);
+  worker_->Close(ep);
 }
 
 void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
@@ -128,7 +128,7 @@ void Hub::Reject(ucp_ep_h ep, net::ErrorCode code, const std::string& why) {
   // at the grace deadline (OnIdle) if the peer does not take it.
   worker_->Send(ep, std::make_shared<const net::Frame>(net::Encode(err)));
   worker_->Flush(ep, [this, ep](ucs_status_t) {
-    if (closing_.erase(ep) != 0) worker_->Close(ep, /*flush=*/false);
+    if (closing_.erase(ep) != 0) worker_->Close(ep);
   });
 }
 
@@ -184,7 +184,7 @@ int Hub::OnIdle() {
   }
   for (auto it = closing_.begin(); it != closing_.end();) {
     if (it->second <= now) {
-      worker_->Close(it->first, /*flush=*/false);
+      worker_->Close(it->first);
       it = closing_.erase(it);
     } else {
       ++it;
@@ -311,7 +311,7 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
         auto m = net::DecodeError(payload);
         Log("client " + std::to_string(peer.id) +
             " reported an error: " + (m.ok() ? m->text : m.status().message()));
-        if (!m.ok() || m->fatal) Drop(ep, /*flush=*/false);
+        if (!m.ok() || m->fatal) Drop(ep);
         return;
       }
       return unexpected();

@@ -223,7 +223,7 @@ class Hub final : public net::UcxWorker::Handler {
   // Removes the peer from every table (its subscriptions, UDP state, id).
   void Forget(ucp_ep_h ep, const Peer& peer);
   // Forgets the peer and closes its endpoint.
-  void Drop(ucp_ep_h ep, bool flush);
+  void Drop(ucp_ep_h ep);
 
   HubOptions options_;
   std::unique_ptr<net::UcxWorker> worker_;

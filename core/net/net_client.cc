@@ -109,7 +109,7 @@ void NetClient::Fail(Status status) {
   }
   std::fprintf(stderr, "easysync: %s\n", status.ToString().c_str());
   cv_.notify_all();
-  if (ep_ != nullptr) worker_->Close(ep_, /*flush=*/false);
+  if (ep_ != nullptr) worker_->Close(ep_);
   ep_ = nullptr;
   next_attempt_ns_ = 0;
   Ring();
@@ -143,7 +143,7 @@ void NetClient::Lost(Status status) {
   }
   if (!reconnect) return Fail(status);
   cv_.notify_all();
-  if (ep_ != nullptr) worker_->Close(ep_, /*flush=*/false);
+  if (ep_ != nullptr) worker_->Close(ep_);
   ep_ = nullptr;
   resync_outstanding_ = 0;
   by_hub_.clear();
@@ -208,7 +208,7 @@ int NetClient::OnIdle() {
       if (next_attempt_ns_ != 0 && now >= next_attempt_ns_) TryReconnect();
       if (next_attempt_ns_ != 0) wake = next_attempt_ns_;
     } else if (now - attempt_started_ns_ > options_.connect_timeout.count() * 1'000'000) {
-      worker_->Close(ep_, /*flush=*/false);
+      worker_->Close(ep_);
       ep_ = nullptr;
       ScheduleReconnect();
       wake = next_attempt_ns_;

@@ -233,10 +233,10 @@ UcxWorker::~UcxWorker() {
   Stop();
   handler_ = nullptr;  // from here on, no callback reaches the handler
   RunPosted();         // closes the handler queued
-  // By force: a flush waits for the peer, and one that takes nothing (stalled) would keep it
-  // pending past the drain below, where destroying the worker trips UCX's assertion (a hub
-  // stopped with such a subscriber aborted). What is still in flight at the end is dropped.
-  for (ucp_ep_h ep : std::vector<ucp_ep_h>(endpoints_)) Close(ep, /*flush=*/false);
+  // By force (Close): a flush waits for the peer, and one that takes nothing (stalled) would
+  // keep it pending past the drain below, where destroying the worker trips UCX's assertion
+  // (a hub stopped with such a subscriber aborted). What is still in flight is dropped.
+  for (ucp_ep_h ep : std::vector<ucp_ep_h>(endpoints_)) Close(ep);
   RunPosted();
   // Long enough for UCX to finish cancelling what a force-closed endpoint still had in
   // flight (a large rendezvous transfer under a sanitizer takes seconds): destroying the
@@ -436,16 +436,16 @@ void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
   delete ctx;
 }
 
-void UcxWorker::Close(ucp_ep_h ep, bool flush) {
+void UcxWorker::Close(ucp_ep_h ep) {
   auto it = std::find(endpoints_.begin(), endpoints_.end(), ep);
   if (it == endpoints_.end()) return;  // closed already
   endpoints_.erase(it);
   // Deferred: UCX callbacks (errors, completions) must not close endpoints themselves.
-  auto close = [this, ep, flush] {
+  auto close = [this, ep] {
     ucp_request_param_t p{};
     p.op_attr_mask =
         UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.flags = flush ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
     p.user_data = &inflight_;
     p.cb.send = [](void* request, ucs_status_t, void* user_data) {
       static_cast<std::atomic<int>*>(user_data)->fetch_sub(1);

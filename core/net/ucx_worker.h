@@ -125,8 +125,9 @@ class UcxWorker {
             std::function<void(ucs_status_t)> done = {});
   // Calls done once everything sent on ep has reached the peer (or failed).
   void Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done);
-  // Closes an endpoint: flush delivers what was sent first, force drops it.
-  void Close(ucp_ep_h ep, bool flush);
+  // Closes an endpoint by force: what is still in flight on it is dropped (Flush first to
+  // deliver it).
+  void Close(ucp_ep_h ep);
 
  private:
   UcxWorker(const UcxOptions& options, Handler* handler) : options_(options), handler_(handler) {}
