@@ -22,7 +22,7 @@ namespace {
 
 using internal::Scratch;
 
-constexpr size_t kBlock = 64 * 1024;  // see encoder.cc
+constexpr size_t kBlock = 256 * 1024;  // see encoder.cc (64 KiB: ~4% slower here)
 
 bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
   if (an == 0 || bn == 0) return false;

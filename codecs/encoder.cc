@@ -26,9 +26,10 @@ namespace {
 
 using internal::Scratch;
 
-// Tensor bytes hashed and scanned per step of the fused pass: small enough that cur and base
-// blocks stay in L2 between the hash and the scan.
-constexpr size_t kBlock = 64 * 1024;
+// Tensor bytes scanned and hashed per step of the fused pass: small enough that cur and base
+// blocks stay in L2 between the scan and the hashes (256 KiB of each), large enough that the
+// calls per block cost nothing.
+constexpr size_t kBlock = 256 * 1024;
 // Room left before the gap stream for the two count varints of the sparse head.
 constexpr size_t kHeadRoom = 2 * format::kMaxVarintBytes;
 // Dense candidates are skipped when the sparse body is at most 1/kSparseOnlyDivisor of the
@@ -211,14 +212,17 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   const bool hash_base = !hints.known_base_hash.has_value();
   cur_hash.Reset();
   base_hash.Reset();
+  // The scan goes first: it reads both blocks from memory as two streams at once, and the
+  // hashes and the copy then read them from cache (hashing cur first made it a lone stream
+  // from memory: a 256 MiB bf16 step took 35 ms instead of 28 without the copy).
   for (size_t off = 0; off < n; off += kBlock) {
     const size_t len = std::min(kBlock, n - off);
-    cur_hash.Update(cur.data + off, len);
-    if (hints.copy_to != nullptr) std::memcpy(hints.copy_to + off, cur.data + off, len);  // hot
-    if (hash_base) base_hash.Update(base + off, len);
     if (sparse) {
       sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink, use_diff);
     }
+    cur_hash.Update(cur.data + off, len);
+    if (hash_base) base_hash.Update(base + off, len);
+    if (hints.copy_to != nullptr) std::memcpy(hints.copy_to + off, cur.data + off, len);  // hot
   }
   info->result_hash = cur_hash.Digest();
   info->base_hash = hash_base ? base_hash.Digest() : *hints.known_base_hash;
