@@ -39,6 +39,7 @@ run_preset asan
 # worker), with the hub the tests start built the same way. The preset turns UCX's memory
 # hooks off: ThreadSanitizer intercepts the same calls (mmap, malloc), and the process
 # crashes with both.
-run_preset tsan "easysync-hub ucx_worker_test ordered_pool_test net_protocol_test net_test
-  net_sync_test net_robustness_test net_device_test net_udp_test net_udp_netns_test"
+run_preset tsan "easysync-hub ucx_worker_test ordered_pool_test background_apply_test
+  net_protocol_test net_test net_sync_test net_robustness_test net_device_test net_udp_test
+  net_udp_netns_test"
 run_preset fuzz "fuzz_frame_decoder fuzz_sparse_decoder fuzz_roundtrip"

@@ -54,12 +54,15 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   hub->udp_.emplace(std::move(udp));
   Hub* h = hub.get();
   hub->worker_->WatchFd(hub->udp_->fd(), [h] { return h->OnUdp(); });
+  // A job that ended wakes the progress thread, which collects it (StepPending).
+  hub->applier_ = std::make_unique<BackgroundApply>([h] { h->worker_->Post([] {}); });
   hub->worker_->Start();
   return hub;
 }
 
 Hub::~Hub() {
   if (worker_) worker_->Stop();  // before reset(): the thread still uses worker_
+  applier_.reset();              // after the progress thread, the one that gives it jobs
   worker_.reset();
 }
 
@@ -139,7 +142,10 @@ int Hub::OnIdle() {
     if (StepPending(now)) {
       pending_ms = 0;  // more to apply after the next pass
     } else {
+      // Until the next deadline of a relay still in flight; the others wait for the
+      // applier (it wakes this thread) or for a write before them.
       for (const auto& p : pending_) {
+        if (*p->sends_left == 0 || p->deadline_ns <= now) continue;
         const int64_t ms = (p->deadline_ns - now) / 1'000'000 + 1;
         pending_ms = static_cast<int>(pending_ms < 0 ? ms : std::min<int64_t>(pending_ms, ms));
       }
@@ -652,10 +658,13 @@ bool Hub::StepPending(int64_t now) {
     if (std::any_of(pending_.begin(), earlier, [&](const auto& q) { return q->id == p.id; })) {
       continue;
     }
-    // A segment at a time; the last one (or a failure, which ApplyRelayed meets again) ends it.
-    if (p.segments && p.next + 1 < p.segments->count && ApplySegment(attrs_[p.id], p).ok()) {
-      return true;
+    // A segmented write goes to the applier once it is free, and is published here once the
+    // applier is done with it.
+    if (p.segments && !p.job) {
+      if (!applier_->busy()) StartJob(attrs_[p.id], p);
+      continue;
     }
+    if (p.job && !applier_->Done(*p.job)) continue;
     const std::shared_ptr<PendingApply> last = std::move(pending_[i]);
     pending_.erase(earlier);
     ApplyRelayed(*last);
@@ -693,6 +702,7 @@ void Hub::ApplyRelayed(PendingApply& p) {
   size_t offset = 0;
   Status st;
   if (p.segments) {
+    if (p.job) st = EndJob(p);  // what the applier did not get to is done here
     while (st.ok() && p.next < p.segments->count) st = ApplySegment(a, p);
     holder = std::move(p.out);
   } else {
@@ -728,7 +738,10 @@ void Hub::ApplyRelayed(PendingApply& p) {
           p.segments ? std::nullopt : std::optional<uint64_t>(p.info.frame.result_hash), ByteSpan(),
           kEveryone);
   if (!p.segments) return;
-  a.segment_hashes = std::move(p.hashes);
+  a.segment_hashes.clear();
+  for (const net::SegmentInfo& s : p.segments->segments) {
+    a.segment_hashes.push_back(s.info.result_hash);
+  }
   if (old && old.use_count() == 1 && old != a.holder && !a.spare &&
       total_value_bytes_ + spare_bytes_ + old->size() <= options_.max_total_value_bytes) {
     spare_bytes_ += old->size();
@@ -809,21 +822,57 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
   pending_.push_back(std::move(p));
 }
 
+void Hub::PrepareOut(Attr& a, PendingApply& p) {
+  if (p.out) return;
+  // Another buffer (the one the value before this one used, when free): a segment that does
+  // not verify leaves the hub's value as it was.
+  const ByteSpan base = a.value();
+  if (a.spare) spare_bytes_ -= a.spare->size();
+  p.out = std::move(a.spare);
+  if (!p.out || p.out.use_count() != 1 || p.out->size() != base.size()) {
+    p.out = std::make_shared<net::Frame>(base.size());
+  }
+  std::memcpy(p.out->data(), base.data(), detail::kTensorHeaderBytes);
+  p.known_base = a.segment_hashes.size() == p.segments->count;
+}
+
+void Hub::StartJob(Attr& a, PendingApply& p) {
+  PrepareOut(a, p);
+  const OpenSegments& o = *p.segments;
+  auto job = std::make_shared<ApplyJob>();
+  for (uint32_t i = 0; i < o.count; ++i) {
+    const net::SegmentInfo& s = o.segments[i];
+    job->segments.push_back(
+        {reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size(), s.offset, s.bytes,
+         p.known_base ? std::optional<uint64_t>(a.segment_hashes[i]) : std::nullopt});
+  }
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  job->base = reinterpret_cast<const uint8_t*>(a.value().data()) + H;
+  job->out = reinterpret_cast<uint8_t*>(p.out->data()) + H;
+  job->first = p.next;
+  // The frames, the value applied to (no one replaces it before the job ended: that takes
+  // a Settle, which ends it first) and the buffer written.
+  struct Keep {
+    std::shared_ptr<OpenSegments> segments;
+    std::shared_ptr<net::Frame> base, out;
+  };
+  job->keep = std::make_shared<const Keep>(Keep{p.segments, a.holder, p.out});
+  p.job = job;
+  applier_->Start(std::move(job));
+}
+
+Status Hub::EndJob(PendingApply& p) {
+  applier_->Stop(*p.job);
+  p.next = static_cast<uint32_t>(p.job->applied.load());
+  Status st = std::move(p.job->status);
+  p.job.reset();
+  return st;
+}
+
 Status Hub::ApplySegment(Attr& a, PendingApply& p) {
   const OpenSegments& o = *p.segments;
-  // Into another buffer (the one the value before this one used, when free): a segment that
-  // does not verify leaves the hub's value as it was.
+  PrepareOut(a, p);
   const ByteSpan base = a.value();
-  if (!p.out) {
-    if (a.spare) spare_bytes_ -= a.spare->size();
-    p.out = std::move(a.spare);
-    if (!p.out || p.out.use_count() != 1 || p.out->size() != base.size()) {
-      p.out = std::make_shared<net::Frame>(base.size());
-    }
-    std::memcpy(p.out->data(), base.data(), detail::kTensorHeaderBytes);
-    p.known_base = a.segment_hashes.size() == o.count;
-    p.hashes.clear();
-  }
   const net::SegmentInfo& s = o.segments[p.next];
   const auto* from = reinterpret_cast<const uint8_t*>(base.data()) + detail::kTensorHeaderBytes;
   auto* to = reinterpret_cast<uint8_t*>(p.out->data()) + detail::kTensorHeaderBytes + s.offset;
@@ -832,7 +881,6 @@ Status Hub::ApplySegment(Attr& a, PendingApply& p) {
   EASYSYNC_RETURN_IF_ERROR(
       decoder_.Decode({reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size()},
                       from + s.offset, s.bytes, {to, s.bytes}, options));
-  p.hashes.push_back(s.info.result_hash);
   ++p.next;
   return Status::Ok();
 }

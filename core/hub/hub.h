@@ -1,7 +1,9 @@
 // The hub of network mode: authenticates clients, keeps the latest value of every attribute
 // for late joiners, orders writes per attribute and relays them (docs/net_protocol.md).
 //
-// Everything the hub does runs on its UCX progress thread, so its tables need no locks.
+// Everything the hub does runs on its UCX progress thread, so its tables need no locks; only
+// applying a segmented write to the hub's copy runs on a thread of its own (BackgroundApply),
+// on buffers no one else touches meanwhile.
 // Thread-safety: Start/Stop/port from the owning thread only.
 #pragma once
 
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "easysync/codec.h"
+#include "hub/background_apply.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
 #include "net/udp_socket.h"
@@ -169,9 +172,10 @@ class Hub final : public net::UcxWorker::Handler {
   // left (its sends completed), or at once when something needs the attribute's value (a
   // frame about it, a datagram) or by the deadline. The progress thread stays free to move
   // the relay meanwhile: applying takes a pass over the whole tensor. A segmented write is
-  // applied a segment per pass (OnIdle), so that the relay of another write waits for one
-  // segment at most; the next segmented write of the attribute may be relayed before it is
-  // applied (the writes of an attribute are applied in order).
+  // applied on the applier thread (BackgroundApply), at low priority; when something needs
+  // the value first, the progress thread applies what is left itself. The next segmented
+  // write of the attribute may be relayed before it is applied (the writes of an attribute
+  // are applied in order).
   struct PendingApply {
     uint32_t id = 0;
     Stamp stamp{};
@@ -182,12 +186,12 @@ class Hub final : public net::UcxWorker::Handler {
     int64_t deadline_ns = 0;
     std::shared_ptr<OpenSegments> segments;  // a segmented write instead of write/value/info
     // A segmented write's application so far: the buffer it goes into (null before the
-    // first segment), the next segment, the hashes of those applied, whether the base's
-    // segment hashes are known.
+    // first segment), the next segment, whether the base's segment hashes are known, the
+    // applier's job (null: none started), the value it applies to (kept while it runs).
     std::shared_ptr<net::Frame> out;
     uint32_t next = 0;
-    std::vector<uint64_t> hashes;
     bool known_base = false;
+    std::shared_ptr<ApplyJob> job;
   };
   std::vector<std::shared_ptr<PendingApply>> pending_;
   // Applies the pending delta of attribute id (every one: kAll), if any.
@@ -199,10 +203,18 @@ class Hub final : public net::UcxWorker::Handler {
   bool SegmentsMayChain(uint32_t id) const;
   // The stamp of the attribute's latest write: the last one pending, else the value's.
   Stamp Head(uint32_t id, const Attr& a) const;
+  // Sets up p.out, the buffer a segmented write goes into (once).
+  void PrepareOut(Attr& a, PendingApply& p);
   // Applies the next segment of p (a segmented write) into p.out.
   Status ApplySegment(Attr& a, PendingApply& p);
-  // Applies one segment of the first pending write that may be applied now (OnIdle); true
-  // when one was.
+  // Hands what is left of p (a segmented write) to the applier.
+  void StartJob(Attr& a, PendingApply& p);
+  // Takes back p's job, stopping it after the segment in progress if it still runs: p.next
+  // is where it got; a failure it met comes back.
+  Status EndJob(PendingApply& p);
+  // Moves the first pending write that may be applied now on (OnIdle): applies it (or, for
+  // a segmented write, hands it to the applier, or collects it from there). True when
+  // something was applied.
   bool StepPending(int64_t now);
   // Sends frame to ep, counting it in *in_flight until it completed (or failed).
   void SendCounted(ucp_ep_h ep, std::shared_ptr<const net::Frame> frame,
@@ -261,6 +273,7 @@ class Hub final : public net::UcxWorker::Handler {
   void DroppedBadDatagram(const net::UdpAddress& from);
   codec::Encoder encoder_;
   codec::Decoder decoder_;
+  std::unique_ptr<BackgroundApply> applier_;
   uint32_t next_peer_id_ = 1;
   size_t handshaking_ = 0;  // peers not yet authenticated
   int64_t last_handshake_check_ns_ = 0;
