@@ -103,20 +103,27 @@ TEST(BackgroundApply, AppliesEverySegmentInOrderAndWakesTheHubOncePerJob) {
   }
 }
 
-TEST(BackgroundApply, AJobFromALaterSegmentLeavesTheOnesBeforeItAlone) {
+TEST(BackgroundApply, AJobStartsAtItsFirstSegmentAndOneStoppedBeforeItRanAppliesNothing) {
   Wakes wakes;
   BackgroundApply applier(wakes.Callback());
   const Write w(4);
-  std::vector<uint8_t> out(w.base.size(), 0xEE);
-  auto job = w.Job(&out, true);
-  job->first = 2;
-  applier.Start(job);
-  ASSERT_TRUE(wakes.WaitFor(1));
-  EXPECT_EQ(job->applied.load(), 4u);
-  EXPECT_EQ(out[0], 0xEE);  // the caller had applied 0 and 1 (here: not)
-  EXPECT_EQ(out[2 * Write::kSegmentBytes - 1], 0xEE);
-  EXPECT_TRUE(w.SegmentIsNew(out, 2));
-  EXPECT_TRUE(w.SegmentIsNew(out, 3));
+  for (bool stopped : {false, true}) {
+    std::vector<uint8_t> out(w.base.size(), 0xEE);
+    auto job = w.Job(&out, true);
+    job->first = 2;  // the caller applied 0 and 1 (here: not)
+    job->stop.store(stopped);
+    applier.Start(job);
+    ASSERT_TRUE(wakes.WaitFor(stopped ? 2 : 1));
+    EXPECT_TRUE(job->status.ok());
+    EXPECT_EQ(job->applied.load(), stopped ? 2u : 4u);
+    EXPECT_EQ(out[0], 0xEE);
+    EXPECT_EQ(out[2 * Write::kSegmentBytes - 1], 0xEE);
+    EXPECT_EQ(w.SegmentIsNew(out, 2), !stopped);
+    EXPECT_EQ(w.SegmentIsNew(out, 3), !stopped);
+    if (stopped) {
+      EXPECT_EQ(out, std::vector<uint8_t>(w.base.size(), 0xEE));
+    }
+  }
 }
 
 TEST(BackgroundApply, StopEndsTheJobBetweenSegmentsAndTheCallerAppliesTheRest) {
@@ -151,21 +158,6 @@ TEST(BackgroundApply, StopEndsTheJobBetweenSegmentsAndTheCallerAppliesTheRest) {
     applier.Stop(*job);  // a job that ended: returns at once
     break;
   }
-}
-
-TEST(BackgroundApply, AJobStoppedBeforeItStartedAppliesNothing) {
-  Wakes wakes;
-  BackgroundApply applier(wakes.Callback());
-  const Write w(3);
-  std::vector<uint8_t> out(w.base.size(), 0xEE);
-  auto job = w.Job(&out, true);
-  job->first = 1;
-  job->stop.store(true);
-  applier.Start(job);
-  ASSERT_TRUE(wakes.WaitFor(1));
-  EXPECT_TRUE(job->status.ok());
-  EXPECT_EQ(job->applied.load(), 1u);
-  EXPECT_EQ(out, std::vector<uint8_t>(w.base.size(), 0xEE));
 }
 
 TEST(BackgroundApply, ASegmentThatDoesNotVerifyEndsTheJobWithItsError) {
