@@ -20,6 +20,7 @@
 #include "codecs/kernels.h"
 #include "codecs/sparse.h"
 #include "easysync/codec.h"
+#include "easysync/function_ref.h"
 
 namespace easysync::codec {
 namespace {
@@ -48,13 +49,14 @@ bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
 struct Encoder::Impl {
   EncoderOptions options;
   ZSTD_CCtx* cctx = nullptr;
-  Scratch body;    // sparse body: kHeadRoom, gap stream, value planes
-  Scratch values;  // element-major XOR values of the changes
-  Scratch planes;  // dense XOR planes (or planes of a full value)
-  Scratch alt;     // the second zstd candidate
-  Scratch sample;  // compressed samples (SampleCompresses)
-  Scratch zeros;   // a zero block for scans of XOR blocks
-  Scratch block;   // one block's new bytes, for scans of XOR blocks against a base
+  Scratch body;          // sparse body: kHeadRoom, gap stream, value planes
+  Scratch values;        // element-major XOR values of the changes
+  Scratch planes;        // dense XOR planes (or planes of a full value)
+  Scratch alt;           // the second zstd candidate
+  Scratch sample;        // compressed samples (SampleCompresses)
+  Scratch plane_window;  // a sample window of planes not split yet (GatherPlanes)
+  Scratch zeros;         // a zero block for scans of XOR blocks
+  Scratch block;         // one block's new bytes, for scans of XOR blocks against a base
   size_t zeros_bytes = 0;
   internal::StreamHash cur_hash;
   internal::StreamHash base_hash;
@@ -62,14 +64,23 @@ struct Encoder::Impl {
   explicit Impl(EncoderOptions o) : options(o) {}
   ~Impl() { ZSTD_freeCCtx(cctx); }
 
-  // Compresses src into dst; 0 when it does not fit in cap (then it does not pay off).
-  Result<size_t> Zstd(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) {
-    if (cctx == nullptr) {
-      cctx = ZSTD_createCCtx();
-      if (cctx == nullptr) return Status::ResourceExhausted("ZSTD_createCCtx failed");
+  Status MakeCctx() {
+    if (cctx == nullptr && (cctx = ZSTD_createCCtx()) == nullptr) {
+      return Status::ResourceExhausted("ZSTD_createCCtx failed");
     }
+    return Status::Ok();
+  }
+
+  // Compresses src into dst; 0 when it does not fit in cap (then it does not pay off).
+  // sampled: the caller judged samples of src already (SampleCompresses).
+  Result<size_t> Zstd(const uint8_t* src, size_t n, uint8_t* dst, size_t cap,
+                      bool sampled = false) {
+    EASYSYNC_RETURN_IF_ERROR(MakeCctx());
     if (cap == 0 || !options.allow_zstd) return size_t{0};
-    if (n >= kSampleMinBytes && !SampleCompresses(src, n, cap)) return size_t{0};
+    if (!sampled && n >= kSampleMinBytes &&
+        !SampleCompresses(n, cap, [&](size_t at) { return src + at; })) {
+      return size_t{0};
+    }
     const size_t r = ZSTD_compressCCtx(cctx, dst, cap, src, n, options.zstd_level);
     if (ZSTD_isError(r)) {
       if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall) return size_t{0};
@@ -84,13 +95,14 @@ struct Encoder::Impl {
   static constexpr size_t kSampleMinBytes = size_t{1} << 20;
   static constexpr size_t kSamples = 16;
   static constexpr size_t kSampleBytes = size_t{16} << 10;
-  bool SampleCompresses(const uint8_t* src, size_t n, size_t cap) {
+  // window(at): the kSampleBytes bytes of the n at byte `at`. REQUIRES: cctx (MakeCctx).
+  bool SampleCompresses(size_t n, size_t cap, FunctionRef<const uint8_t*(size_t)> window) {
     if (!sample.Reserve(ZSTD_compressBound(kSampleBytes))) return true;
     size_t in = 0, out = 0;
     for (size_t i = 0; i < kSamples; ++i) {
       const size_t at = (n - kSampleBytes) / (kSamples - 1) * i;
       const size_t r = ZSTD_compressCCtx(cctx, sample.data(), ZSTD_compressBound(kSampleBytes),
-                                         src + at, kSampleBytes, options.zstd_level);
+                                         window(at), kSampleBytes, options.zstd_level);
       if (ZSTD_isError(r)) return true;
       in += kSampleBytes;
       out += r;
@@ -174,26 +186,53 @@ Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
 Result<size_t> Encoder::Impl::EncodeFull(const TensorBytes& cur, size_t n, const EncodeHints& hints,
                                          FrameInfo* info, uint8_t* payload) {
   const size_t esize = DTypeSize(cur.dtype);
-  if (hints.copy_to != nullptr && n != 0) std::memcpy(hints.copy_to, cur.data, n);
-  info->result_hash = internal::Hash64(cur.data, n);
-  if (n != 0) {
+  const size_t count = cur.element_count;
+  const bool use_planes = esize > 1 && options.allow_planes;
+  // Whether zstd may pay, judged on samples of what it would compress before any pass over
+  // the whole value (the same windows Zstd() would judge, gathered from the planes not split
+  // yet): an incompressible value (random initial weights, noise) costs no plane split.
+  bool try_zstd = n != 0 && options.allow_zstd;
+  if (try_zstd && n >= kSampleMinBytes) {
+    EASYSYNC_RETURN_IF_ERROR(MakeCctx());
+    if (use_planes && !plane_window.Reserve(kSampleBytes)) {
+      return internal::OutOfMemory(kSampleBytes);
+    }
+    try_zstd = SampleCompresses(n, n - 1, [&](size_t at) {
+      if (!use_planes) return cur.data + at;
+      internal::GatherPlanes(cur.data, count, esize, at, kSampleBytes, plane_window.data());
+      return static_cast<const uint8_t*>(plane_window.data());
+    });
+  }
+  if (try_zstd) {
+    if (hints.copy_to != nullptr) std::memcpy(hints.copy_to, cur.data, n);
+    info->result_hash = internal::Hash64(cur.data, n);
     const uint8_t* src = cur.data;
     uint8_t chain = kChainZstd;
-    if (esize > 1 && options.allow_planes) {
+    if (use_planes) {
       if (!planes.Reserve(n)) return internal::OutOfMemory(n);
-      internal::SplitPlanes(cur.data, nullptr, cur.element_count, esize, 0, cur.element_count,
-                            planes.data());
+      internal::SplitPlanes(cur.data, nullptr, count, esize, 0, count, planes.data());
       src = planes.data();
       chain |= kChainPlanes;
     }
-    EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(src, n, payload, n - 1));
+    EASYSYNC_ASSIGN_OR_RETURN(size_t z, Zstd(src, n, payload, n - 1, /*sampled=*/true));
     if (z != 0) {
       info->chain = chain;
       return z;
     }
+    info->chain = 0;  // raw after all
+    std::memcpy(payload, cur.data, n);
+    return n;
   }
-  info->chain = 0;  // raw
-  if (n != 0) std::memcpy(payload, cur.data, n);
+  // Raw: one pass reads the value; the hash and the second copy take it from cache.
+  cur_hash.Reset();
+  for (size_t off = 0; off < n; off += kBlock) {
+    const size_t len = std::min(kBlock, n - off);
+    std::memcpy(payload + off, cur.data + off, len);
+    cur_hash.Update(cur.data + off, len);
+    if (hints.copy_to != nullptr) std::memcpy(hints.copy_to + off, cur.data + off, len);
+  }
+  info->result_hash = cur_hash.Digest();
+  info->chain = 0;
   return n;
 }
 
@@ -251,9 +290,7 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
     const size_t window = kSampleBytes / unit_bytes;
     size_t in = 0, out = 0;
     if (!sample.Reserve(ZSTD_compressBound(window))) return internal::OutOfMemory(window);
-    if (cctx == nullptr && (cctx = ZSTD_createCCtx()) == nullptr) {
-      return Status::ResourceExhausted("ZSTD_createCCtx failed");
-    }
+    EASYSYNC_RETURN_IF_ERROR(MakeCctx());
     for (size_t i = 0; i < kSamples && units > window; ++i) {
       const size_t first = (units - window) / (kSamples - 1) * i;
       if (use_diff) {

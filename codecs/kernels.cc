@@ -1,5 +1,6 @@
 #include "codecs/kernels.h"
 
+#include <algorithm>
 #include <cstring>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -299,6 +300,18 @@ void MergePlanesXor(const uint8_t* planes, size_t count, size_t esize, size_t fi
       return MergePlanesXorT<8>(planes, count, first, last, out);
     default:
       return;
+  }
+}
+
+void GatherPlanes(const uint8_t* cur, size_t count, size_t esize, size_t at, size_t len,
+                  uint8_t* out) {
+  // Byte j of the planes is byte j / count of element j % count.
+  for (size_t j = at; j < at + len;) {
+    const size_t b = j / count, e = j % count;
+    const size_t run = std::min(at + len - j, count - e);
+    const uint8_t* from = cur + e * esize + b;
+    for (size_t k = 0; k < run; ++k) out[j - at + k] = from[k * esize];
+    j += run;
   }
 }
 

@@ -39,6 +39,12 @@ bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t en
 void SplitPlanes(const uint8_t* cur, const uint8_t* base, size_t count, size_t esize, size_t first,
                  size_t last, uint8_t* planes);
 
+// out[k] = planes[at + k] for k < len, where planes is what SplitPlanes(cur, nullptr, count,
+// esize, 0, count, planes) makes: a window of the planes without splitting all of them.
+// REQUIRES: at + len <= count * esize.
+void GatherPlanes(const uint8_t* cur, size_t count, size_t esize, size_t at, size_t len,
+                  uint8_t* out);
+
 // The inverse, XOR-ing into out: out[i * esize + b] ^= planes[b * count + i] for elements
 // [first, last). With out zeroed first this merges planes; with out holding the base it
 // applies a dense delta. Applying it twice restores out (XOR is an involution).

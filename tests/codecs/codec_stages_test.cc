@@ -1,6 +1,7 @@
 // The stage kernels against naive reference versions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <optional>
 #include <random>
 #include <vector>
@@ -145,6 +146,28 @@ TEST(CodecStages, PlanesSplitMergeRoundTrip) {
       EXPECT_EQ(out, cur);
       MergePlanesXor(planes.data(), count, esize, 0, count, out.data());  // involution
       EXPECT_EQ(out, base);
+    }
+  }
+}
+
+TEST(CodecStages, GatherPlanesGivesTheBytesOfTheSplitPlanes) {
+  std::mt19937_64 rng(11);
+  for (size_t esize : {size_t{1}, size_t{2}, size_t{4}, size_t{8}}) {
+    for (size_t count : {size_t{1}, size_t{7}, size_t{1000}}) {
+      std::vector<uint8_t> cur(count * esize);
+      for (auto& b : cur) b = static_cast<uint8_t>(rng());
+      std::vector<uint8_t> planes(cur.size());
+      SplitPlanes(cur.data(), nullptr, count, esize, 0, count, planes.data());
+      // Every window, across plane boundaries too, at every start for the small sizes.
+      for (size_t at = 0; at < planes.size(); at += count < 100 ? 1 : 37) {
+        for (size_t len : {size_t{1}, count + 3, planes.size()}) {
+          if (at + len > planes.size()) continue;
+          std::vector<uint8_t> out(len);
+          GatherPlanes(cur.data(), count, esize, at, len, out.data());
+          ASSERT_TRUE(std::equal(out.begin(), out.end(), planes.begin() + at))
+              << "esize " << esize << " count " << count << " at " << at << " len " << len;
+        }
+      }
     }
   }
 }
