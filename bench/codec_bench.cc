@@ -104,8 +104,9 @@ void CodecUsage(std::FILE* out) {
       "  --steps DIR             every consecutive pair of DIR's *.bin files, sorted by name,\n"
       "                          then a line with the medians (\"pair\":\"median\")\n"
       "  --synthetic NAME        a generated pair: rl-bf16 (64 MiB bfloat16, 1.5% of elements\n"
-      "                          move by 1 ULP) or dense-f32 (64 MiB float32, every element\n"
-      "                          changes a little); --dtype does not apply\n"
+      "                          move by 1 ULP), dense-f32 (64 MiB float32, every element\n"
+      "                          changes a little) or noise-bf16 (64 MiB of random bits, base\n"
+      "                          and new apart); --dtype does not apply\n"
       "flags:\n"
       "  --dtype NAME     float32 float16 bfloat16 float64 int8 int16 int32 int64 uint8 bool\n"
       "                   float8_e4m3 float8_e5m2, or f32 f16 bf16 f64 i8 i16 i32 i64 u8\n"
@@ -114,7 +115,9 @@ void CodecUsage(std::FILE* out) {
       "                   and the bytes left after compaction (exit 3 without a device)\n"
       "  --block-bytes N  --device cuda: change map block size (default 256)\n"
       "  --iters N        timed repetitions per figure, after a warm-up (default 9)\n"
-      "  --json           one JSON object per line, nothing else on stdout\n",
+      "  --json           one JSON object per line, nothing else on stdout\n"
+      "figures (host): NEW against BASE encoded and decoded (enc, dec), NEW alone as a whole\n"
+      "value (whole: what a first sync or a RESYNC sends), memcpy, and the baselines' ratios\n",
       out);
 }
 
@@ -269,6 +272,8 @@ constexpr Column kHostColumns[] = {
     {"ratio", "ratio", 1},
     {"enc_GB/s", "encode_gbps", 2},
     {"dec_GB/s", "decode_gbps", 2},
+    {"whole_GB/s", "whole_encode_gbps", 2},
+    {"whole_ratio", "whole_ratio", 2},
     {"memcpy_GB/s", "memcpy_gbps", 2},
     {"xor+zstd", "baseline_xor_zstd_ratio", 1},
     {"planes+zstd", "baseline_planes_zstd_ratio", 1},

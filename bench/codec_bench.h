@@ -76,7 +76,7 @@ bool MeasureDevicePair(const TensorPair& pair, const Reps& reps, size_t block_by
                        std::string* error);
 
 // Names of the synthetic pairs, for the usage text.
-inline constexpr const char* kSyntheticNames[] = {"rl-bf16", "dense-f32"};
+inline constexpr const char* kSyntheticNames[] = {"rl-bf16", "dense-f32", "noise-bf16"};
 
 // The size of a synthetic pair unless the caller asks for another.
 inline constexpr size_t kSyntheticBytes = size_t{64} << 20;

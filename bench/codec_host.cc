@@ -77,6 +77,22 @@ bool MeasureHostPair(const TensorPair& pair, const Reps& reps, Record* out, std:
     *error = "encode failed: " + status.ToString();
     return false;
   }
+  // The whole value, no base (what a first sync or a RESYNC sends): its own frame buffer.
+  std::vector<uint8_t> whole(frame.size());
+  size_t whole_size = 0;
+  double whole_ns = 0;
+  if (!TimeMedianNs(
+          reps,
+          [&] {
+            Result<size_t> r = encoder.Encode(cur, nullptr, 0, 1, whole);
+            if (!r.ok()) status = r.status();
+            whole_size = r.ok() ? *r : 0;
+            return r.ok();
+          },
+          &whole_ns)) {
+    *error = "whole-value encode failed: " + status.ToString();
+    return false;
+  }
   const std::span<const uint8_t> frame_bytes(frame.data(), frame_size);
   Result<codec::FrameInfo> info = codec::PeekFrame(frame_bytes);
   if (!info.ok()) {
@@ -143,6 +159,8 @@ bool MeasureHostPair(const TensorPair& pair, const Reps& reps, Record* out, std:
       .Add("decode_gbps", gbps(decode_ns))
       .Add("memcpy_gbps", gbps(memcpy_ns))
       .Add("encode_nohint_gbps", gbps(encode_nohint_ns))
+      .Add("whole_encode_gbps", gbps(whole_ns))
+      .Add("whole_ratio", Ratio(n, whole_size))
       .Add("decode_nohint_gbps", gbps(decode_nohint_ns))
       .Add("baseline_xor_zstd_ratio", xor_zstd)
       .Add("baseline_planes_zstd_ratio", planes_zstd)

@@ -8,6 +8,8 @@
 //   dense-f32  float32 weights drawn from normal(0, 0.02); every element is scaled by
 //              (1 + r), r drawn from normal(0, 1e-3) (an element the scaling leaves unchanged
 //              gets its lowest bit flipped): a dense update such as pretraining.
+//   noise-bf16 bfloat16 elements of uniformly random bits, base and new drawn apart: nothing
+//              compresses (the raw paths: a dense delta of noise, a whole value of noise).
 //
 // 64 MiB (the codec suite) unless the caller asks for another size (net-tensor: 256 MiB).
 // Elements are drawn in order, so a pair of any size starts with the bytes of every shorter one.
@@ -91,6 +93,17 @@ void MakeRlBf16(TensorPair* pair, size_t count) {
   }
 }
 
+void MakeNoiseBf16(TensorPair* pair, size_t count) {
+  pair->dtype = DType::kBFloat16;
+  pair->base.resize(2 * count);
+  pair->cur.resize(2 * count);
+  Rng bits(0x5EED0005);
+  for (size_t i = 0; i < 2 * count; ++i) {
+    pair->base[i] = static_cast<uint8_t>(bits.Next());
+    pair->cur[i] = static_cast<uint8_t>(bits.Next());
+  }
+}
+
 void MakeDenseF32(TensorPair* pair, size_t count) {
   pair->dtype = DType::kFloat32;
   pair->base.resize(4 * count);
@@ -113,6 +126,8 @@ bool MakeSyntheticPair(std::string_view name, TensorPair* pair, size_t bytes) {
     MakeRlBf16(pair, bytes / 2);
   } else if (name == "dense-f32") {
     MakeDenseF32(pair, bytes / 4);
+  } else if (name == "noise-bf16") {
+    MakeNoiseBf16(pair, bytes / 2);
   } else {
     return false;
   }
