@@ -154,8 +154,8 @@ class Hub final : public net::UcxWorker::Handler {
   void Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net::Frame> holder,
                size_t offset, std::optional<uint64_t> hash, ByteSpan codec_value, ucp_ep_h except);
   // A segmented write in progress (net/wire_value.h, "Segments"): each segment is relayed
-  // as it comes, against the latest version (Head); once the last came it is applied, a
-  // segment per pass (PendingApply). A write of the attribute by anyone else supersedes it.
+  // as it comes, against the latest version (Head); once the last came it is applied, on
+  // the applier thread (PendingApply). A write of the attribute by anyone else supersedes it.
   struct OpenSegments {
     ucp_ep_h ep = nullptr;
     uint32_t request_id = 0;
