@@ -10,6 +10,14 @@
 
 namespace easysync::hub {
 
+Status ApplySegment(codec::Decoder& decoder, const ApplyJob& job, size_t i) {
+  const ApplyJob::Segment& s = job.segments[i];
+  codec::DecodeOptions options;
+  options.known_base_hash = s.base_hash;
+  return decoder.Decode({s.frame, s.frame_size}, job.base + s.offset, s.bytes,
+                        {job.out + s.offset, s.bytes}, options);
+}
+
 BackgroundApply::BackgroundApply(std::function<void()> wake) : wake_(std::move(wake)) {
   thread_ = std::thread([this] { Run(); });
 }
@@ -63,11 +71,7 @@ void BackgroundApply::Run() {
     }
     Status status;
     for (size_t i = job->first; i < job->segments.size() && !job->stop.load(); ++i) {
-      const ApplyJob::Segment& s = job->segments[i];
-      codec::DecodeOptions options;
-      options.known_base_hash = s.base_hash;
-      status = decoder.Decode({s.frame, s.frame_size}, job->base + s.offset, s.bytes,
-                              {job->out + s.offset, s.bytes}, options);
+      status = ApplySegment(decoder, *job, i);
       if (!status.ok()) break;
       job->applied.store(i + 1);
     }

@@ -26,6 +26,10 @@
 
 #include "easysync/status.h"
 
+namespace easysync::codec {
+class Decoder;
+}  // namespace easysync::codec
+
 namespace easysync::hub {
 
 // The nice value of the applier thread: it gets about a tenth of a CPU's share against one
@@ -54,6 +58,10 @@ struct ApplyJob {
   Status status;
   std::atomic<bool> stop{false};
 };
+
+// Applies segment i of job into job.out (the applier thread, or the hub's progress thread
+// doing what the applier did not get to).
+Status ApplySegment(codec::Decoder& decoder, const ApplyJob& job, size_t i);
 
 class BackgroundApply {
  public:

@@ -661,7 +661,10 @@ bool Hub::StepPending(int64_t now) {
     // A segmented write goes to the applier once it is free, and is published here once the
     // applier is done with it.
     if (p.segments && !p.job) {
-      if (!applier_->busy()) StartJob(attrs_[p.id], p);
+      if (!applier_->busy()) {
+        p.job = MakeJob(attrs_[p.id], p);
+        applier_->Start(p.job);
+      }
       continue;
     }
     if (p.job && !applier_->Done(*p.job)) continue;
@@ -702,8 +705,17 @@ void Hub::ApplyRelayed(PendingApply& p) {
   size_t offset = 0;
   Status st;
   if (p.segments) {
-    if (p.job) st = EndJob(p);  // what the applier did not get to is done here
-    while (st.ok() && p.next < p.segments->count) st = ApplySegment(a, p);
+    // What the applier did not get to (all of it, when it never had the write) is done here.
+    std::shared_ptr<ApplyJob> job = std::move(p.job);
+    if (job) {
+      applier_->Stop(*job);  // after the segment in progress, if it still runs
+      st = job->status;
+    } else {
+      job = MakeJob(a, p);
+    }
+    for (size_t i = job->applied.load(); st.ok() && i < job->segments.size(); ++i) {
+      st = ApplySegment(decoder_, *job, i);
+    }
     holder = std::move(p.out);
   } else {
     st = DecodeInto(a, p.value, p.info, &holder, &offset);
@@ -822,67 +834,36 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
   pending_.push_back(std::move(p));
 }
 
-void Hub::PrepareOut(Attr& a, PendingApply& p) {
-  if (p.out) return;
-  // Another buffer (the one the value before this one used, when free): a segment that does
-  // not verify leaves the hub's value as it was.
-  const ByteSpan base = a.value();
-  if (a.spare) spare_bytes_ -= a.spare->size();
-  p.out = std::move(a.spare);
-  if (!p.out || p.out.use_count() != 1 || p.out->size() != base.size()) {
-    p.out = std::make_shared<net::Frame>(base.size());
-  }
-  std::memcpy(p.out->data(), base.data(), detail::kTensorHeaderBytes);
-  p.known_base = a.segment_hashes.size() == p.segments->count;
-}
-
-void Hub::StartJob(Attr& a, PendingApply& p) {
-  PrepareOut(a, p);
+std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
   const OpenSegments& o = *p.segments;
+  const ByteSpan base = a.value();
+  // Into the buffer the value before this one used, when free.
+  if (a.spare) spare_bytes_ -= a.spare->size();
+  std::shared_ptr<net::Frame> out = std::move(a.spare);
+  if (!out || out.use_count() != 1 || out->size() != base.size()) {
+    out = std::make_shared<net::Frame>(base.size());
+  }
+  std::memcpy(out->data(), base.data(), detail::kTensorHeaderBytes);
   auto job = std::make_shared<ApplyJob>();
+  const bool known_base = a.segment_hashes.size() == o.count;
   for (uint32_t i = 0; i < o.count; ++i) {
     const net::SegmentInfo& s = o.segments[i];
     job->segments.push_back(
         {reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size(), s.offset, s.bytes,
-         p.known_base ? std::optional<uint64_t>(a.segment_hashes[i]) : std::nullopt});
+         known_base ? std::optional<uint64_t>(a.segment_hashes[i]) : std::nullopt});
   }
   constexpr size_t H = detail::kTensorHeaderBytes;
-  job->base = reinterpret_cast<const uint8_t*>(a.value().data()) + H;
-  job->out = reinterpret_cast<uint8_t*>(p.out->data()) + H;
-  job->first = p.next;
+  job->base = reinterpret_cast<const uint8_t*>(base.data()) + H;
+  job->out = reinterpret_cast<uint8_t*>(out->data()) + H;
   // The frames, the value applied to (no one replaces it before the job ended: that takes
   // a Settle, which ends it first) and the buffer written.
   struct Keep {
     std::shared_ptr<OpenSegments> segments;
     std::shared_ptr<net::Frame> base, out;
   };
-  job->keep = std::make_shared<const Keep>(Keep{p.segments, a.holder, p.out});
-  p.job = job;
-  applier_->Start(std::move(job));
-}
-
-Status Hub::EndJob(PendingApply& p) {
-  applier_->Stop(*p.job);
-  p.next = static_cast<uint32_t>(p.job->applied.load());
-  Status st = std::move(p.job->status);
-  p.job.reset();
-  return st;
-}
-
-Status Hub::ApplySegment(Attr& a, PendingApply& p) {
-  const OpenSegments& o = *p.segments;
-  PrepareOut(a, p);
-  const ByteSpan base = a.value();
-  const net::SegmentInfo& s = o.segments[p.next];
-  const auto* from = reinterpret_cast<const uint8_t*>(base.data()) + detail::kTensorHeaderBytes;
-  auto* to = reinterpret_cast<uint8_t*>(p.out->data()) + detail::kTensorHeaderBytes + s.offset;
-  codec::DecodeOptions options;
-  if (p.known_base) options.known_base_hash = a.segment_hashes[p.next];
-  EASYSYNC_RETURN_IF_ERROR(
-      decoder_.Decode({reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size()},
-                      from + s.offset, s.bytes, {to, s.bytes}, options));
-  ++p.next;
-  return Status::Ok();
+  job->keep = std::make_shared<const Keep>(Keep{p.segments, a.holder, out});
+  p.out = std::move(out);
+  return job;
 }
 
 void Hub::HandleResync(ucp_ep_h ep, Peer& peer, const net::Resync& m) {

@@ -185,12 +185,9 @@ class Hub final : public net::UcxWorker::Handler {
     std::shared_ptr<int> sends_left = std::make_shared<int>(0);  // relay sends in flight
     int64_t deadline_ns = 0;
     std::shared_ptr<OpenSegments> segments;  // a segmented write instead of write/value/info
-    // A segmented write's application so far: the buffer it goes into (null before the
-    // first segment), the next segment, whether the base's segment hashes are known, the
-    // applier's job (null: none started), the value it applies to (kept while it runs).
+    // A segmented write's application: the buffer it goes into, and the job that fills it
+    // (both null until it is handed to the applier, or applied here).
     std::shared_ptr<net::Frame> out;
-    uint32_t next = 0;
-    bool known_base = false;
     std::shared_ptr<ApplyJob> job;
   };
   std::vector<std::shared_ptr<PendingApply>> pending_;
@@ -203,15 +200,10 @@ class Hub final : public net::UcxWorker::Handler {
   bool SegmentsMayChain(uint32_t id) const;
   // The stamp of the attribute's latest write: the last one pending, else the value's.
   Stamp Head(uint32_t id, const Attr& a) const;
-  // Sets up p.out, the buffer a segmented write goes into (once).
-  void PrepareOut(Attr& a, PendingApply& p);
-  // Applies the next segment of p (a segmented write) into p.out.
-  Status ApplySegment(Attr& a, PendingApply& p);
-  // Hands what is left of p (a segmented write) to the applier.
-  void StartJob(Attr& a, PendingApply& p);
-  // Takes back p's job, stopping it after the segment in progress if it still runs: p.next
-  // is where it got; a failure it met comes back.
-  Status EndJob(PendingApply& p);
+  // The application of p (a segmented write) to the attribute's value, into another buffer
+  // (a segment that does not verify leaves the hub's value as it was): for the applier, or
+  // for this thread when it needs the value before the applier had the write. Sets p.out.
+  std::shared_ptr<ApplyJob> MakeJob(Attr& a, PendingApply& p);
   // Moves the first pending write that may be applied now on (OnIdle): applies it (or, for
   // a segmented write, hands it to the applier, or collects it from there). True when
   // something was applied.
