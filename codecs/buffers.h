@@ -47,6 +47,18 @@ inline Status OutOfMemory(size_t n) {
 // One-shot XXH3-64.
 uint64_t Hash64(const void* data, size_t n);
 
+// XXH3-64 from the block sums of cuda/xxh3_blocks.h, for bytes hashed where they live (a
+// GPU): the hash of len bytes (len >= kXxh3SplitMinBytes) from the sums of their first
+// Xxh3SplitBlocks(len) blocks and their bytes from Xxh3TailOffset(len) on (at most 1087).
+inline constexpr size_t kXxh3SplitMinBytes = 241;  // shorter inputs take other paths
+constexpr size_t Xxh3SplitBlocks(size_t len) { return len == 0 ? 0 : (len - 1) / 1024; }
+constexpr size_t Xxh3TailOffset(size_t len) {
+  return Xxh3SplitBlocks(len) * 1024 < len - 64 ? Xxh3SplitBlocks(len) * 1024 : len - 64;
+}
+uint64_t Xxh3FromBlockSums(const uint64_t* sums, const uint8_t* tail, size_t len);
+// XXH3's default secret as the 24 little-endian words the block sums take.
+const uint64_t* Xxh3SecretWords();
+
 // Streaming XXH3-64 whose state is allocated once per owner (no allocation per Reset).
 class StreamHash {
  public:

@@ -16,3 +16,4 @@
 #include "byte_planes.h"  // IWYU pragma: export
 #include "compact.h"      // IWYU pragma: export
 #include "xor_diff.h"     // IWYU pragma: export
+#include "xxh3_blocks.h"  // IWYU pragma: export

@@ -224,6 +224,30 @@ TEST(CudaKernelsDevice, BytePlanesMatchHostTwins) {
   }
 }
 
+TEST(CudaKernelsDevice, Xxh3BlockSumsMatchHostTwin) {
+  EASYSYNC_SKIP_WITHOUT_DEVICE();
+  Stream stream;
+  uint64_t secret[kXxh3SecretWords];
+  for (size_t i = 0; i < kXxh3SecretWords; ++i) secret[i] = 0x9E3779B97F4A7C15ull * (i + 1);
+  for (size_t blocks :
+       {size_t{1}, size_t{7}, size_t{8}, size_t{33}, size_t{16384}, size_t{70001}}) {
+    SCOPED_TRACE(::testing::Message() << "blocks=" << blocks);
+    const size_t n = blocks * kXxh3BlockBytes;
+    const auto data = testing::RandomBytes(n, static_cast<uint32_t>(blocks));
+    std::vector<uint64_t> want(blocks * kXxh3Lanes);
+    Xxh3BlockSumsHost(data.data(), blocks, secret, want.data());
+    DeviceBuffer in(n), sums(want.size() * sizeof(uint64_t));
+    in.Upload(data);
+    ASSERT_TRUE(
+        Xxh3BlockSumsDevice(in.get(), blocks, secret, sums.get<uint64_t>(), stream.get()).ok());
+    stream.Sync();
+    EXPECT_EQ(sums.Download<uint64_t>(want.size()), want);
+  }
+  DeviceBuffer odd(kXxh3BlockBytes, 1), sums(64);
+  EXPECT_EQ(Xxh3BlockSumsDevice(odd.get(), 1, secret, sums.get<uint64_t>(), stream.get()).code(),
+            StatusCode::kInvalidArgument);
+}
+
 #else  // no CUDA in this build
 
 TEST(CudaKernelsDevice, SkippedWithoutCuda) {

@@ -13,10 +13,58 @@
 #include "codecs/coding.h"
 #include "codecs/kernels.h"
 #include "codecs/sparse.h"
+#include "cuda/xxh3_blocks.h"
 #include "easysync/codec.h"
 
 namespace easysync::codec::internal {
 namespace {
+
+// XXH3-64 put together from block sums (how a range on a GPU is hashed) is XXH3-64: around
+// every boundary of the long-input loop (a block, a stripe, a last block shorter than a
+// stripe) and for a segment-sized range.
+TEST(CodecStages, Xxh3FromBlockSumsIsXxh3) {
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> data((size_t{16} << 20) + 4096);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  std::vector<size_t> lengths = {kXxh3SplitMinBytes,
+                                 255,
+                                 256,
+                                 1023,
+                                 1024,
+                                 1025,
+                                 1030,
+                                 1087,
+                                 1088,
+                                 1089,
+                                 2047,
+                                 2048,
+                                 2049,
+                                 2100,
+                                 3071 + 64,
+                                 size_t{16} << 20};
+  for (int i = 0; i < 40; ++i) lengths.push_back(kXxh3SplitMinBytes + rng() % 70000);
+  for (size_t len : lengths) {
+    const size_t blocks = Xxh3SplitBlocks(len);
+    std::vector<uint64_t> sums(blocks * cuda::kXxh3Lanes);
+    cuda::Xxh3BlockSumsHost(data.data(), blocks, Xxh3SecretWords(), sums.data());
+    ASSERT_LE(len - Xxh3TailOffset(len), size_t{1087}) << len;
+    EXPECT_EQ(Xxh3FromBlockSums(sums.data(), data.data() + Xxh3TailOffset(len), len),
+              Hash64(data.data(), len))
+        << "len " << len;
+  }
+  // A changed byte anywhere changes the sums' hash as it changes XXH3's.
+  const size_t len = 5000;
+  const uint64_t before = Hash64(data.data(), len);
+  for (size_t at : {size_t{0}, size_t{1023}, size_t{4000}, len - 1}) {
+    data[at] ^= 1;
+    std::vector<uint64_t> sums(Xxh3SplitBlocks(len) * cuda::kXxh3Lanes);
+    cuda::Xxh3BlockSumsHost(data.data(), Xxh3SplitBlocks(len), Xxh3SecretWords(), sums.data());
+    const uint64_t h = Xxh3FromBlockSums(sums.data(), data.data() + Xxh3TailOffset(len), len);
+    EXPECT_NE(h, before) << at;
+    EXPECT_EQ(h, Hash64(data.data(), len)) << at;
+    data[at] ^= 1;
+  }
+}
 
 TEST(CodecStages, VarintRoundTripAndRejects) {
   std::vector<uint64_t> values = {0, 1, 127, 128, 255, 16383, 16384, UINT32_MAX, UINT64_MAX};
