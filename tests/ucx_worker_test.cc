@@ -36,10 +36,11 @@ uint64_t NumberOf(const Frame& f) {
 // One side: records the frames it gets, and the thread that handled each.
 class Side : public UcxWorker::Handler {
  public:
-  explicit Side(std::chrono::nanoseconds spin) {
+  explicit Side(std::chrono::nanoseconds spin, uint64_t max_frame_bytes = kDefaultMaxMessageBytes) {
     UcxOptions o;
     o.transports = "tcp";
     o.spin = spin;
+    o.max_frame_bytes = max_frame_bytes;
     worker_ = ValueOrThrow(UcxWorker::Create(o, this));
   }
   ~Side() override {
@@ -100,9 +101,22 @@ class Side : public UcxWorker::Handler {
   void OnFrame(ucp_ep_h, Frame f) override {
     std::lock_guard<std::mutex> lock(mu_);
     got_.push_back({NumberOf(f), f.size(), std::this_thread::get_id()});
+    if (keep_frames_) frames_.push_back(std::move(f));
     cv_.notify_all();
   }
-  void OnOversize(ucp_ep_h, size_t) override {}
+  void OnOversize(ucp_ep_h, size_t bytes) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    oversize_.push_back(bytes);
+  }
+  void KeepFrames() { keep_frames_ = true; }
+  std::vector<Frame> frames() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return frames_;
+  }
+  std::vector<size_t> oversize() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return oversize_;
+  }
   void OnEndpointError(ucp_ep_h ep, ucs_status_t) override { worker_->Close(ep); }
   void OnConnectRequest(ucp_conn_request_h request) override {
     std::string peer;
@@ -116,12 +130,17 @@ class Side : public UcxWorker::Handler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Got> got_;
+  std::atomic<bool> keep_frames_{false};
+  std::vector<Frame> frames_;
+  std::vector<size_t> oversize_;
 };
 
 // A listening side and a connected one, both started; the connection is up once `b` got a
 // first frame through it.
 struct Pair {
-  explicit Pair(std::chrono::nanoseconds spin = std::chrono::microseconds(50)) : a(spin), b(spin) {
+  explicit Pair(std::chrono::nanoseconds spin = std::chrono::microseconds(50),
+                uint64_t max_frame_bytes = kDefaultMaxMessageBytes)
+      : a(spin, max_frame_bytes), b(spin, max_frame_bytes) {
     const uint16_t port = b.Listen();
     a.ConnectTo(port);
     a.worker().Start();
@@ -195,6 +214,73 @@ TEST(UcxWorker, ASleepingProgressThreadFinishesWhatACallerLeftInFlight) {
     EXPECT_EQ(got[n].n, n);
     EXPECT_EQ(got[n].bytes, kBytes);
   }
+}
+
+TEST(UcxWorker, AFrameSentInTwoPartsArrivesAsOneInItsPlace) {
+  // SendSplit (how a tensor's bytes go from where they live): the head as the AM header, the
+  // tail as its data, eager (small) and rendezvous (large), between whole frames. The receiver
+  // gets head ++ tail, in the order sent.
+  Pair p(std::chrono::nanoseconds(0));
+  p.b.KeepFrames();
+  ASSERT_GE(p.a.worker().max_frame_head(), size_t{64}) << "UCX allows no AM header";
+  std::vector<Frame> want;
+  std::vector<std::shared_ptr<std::vector<std::byte>>> tails;  // alive until delivered
+  uint64_t n = 1;
+  for (size_t tail_bytes : {size_t{0}, size_t{100}, size_t{4} << 20, size_t{3}, size_t{9} << 20}) {
+    auto head = std::make_shared<Frame>(Numbered(n++, 48));
+    auto tail = std::make_shared<std::vector<std::byte>>(tail_bytes);
+    for (size_t i = 0; i < tail_bytes; ++i) (*tail)[i] = static_cast<std::byte>(i * 7 + n);
+    Frame whole = *head;
+    whole.insert(whole.end(), tail->begin(), tail->end());
+    want.push_back(std::move(whole));
+    tails.push_back(tail);
+    std::shared_ptr<const Frame> h = head;
+    p.a.worker().RunOrPost([&p, h, tail] {
+      p.a.worker().SendSplit(p.a.ep(), h, tail->data(), tail->size(), UCS_MEMORY_TYPE_HOST);
+    });
+    want.push_back(Numbered(n, 16));
+    p.a.Send(n++, /*run_here=*/true, 16);
+  }
+  ASSERT_TRUE(p.b.AwaitFrames(want.size() + 1, /*drive=*/false));
+  const auto frames = p.b.frames();
+  ASSERT_EQ(frames.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(frames[i].size(), want[i].size()) << i;
+    EXPECT_TRUE(frames[i] == want[i]) << "frame " << i << " differs";
+  }
+}
+
+TEST(UcxWorker, ATcpEndpointHasNoRdmaLane) {
+  // What decides whether whole GPU values go from device memory (NetOptions::device_direct):
+  // over TCP they do not.
+  Pair p(std::chrono::nanoseconds(0));
+  bool rdma = true;
+  std::atomic<bool> asked{false};
+  p.a.worker().Post([&] {
+    rdma = p.a.worker().HasRdmaLane(p.a.ep());
+    asked.store(true);
+  });
+  for (int i = 0; i < 2000 && !asked.load(); ++i) std::this_thread::sleep_for(milliseconds(1));
+  ASSERT_TRUE(asked.load());
+  EXPECT_FALSE(rdma);
+}
+
+TEST(UcxWorker, ASplitFrameOverTheLimitIsRefusedByItsWholeSize) {
+  // The limit holds for head and tail together: a tail just under it with a head refused.
+  constexpr uint64_t kMax = 1 << 20;
+  Pair p(std::chrono::nanoseconds(0), kMax);
+  auto head = std::make_shared<const Frame>(Numbered(1, 64));
+  auto tail = std::make_shared<std::vector<std::byte>>(kMax - 32);
+  p.a.worker().RunOrPost([&p, head, tail] {
+    p.a.worker().SendSplit(p.a.ep(), head, tail->data(), tail->size(), UCS_MEMORY_TYPE_HOST);
+  });
+  p.a.Send(2, /*run_here=*/true, 16);
+  ASSERT_TRUE(p.b.AwaitFrames(2, /*drive=*/false));
+  const auto got = p.b.got();
+  EXPECT_EQ(got.back().n, 2u);
+  const auto oversize = p.b.oversize();
+  ASSERT_EQ(oversize.size(), 1u);
+  EXPECT_EQ(oversize[0], kMax - 32 + 64);
 }
 
 TEST(UcxWorker, StopWaitsForACallerThatDrivesTheWorker) {

@@ -361,6 +361,10 @@ Frame Encode(const Update& m) {
   return w.Take();
 }
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill) {
+  return EncodeWriteHead(m, value_size, value_size, fill);
+}
+Frame EncodeWriteHead(const Write& m, size_t value_size, size_t head_bytes,
+                      FunctionRef<void(std::byte*)> fill) {
   Writer w(MsgType::kWrite, kWriteValueOffset - kHeaderBytes + value_size,
            static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)));
   w.U32(m.request_id);
@@ -368,7 +372,7 @@ Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*
   w.U64(m.clock);
   w.U64(static_cast<uint64_t>(m.write_ns));
   Frame f = w.Take();
-  f.resize(kWriteValueOffset + value_size);
+  f.resize(kWriteValueOffset + head_bytes);
   fill(f.data() + kWriteValueOffset);
   return f;
 }

@@ -26,7 +26,7 @@
 namespace easysync::net {
 
 inline constexpr uint32_t kMagic = 0x4E595345;  // "ESYN" in memory order
-inline constexpr uint16_t kProtocolVersion = 3;
+inline constexpr uint16_t kProtocolVersion = 4;
 inline constexpr size_t kHeaderBytes = 16;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;  // HMAC-SHA256
@@ -236,6 +236,11 @@ void ShrinkFrame(Frame* frame, size_t size);
 // A WRITE whose value (value_size bytes) `fill` writes straight into the frame; m.value is
 // ignored.
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill);
+// The first kWriteValueOffset + head_bytes bytes of such a WRITE (fill writes the value's first
+// head_bytes): the head of a frame whose value ends elsewhere (UcxWorker::SendSplit).
+// REQUIRES: head_bytes <= value_size.
+Frame EncodeWriteHead(const Write& m, size_t value_size, size_t head_bytes,
+                      FunctionRef<void(std::byte*)> fill);
 // Where the value starts in a WRITE, UPDATE or DECLARED frame.
 inline constexpr size_t kWriteValueOffset = kHeaderBytes + 24;
 inline constexpr size_t kUpdateValueOffset = kHeaderBytes + 32;

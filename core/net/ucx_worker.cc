@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -182,6 +183,14 @@ Status UcxWorker::Init() {
                                      "' is not valid: " + ucs_status_string(st));
     }
   }
+  // UCX's memory-type cache learns of device memory from hooks on CUDA's allocation calls, and
+  // misses allocations made through a statically linked CUDA runtime or the driver's entry
+  // points: it then calls device memory host memory, whatever the send says, and TCP tried to
+  // send() it (libucx-cu13 1.22 on an H100). Without the cache UCX asks the CUDA driver, which
+  // costs nothing here: every send and receive names its memory type. The environment wins.
+  if (std::getenv("UCX_MEMTYPE_CACHE") == nullptr) {
+    (void)ucp_config_modify(config, "MEMTYPE_CACHE", "n");
+  }
   const std::string transports = ResolvedTransports(config);
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
@@ -212,6 +221,11 @@ Status UcxWorker::Init() {
   ca.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
   if (ucp_context_query(context_, &ca) == UCS_OK) {
     cuda_memory_ = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+  }
+  ucp_worker_attr_t wa{};
+  wa.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+  if (ucp_worker_query(worker_, &wa) == UCS_OK) {
+    max_frame_head_ = std::min(wa.max_am_header, kMaxFrameHead);
   }
   description_ = std::string("UCX ") + ucp_get_version_string() + ", transports " + transports +
                  ", CUDA memory " + (cuda_memory_ ? "yes" : "no");
@@ -392,12 +406,29 @@ bool UcxWorker::RunPosted() {
 
 void UcxWorker::Send(ucp_ep_h ep, std::shared_ptr<const Frame> frame,
                      std::function<void(ucs_status_t)> done) {
-  auto* ctx = new SendCtx{this, std::move(frame), std::move(done), &inflight_};
+  const void* data = frame->data();
+  const size_t size = frame->size();
+  SendAm(ep, nullptr, data, size, UCS_MEMORY_TYPE_HOST, std::move(frame), std::move(done));
+}
+
+void UcxWorker::SendSplit(ucp_ep_h ep, std::shared_ptr<const Frame> head, const void* tail,
+                          size_t tail_bytes, ucs_memory_type_t tail_type,
+                          std::function<void(ucs_status_t)> done) {
+  SendAm(ep, head.get(), tail, tail_bytes, tail_type, head, std::move(done));
+}
+
+void UcxWorker::SendAm(ucp_ep_h ep, const Frame* head, const void* data, size_t size,
+                       ucs_memory_type_t type, std::shared_ptr<const Frame> keep,
+                       std::function<void(ucs_status_t)> done) {
+  auto* ctx = new SendCtx{this, std::move(keep), std::move(done), &inflight_};
   ucp_request_param_t p{};
   p.op_attr_mask =
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_REPLY;
   p.user_data = ctx;
+  // Named, so that UCX needs not detect it (see MEMTYPE_CACHE in Init).
+  p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+  p.memory_type = type;
   p.cb.send = [](void* request, ucs_status_t status, void* user_data) {
     auto* c = static_cast<SendCtx*>(user_data);
     if (c->done && c->worker->handler_ != nullptr) c->done(status);
@@ -405,14 +436,34 @@ void UcxWorker::Send(ucp_ep_h ep, std::shared_ptr<const Frame> frame,
     delete c;
     ucp_request_free(request);
   };
-  const ucs_status_ptr_t r =
-      ucp_am_send_nbx(ep, kAmId, nullptr, 0, ctx->frame->data(), ctx->frame->size(), &p);
+  const ucs_status_ptr_t r = ucp_am_send_nbx(ep, kAmId, head != nullptr ? head->data() : nullptr,
+                                             head != nullptr ? head->size() : 0, data, size, &p);
   if (UCS_PTR_IS_PTR(r)) {
     inflight_.fetch_add(1);
     return;
   }
   if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
   delete ctx;
+}
+
+bool UcxWorker::HasRdmaLane(ucp_ep_h ep) const {
+  // ucp_ep_print_info names each lane's transport ("... rc_mlx5/mlx5_0:1 ..."); UCX 1.13 has
+  // no query for it.
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* f = open_memstream(&text, &size);
+  if (f == nullptr) return false;
+  ucp_ep_print_info(ep, f);
+  std::fclose(f);
+  bool rdma = false;
+  if (text != nullptr) {
+    const std::string info(text, size);
+    std::free(text);
+    for (const char* name : {" rc_", " dc_", ":rc_", ":dc_", "/rc_", "/dc_"}) {
+      rdma = rdma || info.find(name) != std::string::npos;
+    }
+  }
+  return rdma;
 }
 
 void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
@@ -458,36 +509,45 @@ void UcxWorker::Close(ucp_ep_h ep) {
   posted_.push_back(std::move(close));
 }
 
-ucs_status_t UcxWorker::OnAm(void* arg, const void*, size_t header_length, void* data,
+ucs_status_t UcxWorker::OnAm(void* arg, const void* header, size_t header_length, void* data,
                              size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxWorker*>(arg);
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   Handler* h = self->handler_;
   if (h == nullptr) return rndv ? UCS_ERR_CANCELED : UCS_OK;  // shutting down
   ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
-  if (header_length != 0) {  // the protocol sends no AM header: malformed
+  // A frame is the AM header (the head of a frame sent with SendSplit, else empty) followed
+  // by the AM data.
+  if (header_length > kMaxFrameHead) {  // no sender puts a value there: malformed
     h->OnFrame(ep, Frame());
     return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
   }
-  if (length > self->options_.max_frame_bytes) {
-    h->OnOversize(ep, length);
+  const size_t max = self->options_.max_frame_bytes;
+  if (header_length > max || length > max - header_length) {
+    h->OnOversize(ep, header_length + length);
     return rndv ? UCS_ERR_MESSAGE_TRUNCATED : UCS_OK;
   }
+  const auto* head = static_cast<const std::byte*>(header);
   auto queued = self->arrivals_.find(ep);
   if (!rndv) {
     const auto* b = static_cast<const std::byte*>(data);
+    Frame frame;
+    frame.reserve(header_length + length);
+    frame.insert(frame.end(), head, head + header_length);
+    frame.insert(frame.end(), b, b + length);
     if (queued == self->arrivals_.end()) {
-      h->OnFrame(ep, Frame(b, b + length));
+      h->OnFrame(ep, std::move(frame));
     } else {  // behind a rendezvous frame still arriving
       auto a = std::make_shared<Arrival>();
-      a->frame.assign(b, b + length);
+      a->frame = std::move(frame);
       a->ready = true;
       queued->second.push_back(std::move(a));
     }
     return UCS_OK;
   }
   auto arrival = std::make_shared<Arrival>();
-  arrival->frame.resize(length);
+  arrival->frame.resize(header_length + length);
+  if (header_length != 0) std::memcpy(arrival->frame.data(), head, header_length);
   self->arrivals_[ep].push_back(arrival);
   struct RecvCtx {
     UcxWorker* worker;
@@ -496,7 +556,9 @@ ucs_status_t UcxWorker::OnAm(void* arg, const void*, size_t header_length, void*
   };
   auto* ctx = new RecvCtx{self, ep, arrival};
   ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+  p.memory_type = UCS_MEMORY_TYPE_HOST;
   p.user_data = ctx;
   p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user_data) {
     auto* c = static_cast<RecvCtx*>(user_data);
@@ -508,7 +570,7 @@ ucs_status_t UcxWorker::OnAm(void* arg, const void*, size_t header_length, void*
     ucp_request_free(request);
   };
   const ucs_status_ptr_t r =
-      ucp_am_recv_data_nbx(self->worker_, data, arrival->frame.data(), length, &p);
+      ucp_am_recv_data_nbx(self->worker_, data, arrival->frame.data() + header_length, length, &p);
   if (UCS_PTR_IS_PTR(r)) {
     self->inflight_.fetch_add(1);
   } else {

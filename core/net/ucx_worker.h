@@ -50,6 +50,10 @@ std::string AvailableTransports();
 // A negative spin means: choose (kDefaultSpin). Spinning threads yield between polls, so they
 // give way to any thread with work on the same CPU.
 inline constexpr std::chrono::microseconds kDefaultSpin{50};
+
+// The longest first part of a frame sent apart from its tail (UcxWorker::SendSplit) that a
+// receiver accepts: a WRITE's headers, not a value.
+inline constexpr size_t kMaxFrameHead = 1024;
 std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested);
 
 // Yields the CPU once; false when that took long enough to show a thread that computes on the
@@ -70,7 +74,8 @@ class UcxWorker {
   class Handler {
    public:
     virtual ~Handler() = default;
-    // A whole frame from ep (nullptr when the sender did not identify itself).
+    // A whole frame from ep (nullptr when the sender did not identify itself); an empty frame
+    // for one that is malformed at this layer (a head longer than kMaxFrameHead).
     virtual void OnFrame(ucp_ep_h ep, Frame frame) = 0;
     // A frame over max_frame_bytes, refused before its bytes were received.
     virtual void OnOversize(ucp_ep_h ep, size_t bytes) = 0;
@@ -123,6 +128,20 @@ class UcxWorker {
   // Sends a frame; done (optional) gets the completion status.
   void Send(ucp_ep_h ep, std::shared_ptr<const Frame> frame,
             std::function<void(ucs_status_t)> done = {});
+  // Sends the frame head ++ tail where the tail stays where it is, in memory of tail_type
+  // (device memory when cuda_memory()): the head travels as the active message's header, the
+  // tail as its data, and the receiver gets one frame. The tail must stay unchanged until done
+  // runs. REQUIRES: head->size() <= max_frame_head().
+  void SendSplit(ucp_ep_h ep, std::shared_ptr<const Frame> head, const void* tail,
+                 size_t tail_bytes, ucs_memory_type_t tail_type,
+                 std::function<void(ucs_status_t)> done = {});
+  // The longest head SendSplit takes: what UCX allows in an active message header, at most
+  // kMaxFrameHead (what receivers accept).
+  size_t max_frame_head() const { return max_frame_head_; }
+  // Whether ep has an RDMA lane (rc, dc: verbs transports that can read GPU memory from the
+  // NIC where GPUDirect RDMA is set up), from UCX's own description of the endpoint.
+  // Progress-thread only.
+  bool HasRdmaLane(ucp_ep_h ep) const;
   // Calls done once everything sent on ep has reached the peer (or failed).
   void Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done);
   // Closes an endpoint by force: what is still in flight on it is dropped (Flush first to
@@ -139,6 +158,10 @@ class UcxWorker {
   // After a caller drove the worker (drive_mu_ just released): wakes the progress thread when
   // UCX still owns a send that only progress completes and the thread sleeps.
   void AfterDrivenHere(bool handled);
+  // One active message: header (nullptr: none), then size bytes of data of memory type
+  // `type`; keep lives until the send completes.
+  void SendAm(ucp_ep_h ep, const Frame* head, const void* data, size_t size, ucs_memory_type_t type,
+              std::shared_ptr<const Frame> keep, std::function<void(ucs_status_t)> done);
   static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
                            size_t length, const ucp_am_recv_param_t* param);
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
@@ -153,6 +176,7 @@ class UcxWorker {
   Handler* handler_;
   std::string description_;
   bool cuda_memory_ = false;
+  size_t max_frame_head_ = 0;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   ucp_listener_h listener_ = nullptr;
