@@ -21,7 +21,11 @@
 // --device cuda keeps A's tensor in GPU memory (copied there before each timed write, untimed):
 // the delta is computed on the device and only changed blocks cross PCIe. --device host-twin
 // runs that same path on the CUDA kernels' host twins (a dry run without a GPU, and a profile of
-// the path's host side). B reads into host memory either way.
+// the path's host side). B reads into host memory either way. With either, each repetition also
+// writes the step's weights as whole values (A's device base forgotten first, as after another
+// writer): whole_s with NetOptions::device_direct kAlways (from device memory straight to UCX,
+// raw, where UCX moves CUDA memory: whole_in_place; host-twin takes that path with UCX reading
+// host memory), whole_staged_s with kNever (staged through the host and encoded there).
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -295,6 +299,8 @@ class Sender {
   Sender(Client& c, const std::string& object, Control* ctl, bool cuda)
       : client_(c), state_(c, object), ctl_(ctl), cuda_(cuda) {}
 
+  AttrId attr() const { return state_.value.attr(); }
+
   bool WaitForB() {
     const auto deadline = Clock::now() + kValueTimeout;
     while (ctl_->b_state.load() == 0 && Clock::now() < deadline) poll(nullptr, 0, 1);
@@ -350,6 +356,11 @@ struct LinkResult {
   bool shaping_failed = false;
   double delta_s = NAN, full_s = NAN, gloo_s = NAN;
   int64_t wire_bytes = 0, full_wire_bytes = 0;
+  // A's tensor on the device: a whole value (the encoder's base forgotten, as after another
+  // writer) with NetOptions::device_direct on and off, and whether on meant in place.
+  double whole_s = NAN, whole_staged_s = NAN;
+  int64_t whole_wire_bytes = 0, whole_staged_wire_bytes = 0;
+  bool whole_in_place = false;
 };
 
 // B in a child, A here; medians into *r. REQUIRES: no other threads (fork).
@@ -370,12 +381,17 @@ bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement&
   bool ok = false;
   try {
     auto client = connect(options);
-    if (f.device == "host-twin") net::SetDevicePathForHostTensors(*client, true);
+    if (f.device == "host-twin") {
+      // The device path on the host twins, in place as where UCX moves the device's memory.
+      net::SetDevicePathForHostTensors(*client, true);
+      net::SetInPlaceForHostTensors(*client, true);
+    }
     Sender a(*client, object, ctl, f.device == "cuda");
     const std::vector<int64_t> shape = {static_cast<int64_t>(bytes / DTypeSize(dtype))};
     // Warm-up: the first value of this size through the connection, untimed.
     ok = a.WaitForB() && a.Sync(RandomTensor(dtype, bytes, 0));
-    std::vector<double> delta, full, wire, full_wire;
+    std::vector<double> delta, full, wire, full_wire, whole, whole_staged, whole_wire,
+        whole_staged_wire;
     for (int k = 0; ok && k < f.reps; ++k) {
       std::string error;
       const TensorPair* pair = steps.Get(k, &error);
@@ -394,6 +410,26 @@ bool MeasureEasySync(const Flags& f, const NetOptions& options, const Placement&
       full.push_back(u);
       wire.push_back(static_cast<double>(dw));
       full_wire.push_back(static_cast<double>(uw));
+      if (ok && f.device != "host") {
+        // The step's weights as a whole value, from the device directly and staged.
+        for (const bool direct : {true, false}) {
+          net::SetDeviceDirect(*client, direct ? NetOptions::DeviceDirect::kAlways
+                                               : NetOptions::DeviceDirect::kNever);
+          net::ForgetDeviceBase(*client, a.attr());
+          ok = ok && a.Sync(direct ? base : cur, &u, &uw);
+          (direct ? whole : whole_staged).push_back(u);
+          (direct ? whole_wire : whole_staged_wire).push_back(static_cast<double>(uw));
+        }
+        net::SetDeviceDirect(*client, options.device_direct);
+      }
+    }
+    r->whole_in_place =
+        f.device == "host-twin" || (f.device == "cuda" && net::UcxMovesCudaMemory(*client));
+    if (ok && !whole.empty()) {
+      r->whole_s = Median(whole);
+      r->whole_staged_s = Median(whole_staged);
+      r->whole_wire_bytes = static_cast<int64_t>(Median(whole_wire));
+      r->whole_staged_wire_bytes = static_cast<int64_t>(Median(whole_staged_wire));
     }
     if (ok) {
       r->delta_s = Median(delta);
@@ -703,6 +739,11 @@ int RunNetTensor(int argc, char** argv, int first) {
           .Add("raw_bytes", raw_bytes)
           .Add("wire_vs_codec",
                static_cast<double>(r.wire_bytes) / static_cast<double>(codec_bytes))
+          .Add("whole_s", r.whole_s)
+          .Add("whole_staged_s", r.whole_staged_s)
+          .Add("whole_wire_bytes", r.whole_wire_bytes)
+          .Add("whole_staged_wire_bytes", r.whole_staged_wire_bytes)
+          .AddBool("whole_in_place", r.whole_in_place)
           .Add("gloo_link", link == "external" ? "loopback" : link)
           .Add("reps", static_cast<int64_t>(f.reps))
           .Add("transports", f.transports)
@@ -722,7 +763,7 @@ int RunNetTensor(int argc, char** argv, int first) {
       std::string(DTypeName(steps.dtype())).c_str(), f.device.c_str(), hub.c_str(),
       f.transports.c_str(), where.name.c_str(), f.reps);
   Table table({"link", "delta_s", "full_s", "gloo_s", "delta_vs_gloo", "wire_bytes",
-               "full_wire_bytes", "codec_bytes", "raw_bytes"});
+               "full_wire_bytes", "codec_bytes", "raw_bytes", "whole_s", "whole_staged_s"});
   auto fixed = [](double v, int decimals) {
     return std::isnan(v) ? std::string("-") : Fixed(v, decimals);
   };
@@ -731,7 +772,7 @@ int RunNetTensor(int argc, char** argv, int first) {
     table.Row({row.link, fixed(r.delta_s, 4), fixed(r.full_s, 4), fixed(r.gloo_s, 4),
                fixed(r.gloo_s / r.delta_s, 2), std::to_string(r.wire_bytes),
                std::to_string(r.full_wire_bytes), std::to_string(codec_bytes),
-               std::to_string(raw_bytes)});
+               std::to_string(raw_bytes), fixed(r.whole_s, 4), fixed(r.whole_staged_s, 4)});
   }
   table.Print();
   if (!f.host.empty()) std::printf("external hub: the gloo pair ran on this machine's loopback\n");

@@ -56,6 +56,11 @@ class JsonLine {
     out_ += std::to_string(value);
     return *this;
   }
+  JsonLine& AddBool(std::string_view key, bool value) {
+    Key(key);
+    out_ += value ? "true" : "false";
+    return *this;
+  }
   // Non-finite numbers are not JSON: they print as null.
   JsonLine& Add(std::string_view key, double value) {
     Key(key);

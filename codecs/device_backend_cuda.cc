@@ -11,6 +11,7 @@
 #include "compact.h"
 #include "cuda_check.h"
 #include "xor_diff.h"
+#include "xxh3_blocks.h"
 #endif
 
 namespace easysync::codec {
@@ -41,6 +42,11 @@ class CudaDeltaBackend final : public DeltaBackend {
     return cuda::CompactChangedBlocksDevice(xor_bytes, n, block_bytes, changed, ids, out, count,
                                             temp, temp_bytes, stream_);
   }
+  Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
+                       uint64_t* sums) override {
+    return cuda::Xxh3BlockSumsDevice(data, blocks, secret, sums, stream_);
+  }
+  bool device_memory() const override { return true; }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return Status::Ok();
     EASYSYNC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
@@ -85,7 +91,22 @@ Result<std::unique_ptr<DeltaBackend>> MakeCudaDeltaBackend(void* stream) {
   if (!cuda::DeviceAvailable()) return Status::Unavailable("no CUDA device on this machine");
   return std::unique_ptr<DeltaBackend>(std::make_unique<CudaDeltaBackend>(stream));
 }
+
+Status BindDeviceOf(const void* device_ptr) {
+  cudaPointerAttributes a{};
+  EASYSYNC_CUDA_CHECK(cudaPointerGetAttributes(&a, device_ptr));
+  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged) {
+    return Status::InvalidArgument("BindDeviceOf: not device memory");
+  }
+  EASYSYNC_CUDA_CHECK(cudaSetDevice(a.device));
+  EASYSYNC_CUDA_CHECK(cudaFree(nullptr));  // creates and makes current the primary context
+  return Status::Ok();
+}
 #else
+Status BindDeviceOf(const void*) {
+  return Status::Unavailable("this EasySync build has no CUDA kernels (EASYSYNC_WITH_CUDA=OFF)");
+}
+
 Result<std::unique_ptr<DeltaBackend>> MakeCudaDeltaBackend(void*) {
   return Status::Unavailable("this EasySync build has no CUDA kernels (EASYSYNC_WITH_CUDA=OFF)");
 }

@@ -4,11 +4,18 @@
 #include <mutex>
 #include <vector>
 
+#include "codecs/buffers.h"
+#include "codecs/frame.h"
+#include "codecs/frame_format.h"
 #include "compact.h"
 #include "easysync/device_codec.h"
 #include "xor_diff.h"
+#include "xxh3_blocks.h"
 
 namespace easysync::codec {
+
+static_assert(kFrameHeaderBytes == format::kHeaderSize);
+
 namespace {
 
 // The host twins of the cuda/ kernels, on host memory.
@@ -31,6 +38,11 @@ class HostDeltaBackend final : public DeltaBackend {
                  uint32_t* ids, uint8_t* out, uint32_t* count, uint8_t*, size_t) override {
     *count = static_cast<uint32_t>(
         cuda::CompactChangedBlocksHost(xor_bytes, n, block_bytes, changed, ids, out));
+    return Status::Ok();
+  }
+  Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
+                       uint64_t* sums) override {
+    cuda::Xxh3BlockSumsHost(data, blocks, secret, sums);
     return Status::Ok();
   }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
@@ -64,11 +76,11 @@ DeviceEncoder::DeviceEncoder(std::unique_ptr<DeltaBackend> backend, EncoderOptio
 DeviceEncoder::~DeviceEncoder() { FreeAll(); }
 
 void DeviceEncoder::FreeAll() {
-  for (uint8_t** p : {&base_, &xor_, &changed_, &ids_, &compacted_, &count_dev_, &temp_}) {
+  for (uint8_t** p : {&base_, &xor_, &changed_, &ids_, &compacted_, &count_dev_, &temp_, &sums_}) {
     if (*p != nullptr) backend_->Free(*p);
     *p = nullptr;
   }
-  for (uint8_t** p : {&shadow_, &staging_}) {
+  for (uint8_t** p : {&shadow_, &staging_, &sums_host_}) {
     if (*p != nullptr) backend_->FreeHost(*p);
     *p = nullptr;
   }
@@ -120,9 +132,95 @@ Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const ui
   return size;
 }
 
+Status DeviceEncoder::StageInPlace(DType dtype, size_t element_count, const uint8_t* cur,
+                                   uint64_t new_version) {
+  staged_ = false;
+  EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
+  if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
+  new_version_ = new_version;
+  encoded_.clear();
+  whole_hash_.reset();
+  staged_count_ = 0;
+  // The receiver's base is about to be replaced whatever happens next.
+  base_version_ = 0;
+  const size_t blocks = n_ / cuda::kXxh3BlockBytes;
+  const size_t sums_bytes = std::max<size_t>(blocks, 1) * cuda::kXxh3Lanes * sizeof(uint64_t);
+  if (sums_ == nullptr) {
+    EASYSYNC_ASSIGN_OR_RETURN(sums_, backend_->Allocate(sums_bytes));
+    Result<uint8_t*> host = backend_->AllocateHost(sums_bytes);
+    if (!host.ok()) {
+      backend_->Free(sums_);
+      sums_ = nullptr;
+      return host.status();
+    }
+    sums_host_ = *host;
+  }
+  EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
+  auto* sums = reinterpret_cast<uint64_t*>(sums_);
+  EASYSYNC_RETURN_IF_ERROR(
+      backend_->Xxh3BlockSums(base_, blocks, internal::Xxh3SecretWords(), sums));
+  const size_t used = blocks * cuda::kXxh3Lanes * sizeof(uint64_t);
+  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(sums_host_, sums_, used));
+  stats_.bytes_to_host += used;
+  ++stats_.full_frames;
+  kind_ = Staged::kFull;
+  in_place_ = true;
+  staged_ = true;
+  return Status::Ok();
+}
+
+Result<const uint8_t*> DeviceEncoder::EncodeRangeInPlace(size_t offset, size_t bytes,
+                                                         std::span<uint8_t> header) {
+  const size_t esize = DTypeSize(dtype_);
+  if (!staged_ || !in_place_)
+    return Status::InvalidArgument("DeviceEncoder: nothing staged in place");
+  const size_t end = offset + bytes;
+  if (offset > n_ || bytes > n_ - offset || offset % cuda::kXxh3BlockBytes != 0 ||
+      offset % esize != 0 || bytes % esize != 0 || header.size() < kFrameHeaderBytes) {
+    return Status::InvalidArgument("DeviceEncoder: in-place range not aligned or past the end");
+  }
+  {
+    std::lock_guard<std::mutex> lock(ranges_mu_);
+    for (const auto& [b, e] : encoded_) {
+      if (offset < e && b < end) {
+        return Status::InvalidArgument("DeviceEncoder: range overlaps one encoded before");
+      }
+    }
+    encoded_.emplace_back(offset, end);
+  }
+  uint64_t hash;
+  if (bytes < internal::kXxh3SplitMinBytes) {
+    uint8_t small[internal::kXxh3SplitMinBytes];
+    EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(small, base_ + offset, bytes));
+    hash = internal::Hash64(small, bytes);
+  } else {
+    uint8_t tail[cuda::kXxh3BlockBytes + 64];
+    const size_t tail_offset = internal::Xxh3TailOffset(bytes);
+    EASYSYNC_RETURN_IF_ERROR(
+        backend_->ToHost(tail, base_ + offset + tail_offset, bytes - tail_offset));
+    const auto* sums = reinterpret_cast<const uint64_t*>(sums_host_) +
+                       offset / cuda::kXxh3BlockBytes * cuda::kXxh3Lanes;
+    hash = internal::Xxh3FromBlockSums(sums, tail, bytes);
+  }
+  FrameInfo info;
+  info.dtype = dtype_;
+  info.chain = 0;
+  info.element_count = bytes / esize;
+  info.new_version = new_version_;
+  info.result_hash = hash;
+  info.payload_size = bytes;
+  internal::WriteHeader(info, header.data());
+  if (bytes == n_) {
+    std::lock_guard<std::mutex> lock(ranges_mu_);
+    whole_hash_ = hash;
+  }
+  return base_ + offset;
+}
+
 Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_count,
                                                    const uint8_t* cur, uint64_t new_version) {
   staged_ = false;
+  in_place_ = false;
   EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
   if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
   new_version_ = new_version;
@@ -171,7 +269,7 @@ Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_
                                           std::optional<uint64_t> base_hash,
                                           std::span<uint8_t> out) {
   const size_t esize = DTypeSize(dtype_);
-  if (!staged_) return Status::InvalidArgument("DeviceEncoder: no staged update");
+  if (!staged_ || in_place_) return Status::InvalidArgument("DeviceEncoder: no staged update");
   const size_t end = offset + bytes;
   if (offset > n_ || bytes > n_ - offset || offset % block_bytes_ != 0 ||
       (end % block_bytes_ != 0 && end != n_) || offset % esize != 0 || bytes % esize != 0) {
@@ -262,6 +360,16 @@ Status DeviceEncoder::Commit(const uint8_t* cur) {
     // Some ranges went, others not: the shadow is neither the old value nor the new one.
     base_version_ = 0;
     return Status::InvalidArgument("DeviceEncoder: commit of an update only partly encoded");
+  }
+  if (in_place_) {
+    // base_ holds the value already; the host shadow gets it now.
+    in_place_ = false;
+    EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, base_, n_));
+    stats_.bytes_to_host += n_;
+    std::swap(shadow_, staging_);
+    shadow_hash_ = whole_hash_;
+    base_version_ = new_version_;
+    return Status::Ok();
   }
   if (kind_ == Staged::kBlocks) {
     if (covered == 0) {

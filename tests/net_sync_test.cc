@@ -593,6 +593,65 @@ TEST(NetDevice, LargeDeviceTensorDeltasGoInSegmentsAndConverge) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetDevice, WholeValuesGoFromWhereTheyLiveWhenUcxReadsThatMemory) {
+  // The in-place path (what a CUDA tensor takes where UCX moves CUDA memory) with the host
+  // twins and UCX reading host memory: a whole value in segments goes as raw frames whose
+  // headers travel as active message headers and whose payloads UCX reads from the encoder's
+  // memory. Readers and the writer's replica get it bit-exact, deltas follow, and with the
+  // path off the same kind of write is staged and shrunk by the entropy stage instead.
+  constexpr size_t kElements = size_t{20} << 20;  // 40 MiB of bfloat16: three segments
+  constexpr size_t kRaw = kElements * 2;
+  WriterReader setup;
+  Tensor w = Weights(kElements, 1);
+  ASSERT_TRUE(setup.Start(w));
+  auto& [hub, ca, cb, pa, pb] = setup;
+  Model &a = *pa, &b = *pb;
+  net::SetDevicePathForHostTensors(*ca, true);
+  net::SetInPlaceForHostTensors(*ca, true);
+  net::SetDeviceDirect(*ca, NetOptions::DeviceDirect::kAlways);  // loopback TCP: no RDMA lane
+  uint64_t version = 1;
+  // Whole (the encoder has no base), in place: every payload byte crosses raw.
+  const auto whole_write = [&](uint64_t seed) -> uint64_t {
+    w = Weights(kElements, seed);
+    const Stats before = ca->stats();
+    auto v = ca->WriteTensor(a.w.attr(), w.view());
+    EXPECT_TRUE(v.ok()) << v.status().ToString();
+    const Stats after = ca->stats();
+    EXPECT_EQ(after.full_sent, before.full_sent + 1);
+    EXPECT_GE(after.packets_sent, before.packets_sent + 3);  // segments
+    EXPECT_TRUE(cb->WaitUntil([&] { return b.w.version() >= *v; }, Clock::now() + seconds(60)));
+    EXPECT_TRUE(b.w.get() == w);
+    EXPECT_TRUE(a.w.get() == w);  // the writer's replica
+    version = *v;
+    return after.bytes_sent - before.bytes_sent;
+  };
+  const uint64_t in_place = whole_write(2);
+  EXPECT_GE(in_place, kRaw);
+  EXPECT_LT(in_place, kRaw + 3 * 1024);  // headers only
+  // A delta against it, built on the host as always.
+  Step(w, 10, 3);
+  Stats before = ca->stats();
+  ASSERT_TRUE(ca->WriteTensor(a.w.attr(), w.view()).ok());
+  EXPECT_EQ(ca->stats().deltas_sent, before.deltas_sent + 1);
+  EXPECT_LT(ca->stats().bytes_sent - before.bytes_sent, kRaw / 20);
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.get() == w; }, Clock::now() + seconds(60)));
+  version = b.w.version();
+  // Another writer makes the device base stale: whole again, in place again.
+  b.w = Weights(kElements, 4);
+  ASSERT_TRUE(ca->WaitUntil([&] { return a.w.version() > version; }, Clock::now() + seconds(60)))
+      << "a " << a.w.version() << " b " << b.w.version() << " a resyncs " << ca->stats().resyncs
+      << " a packets_recv " << ca->stats().packets_recv << " b resyncs " << cb->stats().resyncs;
+  EXPECT_GE(whole_write(5), kRaw);
+  // Without the path (kAuto over TCP, the default), a whole value of these weights is encoded
+  // on the host: smaller.
+  net::SetDeviceDirect(*ca, NetOptions::DeviceDirect::kAuto);
+  b.w = Weights(kElements, 6);
+  ASSERT_TRUE(ca->WaitUntil([&] { return a.w.version() > version; }, Clock::now() + seconds(60)));
+  EXPECT_LT(whole_write(7), kRaw * 9 / 10);
+  EXPECT_EQ(cb->stats().resyncs, 0u);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetStats, RoundTripAndWriteToApplyLatencyAreMeasured) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);

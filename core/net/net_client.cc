@@ -86,6 +86,46 @@ void NetClient::SendFrame(std::shared_ptr<const Frame> frame) {
   worker_->Send(ep_, std::move(frame));
 }
 
+void NetClient::SendSplitFrame(std::shared_ptr<const Frame> head, const SegmentTail& tail,
+                               std::function<void()> done) {
+  if (ep_ == nullptr || !worker_) {
+    done();
+    return;
+  }
+  if (tail.device) {
+    // UCX copies device memory in the thread that sends or progresses: that thread needs the
+    // device's context (the progress thread gets it in OnIdle).
+    thread_local bool bound = false;
+    if (!bound) bound = codec::BindDeviceOf(tail.data).ok();
+    device_to_bind_.store(tail.data);
+  }
+  CounterShard& c = shard();
+  Count(c.bytes_sent, head->size() + tail.bytes);
+  Count(c.packets_sent, 1);
+  worker_->SendSplit(
+      ep_, std::move(head), tail.data, tail.bytes,
+      tail.device ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST,
+      [this, done = std::move(done)](ucs_status_t st) {
+        // UCX reported CUDA memory it then failed to send from (a transport
+        // that cannot read it): stage from now on. The write is sent again
+        // after the reconnect that follows.
+        if (st != UCS_OK && st != UCS_ERR_CANCELED && !device_direct_failed_.exchange(true)) {
+          std::fprintf(stderr,
+                       "easysync: UCX could not send from device memory (%s); "
+                       "whole values are staged through the host from now on\n",
+                       ucs_status_string(st));
+        }
+        done();
+      });
+}
+
+void NetClient::ForgetDeviceBase(AttrId attr) {
+  Replica* r = Find(attr);
+  if (r == nullptr) return;
+  std::lock_guard<std::mutex> lock(r->device_mu);
+  if (r->device) r->device->Reset();
+}
+
 void NetClient::Ring() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (waiters_.load(std::memory_order_seq_cst) > 0) {
@@ -196,6 +236,10 @@ void NetClient::TryReconnect() {
 }
 
 int NetClient::OnIdle() {
+  if (!progress_thread_bound_) {
+    if (const void* p = device_to_bind_.load())
+      progress_thread_bound_ = codec::BindDeviceOf(p).ok();
+  }
   const int64_t now = MonotonicNanos();
   State state;
   {
@@ -749,6 +793,7 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
       }
       id_.store(m->client_id);
       hub_max_message_bytes_.store(m->max_message_bytes);
+      hub_rdma_.store(ep_ != nullptr && worker_->HasRdmaLane(ep_));
       StartUdp();
       const int64_t now = MonotonicNanos();
       offset_ns_.store(m->hub_time_ns - (auth_sent_ns_ + now) / 2);
@@ -804,11 +849,11 @@ void NetClient::OnFrame(ucp_ep_h ep, Frame raw) {
   }
 }
 
-Status NetClient::CheckMessageSize(const Frame& frame, std::string_view what) {
-  if (frame.size() <= MaxMessageBytes()) return Status::Ok();
+Status NetClient::CheckMessageSize(size_t bytes, std::string_view what) {
+  if (bytes <= MaxMessageBytes()) return Status::Ok();
   return Status::ResourceExhausted(
-      std::string(what) + " of " + std::to_string(frame.size()) +
-      " bytes is over the message limit of " + std::to_string(MaxMessageBytes()) +
+      std::string(what) + " of " + std::to_string(bytes) + " bytes is over the message limit of " +
+      std::to_string(MaxMessageBytes()) +
       " (the smaller of NetOptions::max_message_bytes and the hub's --max-message-bytes)");
 }
 
@@ -1088,7 +1133,7 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
       r, request, {holder.data(), H}, t.dtype, n, clock, now, std::move(base_hashes),
       /*parallel=*/true,
       [&](codec::Encoder& encoder, size_t off, size_t bytes, std::optional<uint64_t> base_hash,
-          std::span<uint8_t> frame) -> Result<size_t> {
+          std::span<uint8_t> frame, SegmentTail*) -> Result<size_t> {
         const uint8_t* cur =
             data != nullptr ? reinterpret_cast<const uint8_t*>(data) + off : value + off;
         const codec::TensorBytes now_t{t.dtype, bytes / esize, cur};
@@ -1127,7 +1172,8 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     segment_workers_.push_back(std::make_unique<Coder>());
   }
   struct Made {
-    std::shared_ptr<const Frame> frame;
+    std::shared_ptr<const Frame> frame;  // the whole WRITE, or its head (tail.data set)
+    SegmentTail tail;
     uint64_t hash = 0;
     size_t wire = 0;
     bool full = false;
@@ -1145,14 +1191,17 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     auto* frame = reinterpret_cast<uint8_t*>(out) + kSegmentHeaderBytes + H;
     std::optional<uint64_t> base_hash;
     if (!base_hashes.empty()) base_hash = base_hashes[i];
+    SegmentTail tail;
     EASYSYNC_ASSIGN_OR_RETURN(size_t f,
-                              encode(worker.encoder, off, bytes, base_hash, {frame, bound}));
+                              encode(worker.encoder, off, bytes, base_hash, {frame, bound}, &tail));
     EASYSYNC_ASSIGN_OR_RETURN(codec::FrameInfo info, codec::PeekFrame({frame, f}));
-    const size_t value_bytes = kSegmentHeaderBytes + H + f;
+    const size_t head_bytes = kSegmentHeaderBytes + H + f;
+    const size_t value_bytes = head_bytes + (tail.data != nullptr ? tail.bytes : 0);
     net::Write m{request, r.hub_id.load(), clock, ToHub(now), {}, /*codec=*/true};
     m.segment = true;
-    made[i].frame = std::make_shared<const Frame>(
-        EncodeWrite(m, value_bytes, [&](std::byte* dst) { std::memcpy(dst, out, value_bytes); }));
+    made[i].frame = std::make_shared<const Frame>(EncodeWriteHead(
+        m, value_bytes, head_bytes, [&](std::byte* dst) { std::memcpy(dst, out, head_bytes); }));
+    made[i].tail = tail;
     made[i].hash = info.result_hash;
     made[i].wire = value_bytes;
     made[i].full = info.is_full_value();
@@ -1166,9 +1215,20 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
     return pool.Run(
         count, [&](size_t i, size_t w) { return segment(i, w); },
         [&](size_t i) -> Status {
-          EASYSYNC_RETURN_IF_ERROR(CheckMessageSize(*made[i].frame, "WRITE"));
-          worker_->RunOrPost(
-              [this, f = std::move(made[i].frame)]() mutable { SendFrame(std::move(f)); });
+          const SegmentTail& tail = made[i].tail;
+          EASYSYNC_RETURN_IF_ERROR(CheckMessageSize(
+              made[i].frame->size() + tail.bytes * (tail.data != nullptr), "WRITE"));
+          if (tail.data != nullptr) {
+            // The tail is read in place: the replica counts it until UCX is done with it.
+            r.device_tails->fetch_add(1);
+            worker_->RunOrPost(
+                [this, f = std::move(made[i].frame), tail, tails = r.device_tails]() mutable {
+                  SendSplitFrame(std::move(f), tail, [tails] { tails->fetch_sub(1); });
+                });
+          } else {
+            worker_->RunOrPost(
+                [this, f = std::move(made[i].frame)]() mutable { SendFrame(std::move(f)); });
+          }
           sent = i + 1;
           return Status::Ok();
         });
@@ -1259,6 +1319,23 @@ udp::Key UdpKeyForTests(Client& client) {
 
 void SetDevicePathForHostTensors(Client& client, bool on) {
   if (auto* c = dynamic_cast<NetClient*>(&client)) c->set_device_path_for_host_tensors(on);
+}
+
+void SetInPlaceForHostTensors(Client& client, bool on) {
+  if (auto* c = dynamic_cast<NetClient*>(&client)) c->set_in_place_for_host_tensors(on);
+}
+
+void SetDeviceDirect(Client& client, NetOptions::DeviceDirect mode) {
+  if (auto* c = dynamic_cast<NetClient*>(&client)) c->set_device_direct(mode);
+}
+
+void ForgetDeviceBase(Client& client, AttrId attr) {
+  if (auto* c = dynamic_cast<NetClient*>(&client)) c->ForgetDeviceBase(attr);
+}
+
+bool UcxMovesCudaMemory(Client& client) {
+  auto* c = dynamic_cast<NetClient*>(&client);
+  return c != nullptr && c->ucx_moves_cuda_memory();
 }
 
 Result<std::shared_ptr<Client>> TryConnectWithVersion(const NetOptions& options, uint16_t version) {

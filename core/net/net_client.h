@@ -18,5 +18,15 @@ udp::Key UdpKeyForTests(Client& client);
 // Routes WriteTensor of host tensors through the device-delta path, on the CUDA kernels' host
 // twins (how that path is tested without a GPU). No effect on other clients.
 void SetDevicePathForHostTensors(Client& client, bool on);
+// With that path on: whole values in segments may go in place as they would from a GPU whose
+// memory UCX moves (hashed by the host twins, UCX reading host memory), how that path is
+// tested without one. Honours NetOptions::device_direct (kAuto: only over RDMA).
+void SetInPlaceForHostTensors(Client& client, bool on);
+// Whether the client's UCX moves CUDA device memory (its log line's "CUDA memory yes").
+bool UcxMovesCudaMemory(Client& client);
+// Benches and tests: sets NetOptions::device_direct for later writes, and makes the next
+// device write of attr whole (as after another writer's), so that whole values can be timed.
+void SetDeviceDirect(Client& client, NetOptions::DeviceDirect mode);
+void ForgetDeviceBase(Client& client, AttrId attr);
 
 }  // namespace easysync::net

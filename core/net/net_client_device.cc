@@ -65,7 +65,40 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
                    SameTensorHeader(r->value(), {header.data(), header.size()});
     }
     const uint32_t request = NextRequest();
-    auto staged = dev.Stage(view.dtype, numel, data, base_version + 1);
+    // UCX may still read an earlier write's payload from the encoder's memory (after a write
+    // that failed): the encoder must not overwrite it before that ends.
+    if (!SpinUntil([&] { return r->device_tails->load() == 0; },
+                   Clock::now() + options_.request_timeout)) {
+      dev.Reset();
+      return Status::Timeout("an earlier write's data is still being sent");
+    }
+    // A whole value in segments, where UCX reads the tensor's memory itself (CUDA memory, and
+    // the headers fit in an active message header) and that pays (NetOptions::device_direct),
+    // goes from where it lives: each segment is hashed on the device and its bytes are not
+    // staged through the host first.
+    const NetOptions::DeviceDirect direct = device_direct_.load();
+    const bool in_place =
+        segments && !whole && same_shape && dev.NextIsFull(view.dtype, numel) &&
+        (direct == NetOptions::DeviceDirect::kAlways ||
+         (direct == NetOptions::DeviceDirect::kAuto && hub_rdma_.load())) &&
+        !device_direct_failed_.load() &&
+        (dev.device_memory() ? worker_->cuda_memory() : in_place_for_host_.load()) &&
+        worker_->max_frame_head() >= kWriteValueOffset + kSegmentHeaderBytes +
+                                         detail::kTensorHeaderBytes + codec::kFrameHeaderBytes;
+    Result<codec::DeviceEncoder::Staged> staged = codec::DeviceEncoder::Staged::kFull;
+    if (in_place && dev.device_memory() && device_to_bind_.load() == nullptr) {
+      // The progress thread will move device memory: it binds the device first (OnIdle).
+      device_to_bind_.store(data);
+      worker_->Post([] {});
+    }
+    if (in_place) {
+      if (Status st = dev.StageInPlace(view.dtype, numel, data, base_version + 1); !st.ok()) {
+        dev.Reset();
+        return st;
+      }
+    } else {
+      staged = dev.Stage(view.dtype, numel, data, base_version + 1);
+    }
     if (!staged.ok()) {
       dev.Reset();
       return staged.status();
@@ -87,7 +120,14 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
           *r, request, header, view.dtype, bytes, clock, now, std::move(base_hashes),
           /*parallel=*/true,
           [&](codec::Encoder& encoder, size_t off, size_t len, std::optional<uint64_t> base_hash,
-              std::span<uint8_t> out) -> Result<size_t> {
+              std::span<uint8_t> out, SegmentTail* tail) -> Result<size_t> {
+            if (in_place) {
+              EASYSYNC_ASSIGN_OR_RETURN(
+                  const uint8_t* payload,
+                  dev.EncodeRangeInPlace(off, len, out.first(codec::kFrameHeaderBytes)));
+              *tail = SegmentTail{payload, len, dev.device_memory()};
+              return codec::kFrameHeaderBytes;
+            }
             EASYSYNC_ASSIGN_OR_RETURN(size_t n, dev.EncodeRange(encoder, off, len, base_hash, out));
             std::memcpy(holder->data() + detail::kTensorHeaderBytes + off,
                         dev.RangeValue(off, len).data(), len);
@@ -150,7 +190,9 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
     dev.Acknowledge(done.version);
     r->device_acked = done.version;
     // The replica keeps the value on the host: the encoder's shadow is exactly it.
-    if (!segments) {
+    if (in_place) {
+      std::memcpy(holder->data() + detail::kTensorHeaderBytes, dev.shadow().data(), bytes);
+    } else if (!segments) {
       holder = Buffer(*r, raw);
       std::memcpy(holder->data(), header.data(), header.size());
       if (bytes != 0) {

@@ -54,7 +54,8 @@ class NetClient final : public Client, public UcxWorker::Handler {
       : options_(options),
         version_(version),
         cluster_(options.host + ":" + std::to_string(options.port)),
-        replicas_(new std::atomic<Replica*>[kMaxAttributes]) {
+        replicas_(new std::atomic<Replica*>[kMaxAttributes]),
+        device_direct_(options.device_direct) {
     for (uint32_t i = 0; i < kMaxAttributes; ++i) replicas_[i].store(nullptr);
   }
   ~NetClient() override {
@@ -88,6 +89,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
   }
   // Tests: host tensors take the device path too, on the kernels' host twins.
   void set_device_path_for_host_tensors(bool on) { device_path_for_host_ = on; }
+  void set_in_place_for_host_tensors(bool on) { in_place_for_host_ = on; }
+  bool ucx_moves_cuda_memory() const { return worker_ && worker_->cuda_memory(); }
+  void set_device_direct(NetOptions::DeviceDirect mode) { device_direct_ = mode; }
+  void ForgetDeviceBase(AttrId attr);
   uint64_t LatestVersion(AttrId attr) override {
     Replica* r = Find(attr);
     return r == nullptr ? 0 : r->version.load(std::memory_order_acquire);
@@ -156,6 +161,9 @@ class NetClient final : public Client, public UcxWorker::Handler {
     std::mutex device_mu;  // guards device, device_acked; taken before mu
     std::unique_ptr<codec::DeviceEncoder> device;
     uint64_t device_acked = 0;  // the hub's version of the device encoder's base
+    // Segments whose payload UCX still reads from the device encoder's memory (in-place
+    // whole values): the encoder may not stage the next update before they are done.
+    std::shared_ptr<std::atomic<int>> device_tails = std::make_shared<std::atomic<int>>(0);
     // Best effort: this attribute's updates come as UDP datagrams, and its writes go as them.
     bool udp = false;
     // The last write sent by datagram and not yet acknowledged (guarded by mu): it is sent
@@ -229,7 +237,11 @@ class NetClient final : public Client, public UcxWorker::Handler {
   Result<Pending> Request(uint32_t id, Pending p, std::shared_ptr<const Frame> frame,
                           std::string_view what, const std::function<Status()>& more = {});
   // ResourceExhausted (naming `what`) when frame is over the message limit.
-  Status CheckMessageSize(const Frame& frame, std::string_view what);
+  Status CheckMessageSize(const Frame& frame, std::string_view what) {
+    return CheckMessageSize(frame.size(), what);
+  }
+  Status CheckMessageSize(size_t bytes, std::string_view what);
+
   uint32_t NextRequest() {
     std::lock_guard<std::mutex> lock(mu_);
     return next_request_++;
@@ -245,9 +257,20 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // Encodes bytes [offset, offset + bytes) of a tensor's data as a codec frame into `frame`
   // (EncodeBound bytes), against the same range of the base, with `encoder` (the worker's);
   // base_hash: that range's XXH3-64 in the base, where known.
-  using SegmentEncoder =
-      FunctionRef<Result<size_t>(codec::Encoder& encoder, size_t offset, size_t bytes,
-                                 std::optional<uint64_t> base_hash, std::span<uint8_t> frame)>;
+  // An encoder may instead write only the frame's header there and leave its payload where it
+  // is (*tail): then the segment goes with UcxWorker::SendSplit, the payload read in place.
+  struct SegmentTail {
+    const uint8_t* data = nullptr;  // nullptr: the frame is whole in `frame`
+    size_t bytes = 0;
+    bool device = false;  // CUDA device memory
+  };
+  // Sends head ++ tail, the tail read where it is (UcxWorker::SendSplit); done runs once UCX no
+  // longer reads it (sent, or failed: also when there is no connection to send it on).
+  void SendSplitFrame(std::shared_ptr<const Frame> head, const SegmentTail& tail,
+                      std::function<void()> done);
+  using SegmentEncoder = FunctionRef<Result<size_t>(codec::Encoder& encoder, size_t offset,
+                                                    size_t bytes, std::optional<uint64_t> base_hash,
+                                                    std::span<uint8_t> frame, SegmentTail* tail)>;
   // Sends a tensor write of n data bytes (dtype, tensor_header) as segments that `encode`
   // makes, each sent as soon as it and those before it are made; base_hashes: the base's
   // segment hashes (empty where unknown); *hashes gets the new ones (all of them only when
@@ -383,6 +406,15 @@ class NetClient final : public Client, public UcxWorker::Handler {
   std::atomic<uint32_t> count_{0};
 
   std::atomic<bool> device_path_for_host_{false};
+  // Tests: the host backend's whole values go in place too (UCX reads host memory then).
+  std::atomic<bool> in_place_for_host_{false};
+  std::atomic<NetOptions::DeviceDirect> device_direct_;  // NetOptions's, changed by benches
+  std::atomic<bool> hub_rdma_{false};  // the connection to the hub has an RDMA lane
+  // Device memory UCX has been given to send from: the progress thread makes its device
+  // current (OnIdle) once.
+  std::atomic<const void*> device_to_bind_{nullptr};
+  std::atomic<bool> device_direct_failed_{false};  // a send from device memory failed
+  bool progress_thread_bound_ = false;             // progress thread only
   // An encoder and the buffer its frames go to (uninitialized, grown as needed: encoders
   // write what they use).
   struct Coder {

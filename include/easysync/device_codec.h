@@ -41,6 +41,11 @@ class DeltaBackend {
   virtual Status Compact(const uint8_t* xor_bytes, size_t n, size_t block_bytes,
                          const uint8_t* changed, uint32_t* ids, uint8_t* out, uint32_t* count,
                          uint8_t* temp, size_t temp_bytes) = 0;
+  // cuda::Xxh3BlockSums* (sums land in backend memory): for hashing bytes where they live.
+  virtual Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
+                               uint64_t* sums) = 0;
+  // Whether Allocate gives device memory (what a transport must be told it reads).
+  virtual bool device_memory() const { return false; }
   // Copies to host memory and waits for everything queued before it.
   virtual Status ToHost(void* host_dst, const void* src, size_t bytes) = 0;
   // Copies within backend memory (queued).
@@ -50,6 +55,10 @@ class DeltaBackend {
   virtual Result<uint8_t*> AllocateHost(size_t bytes);
   virtual void FreeHost(uint8_t* p);
 };
+
+// Makes the CUDA device that owns `device_ptr` (its primary context) current on the calling
+// thread, as a thread needs before UCX moves that memory from it. Unavailable without CUDA.
+Status BindDeviceOf(const void* device_ptr);
 
 // The host twins on host memory.
 std::unique_ptr<DeltaBackend> MakeHostDeltaBackend();
@@ -63,6 +72,9 @@ struct DeviceEncoderStats {
   uint64_t block_frames = 0;   // sparse frames built from the changed blocks alone
   uint64_t dense_frames = 0;   // updates too dense for that: the full tensor was copied
 };
+
+// The header EncodeRangeInPlace writes: a frame's header (docs/wire_format.md).
+inline constexpr size_t kFrameHeaderBytes = 64;
 
 class DeviceEncoder {
  public:
@@ -111,10 +123,29 @@ class DeviceEncoder {
   // none (InvalidArgument for a part: the update is dropped, the next one goes whole).
   Status Commit(const uint8_t* cur);
 
+  // A full value that the transport reads where it lives (device memory, where UCX moves it)
+  // instead of from the host: StageInPlace() copies `cur` within the backend into the
+  // encoder's copy of the base, which keeps it unchanged until the next Stage or
+  // StageInPlace; EncodeRangeInPlace() writes the 64-byte header of a raw full frame for a
+  // range of it (the range hashed in the backend: cuda/xxh3_blocks.h, only sums and a tail
+  // cross to the host) and returns where the range's bytes are, the frame's payload (backend
+  // memory); Commit() brings the value to the host shadow. No entropy stage: the frame's
+  // payload is the tensor's bytes. Ranges as for EncodeRange, with offsets multiples of 1024
+  // too; several threads may encode ranges at once.
+  Status StageInPlace(DType dtype, size_t element_count, const uint8_t* cur, uint64_t new_version);
+  Result<const uint8_t*> EncodeRangeInPlace(size_t offset, size_t bytes, std::span<uint8_t> header);
+  // Whether the next Stage would give a full value (nothing acknowledged of this dtype and
+  // size): then StageInPlace may take its place.
+  bool NextIsFull(DType dtype, size_t element_count) const {
+    return base_version_ == 0 || staging_ == nullptr || dtype != dtype_ || element_count != count_;
+  }
+  bool device_memory() const { return backend_->device_memory(); }
+
   // The receiver lost track (it asked for a full value): the next frame is a full value.
   void Reset() {
     base_version_ = 0;
     staged_ = false;
+    in_place_ = false;
   }
   // The receiver holds what the last update encoded, as `version` (where another party, e.g.
   // a hub, assigns versions): the next delta names that version as its base.
@@ -145,6 +176,7 @@ class DeviceEncoder {
   // their bytes in staging_), or the whole tensor in staging_.
   bool staged_ = false;
   Staged kind_ = Staged::kFull;
+  bool in_place_ = false;  // the staged full value is in base_ (StageInPlace)
   uint64_t new_version_ = 0;
   size_t staged_count_ = 0;
   std::mutex ranges_mu_;  // guards the two below (ranges may be encoded at once)
@@ -159,6 +191,8 @@ class DeviceEncoder {
   uint8_t* count_dev_ = nullptr;
   uint8_t* temp_ = nullptr;
   size_t temp_bytes_ = 0;
+  uint8_t* sums_ = nullptr;       // XXH3 block sums of base_ (StageInPlace), allocated on first use
+  uint8_t* sums_host_ = nullptr;  // and their host copy (AllocateHost)
   // Host memory (AllocateHost): the receiver's base, and staging for what comes back.
   uint8_t* shadow_ = nullptr;
   uint8_t* staging_ = nullptr;

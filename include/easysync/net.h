@@ -60,6 +60,17 @@ struct NetOptions {
   // decoder's buffers). Negative: as many as the CPUs the process may use, at most 4 (none
   // with one CPU). Zero: the UCX progress thread decodes them.
   int decode_threads = -1;
+  // Whole values of CUDA tensors in segments (a first write of a shape the hub holds, a write
+  // after another writer's) may go from device memory straight to UCX: each segment hashed on
+  // the GPU and sent raw, not staged through host memory. That needs a UCX that moves CUDA
+  // memory (detected at run time; the log line says "CUDA memory yes"), and pays only where
+  // the NIC reads GPU memory itself: over TCP, UCX stages device memory in small pieces, and
+  // on an H100 a 256 MiB value took 1.5 s that way against 0.3 s staged and encoded here
+  // (docs/decisions.md). kAuto: only when the connection to the hub has an RDMA lane (rc, dc);
+  // kAlways: whenever UCX moves CUDA memory; kNever: staged always. Deltas are built on the
+  // host either way.
+  enum class DeviceDirect { kAuto, kAlways, kNever };
+  DeviceDirect device_direct = DeviceDirect::kAuto;
 };
 
 // Connects and authenticates to the hub. PermissionDenied when the hub rejects the token,

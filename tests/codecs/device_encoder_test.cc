@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <functional>
 #include <optional>
 #include <random>
 #include <thread>
@@ -16,6 +18,8 @@
 
 namespace easysync::codec {
 namespace {
+
+constexpr size_t kHeaderBytes = 64;  // a frame's header (docs/wire_format.md)
 
 struct Step {
   double density;  // fraction of elements changed
@@ -77,9 +81,16 @@ const std::vector<Step> kSteps = {{0.0, false}, {0.0001, false}, {0.01, false}, 
 
 // The same as RunSequence, each update sent as frames of range_bytes (the last one shorter)
 // that a receiver decodes range by range, each against its own range of what it holds.
+// With `download` (reads n bytes of backend memory into host memory), the full values (the
+// first update, and the one after a Reset before step 3) are staged in place instead: each
+// range's frame is the header EncodeRangeInPlace writes and the payload read back from where
+// it says the range is.
+using Download = std::function<void(uint8_t* dst, const uint8_t* src, size_t n)>;
+
 template <class Upload>
 void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t range_bytes,
-                      const std::vector<Step>& steps, Upload upload, bool threads = false) {
+                      const std::vector<Step>& steps, Upload upload, bool threads = false,
+                      const Download& download = {}) {
   const size_t esize = DTypeSize(dtype);
   std::mt19937_64 rng(count * 17 + esize);
   std::vector<uint8_t> cur(count * esize);
@@ -90,10 +101,21 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
   for (size_t s = 0; s <= steps.size(); ++s) {
     if (s > 0) Mutate(cur, esize, steps[s - 1].density, steps[s - 1].clustered, rng);
     const uint64_t version = s + 1;
-    auto staged = enc.Stage(dtype, count, upload(cur), version);
-    ASSERT_TRUE(staged.ok()) << staged.status().ToString();
-    if (s == 0) {
-      EXPECT_EQ(*staged, DeviceEncoder::Staged::kFull);
+    const bool in_place = download && (s == 0 || s == 3);
+    if (in_place) {
+      if (s == 3) {
+        EXPECT_FALSE(enc.NextIsFull(dtype, count));
+        enc.Reset();
+      }
+      ASSERT_TRUE(enc.NextIsFull(dtype, count));
+      const Status st = enc.StageInPlace(dtype, count, upload(cur), version);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    } else {
+      auto staged = enc.Stage(dtype, count, upload(cur), version);
+      ASSERT_TRUE(staged.ok()) << staged.status().ToString();
+      if (s == 0) {
+        EXPECT_EQ(*staged, DeviceEncoder::Staged::kFull);
+      }
     }
     // Every range encoded first (with `threads`, all at once, each with an encoder of its
     // own), then decoded in order.
@@ -111,7 +133,18 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
       if (r % 2 == 0) base_hash = HashBytes({receiver.data() + off, bytes});
       frames[r].resize(EncodeBound(dtype, bytes / esize));
       const auto encode = [&, r, off, bytes, base_hash] {
-        sizes[r] = enc.EncodeRange(encoders[r], off, bytes, base_hash, frames[r]);
+        if (!in_place) {
+          sizes[r] = enc.EncodeRange(encoders[r], off, bytes, base_hash, frames[r]);
+          return;
+        }
+        frames[r].resize(kHeaderBytes + bytes);
+        auto payload = enc.EncodeRangeInPlace(off, bytes, {frames[r].data(), kHeaderBytes});
+        if (!payload.ok()) {
+          sizes[r] = payload.status();
+          return;
+        }
+        download(frames[r].data() + kHeaderBytes, *payload, bytes);
+        sizes[r] = kHeaderBytes + bytes;
       };
       if (threads) {
         workers.emplace_back(encode);
@@ -132,11 +165,15 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
       if (s == 0) {
         EXPECT_TRUE(info->is_full_value());
       }
+      if (in_place) {
+        EXPECT_EQ(info->chain, 0) << "an in-place frame is raw";
+      }
       Status st = dec.Decode(f, receiver.data() + off, bytes, {out.data(), bytes});
       ASSERT_TRUE(st.ok()) << "step " << s << " range at " << off << ": " << st.ToString();
       ASSERT_TRUE(std::equal(out.begin(), out.begin() + bytes, cur.begin() + off))
           << "step " << s << " range at " << off;
       std::copy(out.begin(), out.begin() + bytes, receiver.begin() + off);
+      if (in_place) continue;  // no host copy until Commit
       const std::span<const uint8_t> value = enc.RangeValue(off, bytes);
       ASSERT_TRUE(std::equal(value.begin(), value.end(), cur.begin() + off))
           << "step " << s << " range at " << off;
@@ -182,6 +219,55 @@ TEST(DeviceEncoderHost, AnUpdateSentInRangesDecodesRangeByRange) {
         [](const std::vector<uint8_t>& t) { return t.data(); }, /*threads=*/true);
     EXPECT_EQ(enc.stats().dense_frames, 1u);
   }
+}
+
+TEST(DeviceEncoderHost, AFullValueStagedInPlaceGoesAsRawFramesOfItsRanges) {
+  const Download copy = [](uint8_t* dst, const uint8_t* src, size_t n) {
+    std::memcpy(dst, src, n);
+  };
+  const auto host = [](const std::vector<uint8_t>& t) { return t.data(); };
+  for (DType d : {DType::kBFloat16, DType::kFloat32}) {
+    // A last range shorter than XXH3's long inputs (100 bytes), and one that is not (3.5 ranges).
+    for (size_t bytes : {(size_t{3} << 16) + 100, size_t{7} << 15}) {
+      SCOPED_TRACE(::testing::Message() << DTypeName(d) << " " << bytes << " bytes");
+      DeviceEncoder enc(MakeHostDeltaBackend());
+      RunRangeSequence(enc, d, bytes / DTypeSize(d), size_t{64} << 10, kRangeSteps, host,
+                       /*threads=*/false, copy);
+      EXPECT_EQ(enc.stats().full_frames, 2u);
+      EXPECT_GE(enc.stats().block_frames, 3u);
+      DeviceEncoder parallel(MakeHostDeltaBackend());
+      RunRangeSequence(parallel, d, bytes / DTypeSize(d), size_t{64} << 10, kRangeSteps, host,
+                       /*threads=*/true, copy);
+    }
+  }
+}
+
+TEST(DeviceEncoderHost, InPlaceRangesMustBeStagedAlignedAndWhole) {
+  DeviceEncoder enc(MakeHostDeltaBackend());
+  std::vector<uint8_t> t(8192, 7), frame(EncodeBound(DType::kUInt8, 8192));
+  uint8_t header[kHeaderBytes];
+  EXPECT_EQ(enc.EncodeRangeInPlace(0, 8192, header).status().code(),
+            StatusCode::kInvalidArgument);  // nothing staged
+  ASSERT_TRUE(enc.Stage(DType::kUInt8, 8192, t.data(), 1).ok());
+  EXPECT_EQ(enc.EncodeRangeInPlace(0, 8192, header).status().code(),
+            StatusCode::kInvalidArgument);  // staged for the host
+  ASSERT_TRUE(enc.StageInPlace(DType::kUInt8, 8192, t.data(), 2).ok());
+  EXPECT_EQ(enc.EncodeRange(0, 8192, std::nullopt, frame).status().code(),
+            StatusCode::kInvalidArgument);  // staged in place
+  EXPECT_EQ(enc.EncodeRangeInPlace(512, 1024, header).status().code(),
+            StatusCode::kInvalidArgument);  // not at a KiB
+  EXPECT_EQ(enc.EncodeRangeInPlace(4096, 8192, header).status().code(),
+            StatusCode::kInvalidArgument);  // past the end
+  EXPECT_EQ(enc.EncodeRangeInPlace(0, 1024, {header, 10}).status().code(),
+            StatusCode::kInvalidArgument);  // no room for the header
+  auto first = enc.EncodeRangeInPlace(0, 4096, header);
+  ASSERT_TRUE(first.ok());
+  EXPECT_NE(*first, t.data()) << "the payload must be the encoder's copy, not the caller's";
+  EXPECT_EQ(enc.EncodeRangeInPlace(2048, 1024, header).status().code(),
+            StatusCode::kInvalidArgument);  // overlaps
+  // Half went: no base, and the next update is whole.
+  EXPECT_EQ(enc.Commit(t.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(enc.NextIsFull(DType::kUInt8, 8192));
 }
 
 TEST(DeviceEncoderHost, RangesMustBeStagedAlignedAndApart) {
@@ -273,6 +359,10 @@ class HostMemoryRunsOut final : public DeltaBackend {
                  uint32_t* ids, uint8_t* out, uint32_t* count, uint8_t* temp,
                  size_t temp_bytes) override {
     return host_->Compact(xor_bytes, n, block_bytes, changed, ids, out, count, temp, temp_bytes);
+  }
+  Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
+                       uint64_t* sums) override {
+    return host_->Xxh3BlockSums(data, blocks, secret, sums);
   }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
     return host_->ToHost(dst, src, bytes);
@@ -406,6 +496,15 @@ TEST(DeviceEncoderCuda, MatchesTheHostPipeline) {
   RunRangeSequence(ranges, DType::kBFloat16, (size_t{7} << 15) / 2 + 3, size_t{64} << 10,
                    kRangeSteps, upload, /*threads=*/true);
   EXPECT_GE(ranges.stats().block_frames, 4u);
+  // Full values staged in place: hashed on the device, payloads read from device memory.
+  DeviceEncoder in_place(std::move(MakeCudaDeltaBackend(nullptr)).value());
+  EXPECT_TRUE(in_place.device_memory());
+  const Download download = [](uint8_t* dst, const uint8_t* src, size_t n) {
+    ASSERT_EQ(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  };
+  RunRangeSequence(in_place, DType::kBFloat16, ((size_t{3} << 16) + 100) / 2, size_t{64} << 10,
+                   kRangeSteps, upload, /*threads=*/true, download);
+  EXPECT_EQ(in_place.stats().full_frames, 2u);
   cudaFree(dev);
 #endif
 }

@@ -555,11 +555,12 @@ def _int_x_on_each(c1, c2, name):
     return A(), B()
 
 
-def test_connect_takes_the_spin_and_the_coding_threads(hub):
+def test_connect_takes_the_spin_the_coding_threads_and_device_direct(hub):
     # No spin, no coding threads on one side; a long spin on the other: values still cross.
     with connect("127.0.0.1", hub.port, token=TOKEN, spin_us=0, encode_threads=0,
-                 decode_threads=0) as c1, \
-            connect("127.0.0.1", hub.port, token=TOKEN, spin_us=500, decode_threads=3) as c2:
+                 decode_threads=0, device_direct="never") as c1, \
+            connect("127.0.0.1", hub.port, token=TOKEN, spin_us=500, decode_threads=3,
+                    device_direct="always") as c2:
         a, b = _int_x_on_each(c1, c2, "Opts")
         for v in range(1, 6):
             a.x = v
@@ -574,6 +575,8 @@ def test_connect_takes_the_spin_and_the_coding_threads(hub):
         connect("127.0.0.1", hub.port, token=TOKEN, encode_threads=65)
     with pytest.raises(ValueError, match="decode_threads"):
         connect("127.0.0.1", hub.port, token=TOKEN, decode_threads=-1)
+    with pytest.raises(ValueError, match="device_direct"):
+        connect("127.0.0.1", hub.port, token=TOKEN, device_direct="sometimes")
 
 
 def test_import_with_torch_loaded_registers_the_extension():

@@ -114,7 +114,8 @@ def shm_connect(cluster_name: str | None = None, *, name: str | None = None,
 def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None,
             transports: str | None = None, timeout: float = 10.0,
             reconnect: bool = True, spin_us: float | None = None,
-            encode_threads: int | None = None, decode_threads: int | None = None) -> Client:
+            encode_threads: int | None = None, decode_threads: int | None = None,
+            device_direct: str = "auto") -> Client:
     """Connects to an easysync-hub at host:port over UCX.
 
     ``token``: the hub's shared secret (default: the EASYSYNC_TOKEN environment variable).
@@ -124,6 +125,9 @@ def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = No
     tensor write beside the writing one (default: one fewer than the CPUs, at most 3).
     ``decode_threads``: threads that decode a large tensor update as it arrives (default: as
     many as the CPUs, at most 4, none with one CPU; 0: the progress thread decodes).
+    ``device_direct``: whether a whole value of a CUDA tensor goes from GPU memory straight
+    to UCX (where UCX moves CUDA memory): "auto" (only over an RDMA connection to the hub),
+    "always" or "never".
     Raises ConnectionError when the hub is unreachable, PermissionError on a wrong token.
     """
     if not isinstance(host, str):
@@ -140,11 +144,15 @@ def connect(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = No
                                        or not isinstance(decode_threads, int)
                                        or not 0 <= decode_threads <= 64):
         raise ValueError(f"decode_threads must be an int in 0..64, not {decode_threads!r}")
+    if device_direct not in ("auto", "always", "never"):
+        raise ValueError(
+            f"device_direct must be 'auto', 'always' or 'never', not {device_direct!r}")
     return _register(Client(_core.connect(
         host, port, token=token or "", transports=transports or "", timeout=float(timeout),
         reconnect=bool(reconnect), spin_us=-1.0 if spin_us is None else float(spin_us),
         encode_threads=-1 if encode_threads is None else encode_threads,
-        decode_threads=-1 if decode_threads is None else decode_threads)))
+        decode_threads=-1 if decode_threads is None else decode_threads,
+        device_direct=device_direct)))
 
 
 def default_client() -> Client:

@@ -141,7 +141,7 @@ std::shared_ptr<ClientBox> ShmConnect(const std::string& name, const std::string
 std::shared_ptr<ClientBox> NetConnect(const std::string& host, int port, const std::string& token,
                                       const std::string& transports, double timeout_s,
                                       bool reconnect, double spin_us, int encode_threads,
-                                      int decode_threads) {
+                                      int decode_threads, const std::string& device_direct) {
   if (port <= 0 || port > 65535) throw py::value_error("port must be in 1..65535");
   if (!(timeout_s > 0)) throw py::value_error("timeout must be > 0 seconds");
   // Negative: the default (see NetOptions).
@@ -157,6 +157,16 @@ std::shared_ptr<ClientBox> NetConnect(const std::string& host, int port, const s
   if (spin_us >= 0) o.spin = std::chrono::nanoseconds(static_cast<int64_t>(spin_us * 1e3));
   o.encode_threads = encode_threads;
   o.decode_threads = decode_threads;
+  if (device_direct == "auto") {
+    o.device_direct = NetOptions::DeviceDirect::kAuto;
+  } else if (device_direct == "always") {
+    o.device_direct = NetOptions::DeviceDirect::kAlways;
+  } else if (device_direct == "never") {
+    o.device_direct = NetOptions::DeviceDirect::kNever;
+  } else {
+    throw py::value_error("device_direct must be 'auto', 'always' or 'never', not '" +
+                          device_direct + "'");
+  }
   Result<std::shared_ptr<Client>> r = Status::Internal("unset");
   {
     py::gil_scoped_release nogil;
@@ -300,5 +310,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("connect", &ep::NetConnect, py::arg("host") = "127.0.0.1", py::arg("port") = 5000,
         py::arg("token") = "", py::arg("transports") = "", py::arg("timeout") = 10.0,
         py::arg("reconnect") = true, py::arg("spin_us") = -1.0, py::arg("encode_threads") = -1,
-        py::arg("decode_threads") = -1);
+        py::arg("decode_threads") = -1, py::arg("device_direct") = "auto");
 }
