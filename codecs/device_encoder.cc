@@ -169,6 +169,17 @@ Status DeviceEncoder::StageInPlace(DType dtype, size_t element_count, const uint
   return Status::Ok();
 }
 
+Status DeviceEncoder::ClaimRange(size_t begin, size_t end) {
+  std::lock_guard<std::mutex> lock(ranges_mu_);
+  for (const auto& [b, e] : encoded_) {
+    if (begin < e && b < end) {
+      return Status::InvalidArgument("DeviceEncoder: range overlaps one encoded before");
+    }
+  }
+  encoded_.emplace_back(begin, end);
+  return Status::Ok();
+}
+
 Result<const uint8_t*> DeviceEncoder::EncodeRangeInPlace(size_t offset, size_t bytes,
                                                          std::span<uint8_t> header) {
   const size_t esize = DTypeSize(dtype_);
@@ -179,15 +190,7 @@ Result<const uint8_t*> DeviceEncoder::EncodeRangeInPlace(size_t offset, size_t b
       offset % esize != 0 || bytes % esize != 0 || header.size() < kFrameHeaderBytes) {
     return Status::InvalidArgument("DeviceEncoder: in-place range not aligned or past the end");
   }
-  {
-    std::lock_guard<std::mutex> lock(ranges_mu_);
-    for (const auto& [b, e] : encoded_) {
-      if (offset < e && b < end) {
-        return Status::InvalidArgument("DeviceEncoder: range overlaps one encoded before");
-      }
-    }
-    encoded_.emplace_back(offset, end);
-  }
+  EASYSYNC_RETURN_IF_ERROR(ClaimRange(offset, end));
   uint64_t hash;
   if (bytes < internal::kXxh3SplitMinBytes) {
     uint8_t small[internal::kXxh3SplitMinBytes];
@@ -279,15 +282,7 @@ Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_
   if (out.size() < EncodeBound(dtype_, count)) {
     return Status::InvalidArgument("DeviceEncoder: output buffer below EncodeBound");
   }
-  {
-    std::lock_guard<std::mutex> lock(ranges_mu_);
-    for (const auto& [b, e] : encoded_) {
-      if (offset < e && b < end) {
-        return Status::InvalidArgument("DeviceEncoder: range overlaps one encoded before");
-      }
-    }
-    encoded_.emplace_back(offset, end);
-  }
+  EASYSYNC_RETURN_IF_ERROR(ClaimRange(offset, end));
   Result<size_t> size = size_t{0};
   if (kind_ == Staged::kFull) {
     size = encoder.EncodeFull(TensorBytes{dtype_, count, staging_ + offset}, new_version_, out);

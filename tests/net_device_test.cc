@@ -28,14 +28,21 @@ struct Model : SyncedObject {
   explicit Model(Client& c) : SyncedObject(c, "DeviceModel") {}
 };
 
+#if EASYSYNC_HAVE_CUDA
+NetOptions Options(const HubProcess& hub) {
+  NetOptions o;
+  o.port = hub.port();
+  o.token = testing::kTestToken;
+  return o;
+}
+#endif
+
 TEST(NetDeviceCuda, GpuTensorCrossesTheHubAsADelta) {
   if (!cuda::DeviceAvailable()) GTEST_SKIP() << "no CUDA device here";
 #if EASYSYNC_HAVE_CUDA
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
+  NetOptions o = Options(hub);
   auto ca = connect(o);
   auto cb = connect(o);
   Model a(*ca), b(*cb);
@@ -76,9 +83,7 @@ TEST(NetDeviceCuda, AWholeGpuValueGoesFromDeviceMemoryWhereUcxMovesIt) {
 #if EASYSYNC_HAVE_CUDA
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  NetOptions o;
-  o.port = hub.port();
-  o.token = testing::kTestToken;
+  NetOptions o = Options(hub);
   o.device_direct = NetOptions::DeviceDirect::kAlways;  // no RDMA lane on loopback
   auto ca = connect(o);
   auto cb = connect(o);

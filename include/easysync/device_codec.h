@@ -160,6 +160,8 @@ class DeviceEncoder {
 
  private:
   Status Prepare(DType dtype, size_t element_count);
+  // Records [begin, end) as encoded; InvalidArgument when it overlaps a range encoded before.
+  Status ClaimRange(size_t begin, size_t end);
   void FreeAll();
   Result<size_t> EncodeBlocksRange(Encoder& encoder, size_t offset, size_t bytes,
                                    uint64_t base_hash, std::span<uint8_t> out);
