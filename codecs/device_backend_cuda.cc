@@ -91,22 +91,7 @@ Result<std::unique_ptr<DeltaBackend>> MakeCudaDeltaBackend(void* stream) {
   if (!cuda::DeviceAvailable()) return Status::Unavailable("no CUDA device on this machine");
   return std::unique_ptr<DeltaBackend>(std::make_unique<CudaDeltaBackend>(stream));
 }
-
-Status BindDeviceOf(const void* device_ptr) {
-  cudaPointerAttributes a{};
-  EASYSYNC_CUDA_CHECK(cudaPointerGetAttributes(&a, device_ptr));
-  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged) {
-    return Status::InvalidArgument("BindDeviceOf: not device memory");
-  }
-  EASYSYNC_CUDA_CHECK(cudaSetDevice(a.device));
-  EASYSYNC_CUDA_CHECK(cudaFree(nullptr));  // creates and makes current the primary context
-  return Status::Ok();
-}
 #else
-Status BindDeviceOf(const void*) {
-  return Status::Unavailable("this EasySync build has no CUDA kernels (EASYSYNC_WITH_CUDA=OFF)");
-}
-
 Result<std::unique_ptr<DeltaBackend>> MakeCudaDeltaBackend(void*) {
   return Status::Unavailable("this EasySync build has no CUDA kernels (EASYSYNC_WITH_CUDA=OFF)");
 }

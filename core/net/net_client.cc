@@ -92,13 +92,6 @@ void NetClient::SendSplitFrame(std::shared_ptr<const Frame> head, const SegmentT
     done();
     return;
   }
-  if (tail.device) {
-    // UCX copies device memory in the thread that sends or progresses: that thread needs the
-    // device's context (the progress thread gets it in OnIdle).
-    thread_local bool bound = false;
-    if (!bound) bound = codec::BindDeviceOf(tail.data).ok();
-    device_to_bind_.store(tail.data);
-  }
   CounterShard& c = shard();
   Count(c.bytes_sent, head->size() + tail.bytes);
   Count(c.packets_sent, 1);
@@ -236,10 +229,6 @@ void NetClient::TryReconnect() {
 }
 
 int NetClient::OnIdle() {
-  if (!progress_thread_bound_) {
-    if (const void* p = device_to_bind_.load())
-      progress_thread_bound_ = codec::BindDeviceOf(p).ok();
-  }
   const int64_t now = MonotonicNanos();
   State state;
   {

@@ -86,11 +86,6 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
         worker_->max_frame_head() >= kWriteValueOffset + kSegmentHeaderBytes +
                                          detail::kTensorHeaderBytes + codec::kFrameHeaderBytes;
     Result<codec::DeviceEncoder::Staged> staged = codec::DeviceEncoder::Staged::kFull;
-    if (in_place && dev.device_memory() && device_to_bind_.load() == nullptr) {
-      // The progress thread will move device memory: it binds the device first (OnIdle).
-      device_to_bind_.store(data);
-      worker_->Post([] {});
-    }
     if (in_place) {
       if (Status st = dev.StageInPlace(view.dtype, numel, data, base_version + 1); !st.ok()) {
         dev.Reset();

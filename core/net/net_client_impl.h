@@ -409,12 +409,8 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // Tests: the host backend's whole values go in place too (UCX reads host memory then).
   std::atomic<bool> in_place_for_host_{false};
   std::atomic<NetOptions::DeviceDirect> device_direct_;  // NetOptions's, changed by benches
-  std::atomic<bool> hub_rdma_{false};  // the connection to the hub has an RDMA lane
-  // Device memory UCX has been given to send from: the progress thread makes its device
-  // current (OnIdle) once.
-  std::atomic<const void*> device_to_bind_{nullptr};
+  std::atomic<bool> hub_rdma_{false};              // the connection to the hub has an RDMA lane
   std::atomic<bool> device_direct_failed_{false};  // a send from device memory failed
-  bool progress_thread_bound_ = false;             // progress thread only
   // An encoder and the buffer its frames go to (uninitialized, grown as needed: encoders
   // write what they use).
   struct Coder {

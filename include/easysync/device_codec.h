@@ -56,10 +56,6 @@ class DeltaBackend {
   virtual void FreeHost(uint8_t* p);
 };
 
-// Makes the CUDA device that owns `device_ptr` (its primary context) current on the calling
-// thread, as a thread needs before UCX moves that memory from it. Unavailable without CUDA.
-Status BindDeviceOf(const void* device_ptr);
-
 // The host twins on host memory.
 std::unique_ptr<DeltaBackend> MakeHostDeltaBackend();
 // The CUDA kernels on `stream` (a cudaStream_t; nullptr: the default stream). Unavailable in
