@@ -132,15 +132,22 @@ Result<size_t> DeviceEncoder::Encode(DType dtype, size_t element_count, const ui
   return size;
 }
 
-Status DeviceEncoder::StageInPlace(DType dtype, size_t element_count, const uint8_t* cur,
-                                   uint64_t new_version) {
+Status DeviceEncoder::BeginStage(DType dtype, size_t element_count, const uint8_t* cur,
+                                 uint64_t new_version) {
   staged_ = false;
+  in_place_ = false;
   EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
   if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
   new_version_ = new_version;
   encoded_.clear();
   whole_hash_.reset();
   staged_count_ = 0;
+  return Status::Ok();
+}
+
+Status DeviceEncoder::StageInPlace(DType dtype, size_t element_count, const uint8_t* cur,
+                                   uint64_t new_version) {
+  EASYSYNC_RETURN_IF_ERROR(BeginStage(dtype, element_count, cur, new_version));
   // The receiver's base is about to be replaced whatever happens next.
   base_version_ = 0;
   const size_t blocks = n_ / cuda::kXxh3BlockBytes;
@@ -222,14 +229,7 @@ Result<const uint8_t*> DeviceEncoder::EncodeRangeInPlace(size_t offset, size_t b
 
 Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_count,
                                                    const uint8_t* cur, uint64_t new_version) {
-  staged_ = false;
-  in_place_ = false;
-  EASYSYNC_RETURN_IF_ERROR(Prepare(dtype, element_count));
-  if (n_ != 0 && cur == nullptr) return Status::InvalidArgument("DeviceEncoder: null tensor");
-  new_version_ = new_version;
-  encoded_.clear();
-  whole_hash_.reset();
-  staged_count_ = 0;
+  EASYSYNC_RETURN_IF_ERROR(BeginStage(dtype, element_count, cur, new_version));
   // The whole tensor to the host: the first update, or one too dense for blocks to pay off.
   const auto whole = [&](Staged kind) -> Result<Staged> {
     EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(staging_, cur, n_));

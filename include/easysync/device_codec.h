@@ -156,6 +156,8 @@ class DeviceEncoder {
 
  private:
   Status Prepare(DType dtype, size_t element_count);
+  // What Stage and StageInPlace begin with: nothing staged, buffers for this dtype and size.
+  Status BeginStage(DType dtype, size_t element_count, const uint8_t* cur, uint64_t new_version);
   // Records [begin, end) as encoded; InvalidArgument when it overlaps a range encoded before.
   Status ClaimRange(size_t begin, size_t end);
   void FreeAll();
