@@ -139,6 +139,35 @@ TEST(CodecRoundTrip, SparseUpdateIsSmall) {
   EXPECT_EQ(ChainName(PeekFrame(frame)->chain), "diff+sparse+planes+zstd");
 }
 
+TEST(CodecRoundTrip, TheSparseScanJudgesTheWholeFromItsFirstSixteenth) {
+  // 32 MiB of bf16. Every element of the first sixteenth changed, none after: the part
+  // scanned projects the sparse streams past half the tensor, so the scan stops there and the
+  // update goes dense (zstd of the XOR planes, mostly zeros). The same changes in the last
+  // sixteenth instead: nothing projected at the first sixteenth, the scan runs on, sparse.
+  // Both decode bit-exact.
+  const DType dtype = DType::kBFloat16;
+  const size_t count = size_t{16} << 20;
+  const std::vector<uint8_t> base = MakeTensor(dtype, count, 3);
+  const size_t sixteenth = base.size() / 16;
+  for (const bool first : {true, false}) {
+    std::vector<uint8_t> cur = base;
+    const size_t from = first ? 0 : base.size() - sixteenth;
+    for (size_t i = from; i < from + sixteenth; i += 2) cur[i] ^= 0x5a;
+    Encoder enc;
+    std::vector<uint8_t> frame(EncodeBound(dtype, count));
+    const TensorBytes b = View(dtype, base);
+    Result<size_t> size = enc.Encode(View(dtype, cur), &b, 1, 2, frame);
+    ASSERT_TRUE(size.ok());
+    const uint8_t chain = PeekFrame(frame)->chain;
+    EXPECT_EQ((chain & kChainSparse) != 0, !first) << ChainName(chain);
+    EXPECT_LT(*size, base.size() / 8) << ChainName(chain);
+    Decoder dec;
+    std::vector<uint8_t> out(base.size());
+    ASSERT_TRUE(dec.Decode({frame.data(), *size}, base.data(), base.size(), out).ok());
+    EXPECT_TRUE(out == cur);
+  }
+}
+
 TEST(CodecRoundTrip, DenseRandomNeverExceedsRawPlusHeader) {
   for (DType dtype : kAllDTypes) {
     const size_t count = 10007;
