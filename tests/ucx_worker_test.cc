@@ -250,6 +250,25 @@ TEST(UcxWorker, AFrameSentInTwoPartsArrivesAsOneInItsPlace) {
   }
 }
 
+TEST(UcxWorker, AHeadOverTheLimitArrivesAsAMalformedFrame) {
+  // No sender of ours puts more than kMaxFrameHead bytes in the AM header; a peer that does
+  // gets an empty frame handed to the handler (which drops it as malformed), and frames after
+  // it still arrive. (UCX over TCP carries AM headers of several KiB.)
+  Pair p(std::chrono::nanoseconds(0));
+  p.b.KeepFrames();
+  auto head = std::make_shared<const Frame>(Numbered(1, kMaxFrameHead + 1));
+  auto tail = std::make_shared<std::vector<std::byte>>(100);
+  p.a.worker().RunOrPost([&p, head, tail] {
+    p.a.worker().SendSplit(p.a.ep(), head, tail->data(), tail->size(), UCS_MEMORY_TYPE_HOST);
+  });
+  p.a.Send(2, /*run_here=*/true, 16);
+  ASSERT_TRUE(p.b.AwaitFrames(3, /*drive=*/false));
+  const auto frames = p.b.frames();
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_TRUE(frames[0].empty());
+  EXPECT_EQ(NumberOf(frames[1]), 2u);
+}
+
 TEST(UcxWorker, ATcpEndpointHasNoRdmaLane) {
   // What decides whether whole GPU values go from device memory (NetOptions::device_direct):
   // over TCP they do not.
