@@ -145,9 +145,9 @@ TEST(NetDelta, OnePercentOf256MibBf16ArrivesAsADelta) {
 // The hub relays a delta before it applies it, and applies it once the relay has left. A
 // subscriber that stops taking the relay (here: SIGSTOPped) must hold back neither the hub's
 // value, which a late joiner gets, nor the next delta, which applies against it.
-TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
+void StalledSubscriberHoldsNothingBack(std::vector<std::string> hub_flags) {
   constexpr size_t kElements = size_t{32} << 20;  // 64 MiB of bfloat16: deltas of ~600 KiB
-  HubProcess hub;
+  HubProcess hub(std::move(hub_flags));
   ASSERT_NE(hub.port(), 0);
   const uint16_t port = hub.port();
   Gate declared, go_on;
@@ -190,6 +190,15 @@ TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
   go_on.Open();
   EXPECT_EQ(WaitChild(stalled, seconds(120)), 0);
   EXPECT_EQ(hub.Stop(), 0);
+}
+
+TEST(NetDelta, AStalledSubscriberHoldsBackNeitherTheHubsValueNorTheNextDelta) {
+  StalledSubscriberHoldsNothingBack({});
+}
+
+// The same with the hub applying segmented writes on its progress thread (--apply-thread off).
+TEST(NetDelta, WithoutTheApplyThreadTheHubStillAppliesAndRelays) {
+  StalledSubscriberHoldsNothingBack({"--apply-thread", "off"});
 }
 
 // A hub, a writer (a) and a reader (b) of Model.w; Start writes w and waits for b to hold it.

@@ -55,7 +55,9 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   Hub* h = hub.get();
   hub->worker_->WatchFd(hub->udp_->fd(), [h] { return h->OnUdp(); });
   // A job that ended wakes the progress thread, which collects it (StepPending).
-  hub->applier_ = std::make_unique<BackgroundApply>([h] { h->worker_->Post([] {}); });
+  if (options.apply_thread) {
+    hub->applier_ = std::make_unique<BackgroundApply>([h] { h->worker_->Post([] {}); });
+  }
   hub->worker_->Start();
   return hub;
 }
@@ -659,8 +661,8 @@ bool Hub::StepPending(int64_t now) {
       continue;
     }
     // A segmented write goes to the applier once it is free, and is published here once the
-    // applier is done with it.
-    if (p.segments && !p.job) {
+    // applier is done with it (without an applier thread: applied here, below).
+    if (p.segments && !p.job && applier_) {
       if (!applier_->busy()) {
         p.job = MakeJob(attrs_[p.id], p);
         applier_->Start(p.job);

@@ -42,6 +42,9 @@ struct HubOptions {
   // number of attributes. A declare or write past them is refused (that request only).
   uint64_t max_total_value_bytes = 16ull << 30;
   uint32_t max_attributes = 1u << 20;
+  // Segmented writes are applied to the hub's copy on a thread of its own (BackgroundApply);
+  // false: on the progress thread, once a write's relay has left (a hub kept to one CPU).
+  bool apply_thread = true;
 };
 
 class Hub final : public net::UcxWorker::Handler {

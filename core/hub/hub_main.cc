@@ -14,7 +14,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: easysync-hub [--port P] [--bind ADDR] [--token SECRET] [--max-message-bytes N]\n"
     "                    [--ucx-transports LIST] [--max-total-value-bytes N]\n"
-    "                    [--max-attributes N]\n"
+    "                    [--max-attributes N] [--apply-thread on|off]\n"
     "  --port P               port to listen on: UCX (TCP), and UDP for best-effort\n"
     "                         attributes (default 5000; 0: any free port)\n"
     "  --bind ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
@@ -28,7 +28,10 @@ constexpr char kUsage[] =
     "                         base of those subscribers' deltas): up to twice this\n"
     "  --max-attributes N     bound on the attributes the hub keeps (default 1048576)\n"
     "  --spin-us N            keep polling this long after a message before sleeping,\n"
-    "                         yielding the CPU between polls (default: 50)\n";
+    "                         yielding the CPU between polls (default: 50)\n"
+    "  --apply-thread on|off  apply large (segmented) writes to the hub's copy on a thread\n"
+    "                         of its own, at low priority (default on; or\n"
+    "                         EASYSYNC_HUB_APPLY_THREAD); off: on the thread that relays\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   char* end = nullptr;
@@ -44,6 +47,13 @@ bool ParseU64(const char* s, uint64_t* out) {
 int main(int argc, char** argv) {
   easysync::hub::HubOptions options;
   if (const char* env = std::getenv("EASYSYNC_TOKEN")) options.token = env;
+  if (const char* env = std::getenv("EASYSYNC_HUB_APPLY_THREAD")) {
+    if (std::strcmp(env, "on") != 0 && std::strcmp(env, "off") != 0) {
+      std::fprintf(stderr, "easysync-hub: EASYSYNC_HUB_APPLY_THREAD must be on or off\n");
+      return 2;
+    }
+    options.apply_thread = std::strcmp(env, "on") == 0;
+  }
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -73,6 +83,9 @@ int main(int argc, char** argv) {
       options.max_total_value_bytes = n;
     } else if (flag == "--max-attributes" && ParseU64(value, &n) && n >= 1 && n <= (1u << 31)) {
       options.max_attributes = static_cast<uint32_t>(n);
+    } else if (flag == "--apply-thread" &&
+               (std::strcmp(value, "on") == 0 || std::strcmp(value, "off") == 0)) {
+      options.apply_thread = std::strcmp(value, "on") == 0;
     } else if (flag == "--ucx-transports") {
       options.ucx_transports = value;
     } else {
