@@ -22,6 +22,9 @@ namespace {
 class CudaDeltaBackend final : public DeltaBackend {
  public:
   explicit CudaDeltaBackend(void* stream) : stream_(static_cast<cudaStream_t>(stream)) {}
+  ~CudaDeltaBackend() override {
+    if (sums_ != nullptr) cudaFree(sums_);
+  }
   const char* name() const override { return "cuda"; }
   Result<uint8_t*> Allocate(size_t bytes) override {
     void* p = nullptr;
@@ -42,9 +45,22 @@ class CudaDeltaBackend final : public DeltaBackend {
     return cuda::CompactChangedBlocksDevice(xor_bytes, n, block_bytes, changed, ids, out, count,
                                             temp, temp_bytes, stream_);
   }
+  // The kernel into device memory of the backend's own, then the sums to the host.
   Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
-                       uint64_t* sums) override {
-    return cuda::Xxh3BlockSumsDevice(data, blocks, secret, sums, stream_);
+                       uint64_t* host_sums) override {
+    const size_t bytes = blocks * cuda::kXxh3Lanes * sizeof(uint64_t);
+    if (bytes == 0) return Status::Ok();
+    std::lock_guard<std::mutex> lock(sums_mu_);
+    if (sums_bytes_ < bytes) {
+      if (sums_ != nullptr) cudaFree(sums_);
+      sums_ = nullptr;
+      sums_bytes_ = 0;
+      EASYSYNC_CUDA_CHECK(cudaMalloc(&sums_, bytes));
+      sums_bytes_ = bytes;
+    }
+    EASYSYNC_RETURN_IF_ERROR(
+        cuda::Xxh3BlockSumsDevice(data, blocks, secret, static_cast<uint64_t*>(sums_), stream_));
+    return ToHost(host_sums, sums_, bytes);
   }
   bool device_memory() const override { return true; }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
@@ -83,6 +99,9 @@ class CudaDeltaBackend final : public DeltaBackend {
   cudaStream_t stream_;
   std::mutex mu_;
   std::unordered_set<uint8_t*> pageable_;
+  std::mutex sums_mu_;
+  void* sums_ = nullptr;  // Xxh3BlockSums' device buffer
+  size_t sums_bytes_ = 0;
 };
 
 }  // namespace

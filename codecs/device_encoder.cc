@@ -41,8 +41,8 @@ class HostDeltaBackend final : public DeltaBackend {
     return Status::Ok();
   }
   Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
-                       uint64_t* sums) override {
-    cuda::Xxh3BlockSumsHost(data, blocks, secret, sums);
+                       uint64_t* host_sums) override {
+    cuda::Xxh3BlockSumsHost(data, blocks, secret, host_sums);
     return Status::Ok();
   }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
@@ -65,6 +65,19 @@ Result<uint8_t*> DeltaBackend::AllocateHost(size_t bytes) {
 
 void DeltaBackend::FreeHost(uint8_t* p) { std::free(p); }
 
+Status DeltaBackend::Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
+                                   uint64_t* host_sums) {
+  constexpr size_t kChunk = 1024;  // blocks: a MiB
+  std::vector<uint8_t> bytes(std::min(blocks, kChunk) * cuda::kXxh3BlockBytes);
+  for (size_t k = 0; k < blocks; k += kChunk) {
+    const size_t n = std::min(kChunk, blocks - k);
+    EASYSYNC_RETURN_IF_ERROR(
+        ToHost(bytes.data(), data + k * cuda::kXxh3BlockBytes, n * cuda::kXxh3BlockBytes));
+    cuda::Xxh3BlockSumsHost(bytes.data(), n, secret, host_sums + k * cuda::kXxh3Lanes);
+  }
+  return Status::Ok();
+}
+
 std::unique_ptr<DeltaBackend> MakeHostDeltaBackend() {
   return std::make_unique<HostDeltaBackend>();
 }
@@ -76,7 +89,7 @@ DeviceEncoder::DeviceEncoder(std::unique_ptr<DeltaBackend> backend, EncoderOptio
 DeviceEncoder::~DeviceEncoder() { FreeAll(); }
 
 void DeviceEncoder::FreeAll() {
-  for (uint8_t** p : {&base_, &xor_, &changed_, &ids_, &compacted_, &count_dev_, &temp_, &sums_}) {
+  for (uint8_t** p : {&base_, &xor_, &changed_, &ids_, &compacted_, &count_dev_, &temp_}) {
     if (*p != nullptr) backend_->Free(*p);
     *p = nullptr;
   }
@@ -152,23 +165,13 @@ Status DeviceEncoder::StageInPlace(DType dtype, size_t element_count, const uint
   base_version_ = 0;
   const size_t blocks = n_ / cuda::kXxh3BlockBytes;
   const size_t sums_bytes = std::max<size_t>(blocks, 1) * cuda::kXxh3Lanes * sizeof(uint64_t);
-  if (sums_ == nullptr) {
-    EASYSYNC_ASSIGN_OR_RETURN(sums_, backend_->Allocate(sums_bytes));
-    Result<uint8_t*> host = backend_->AllocateHost(sums_bytes);
-    if (!host.ok()) {
-      backend_->Free(sums_);
-      sums_ = nullptr;
-      return host.status();
-    }
-    sums_host_ = *host;
+  if (sums_host_ == nullptr) {
+    EASYSYNC_ASSIGN_OR_RETURN(sums_host_, backend_->AllocateHost(sums_bytes));
   }
   EASYSYNC_RETURN_IF_ERROR(backend_->Copy(base_, cur, n_));
-  auto* sums = reinterpret_cast<uint64_t*>(sums_);
-  EASYSYNC_RETURN_IF_ERROR(
-      backend_->Xxh3BlockSums(base_, blocks, internal::Xxh3SecretWords(), sums));
-  const size_t used = blocks * cuda::kXxh3Lanes * sizeof(uint64_t);
-  EASYSYNC_RETURN_IF_ERROR(backend_->ToHost(sums_host_, sums_, used));
-  stats_.bytes_to_host += used;
+  EASYSYNC_RETURN_IF_ERROR(backend_->Xxh3BlockSums(base_, blocks, internal::Xxh3SecretWords(),
+                                                   reinterpret_cast<uint64_t*>(sums_host_)));
+  stats_.bytes_to_host += blocks * cuda::kXxh3Lanes * sizeof(uint64_t);
   ++stats_.full_frames;
   kind_ = Staged::kFull;
   in_place_ = true;

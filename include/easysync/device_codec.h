@@ -41,9 +41,11 @@ class DeltaBackend {
   virtual Status Compact(const uint8_t* xor_bytes, size_t n, size_t block_bytes,
                          const uint8_t* changed, uint32_t* ids, uint8_t* out, uint32_t* count,
                          uint8_t* temp, size_t temp_bytes) = 0;
-  // cuda::Xxh3BlockSums* (sums land in backend memory): for hashing bytes where they live.
+  // The XXH3 block sums (cuda/xxh3_blocks.h) of `blocks` KiB of backend memory at data, into
+  // host memory: computed where the bytes live, so that only the sums cross. The default
+  // brings the bytes to the host a MiB at a time (ToHost) and runs the host twin.
   virtual Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
-                               uint64_t* sums) = 0;
+                               uint64_t* host_sums);
   // Whether Allocate gives device memory (what a transport must be told it reads).
   virtual bool device_memory() const { return false; }
   // Copies to host memory and waits for everything queued before it.
@@ -191,8 +193,8 @@ class DeviceEncoder {
   uint8_t* count_dev_ = nullptr;
   uint8_t* temp_ = nullptr;
   size_t temp_bytes_ = 0;
-  uint8_t* sums_ = nullptr;       // XXH3 block sums of base_ (StageInPlace), allocated on first use
-  uint8_t* sums_host_ = nullptr;  // and their host copy (AllocateHost)
+  // Host memory (AllocateHost) for the XXH3 block sums of base_ (StageInPlace), on first use.
+  uint8_t* sums_host_ = nullptr;
   // Host memory (AllocateHost): the receiver's base, and staging for what comes back.
   uint8_t* shadow_ = nullptr;
   uint8_t* staging_ = nullptr;

@@ -342,6 +342,8 @@ TEST(DeviceEncoderHost, RejectsBadArguments) {
 }
 
 // The host backend, except that host memory runs out while `fail_host` is set.
+// The host backend with host memory that can run out; it keeps DeltaBackend's default
+// Xxh3BlockSums (bytes to the host, host twin).
 class HostMemoryRunsOut final : public DeltaBackend {
  public:
   bool fail_host = false;
@@ -360,10 +362,6 @@ class HostMemoryRunsOut final : public DeltaBackend {
                  size_t temp_bytes) override {
     return host_->Compact(xor_bytes, n, block_bytes, changed, ids, out, count, temp, temp_bytes);
   }
-  Status Xxh3BlockSums(const uint8_t* data, size_t blocks, const uint64_t* secret,
-                       uint64_t* sums) override {
-    return host_->Xxh3BlockSums(data, blocks, secret, sums);
-  }
   Status ToHost(void* dst, const void* src, size_t bytes) override {
     return host_->ToHost(dst, src, bytes);
   }
@@ -379,6 +377,18 @@ class HostMemoryRunsOut final : public DeltaBackend {
  private:
   std::unique_ptr<DeltaBackend> host_ = MakeHostDeltaBackend();
 };
+
+TEST(DeviceEncoderHost, InPlaceRangesHashWithTheDefaultBlockSumsToo) {
+  // A backend without block sums of its own: DeltaBackend's default gives the same frames.
+  const Download copy = [](uint8_t* dst, const uint8_t* src, size_t n) {
+    std::memcpy(dst, src, n);
+  };
+  DeviceEncoder enc(std::make_unique<HostMemoryRunsOut>());
+  RunRangeSequence(
+      enc, DType::kBFloat16, ((size_t{5} << 20) + 100) / 2, size_t{2} << 20, kRangeSteps,
+      [](const std::vector<uint8_t>& t) { return t.data(); }, /*threads=*/false, copy);
+  EXPECT_EQ(enc.stats().full_frames, 2u);
+}
 
 TEST(DeviceEncoderHost, AFailedAllocationFailsTheWriteAndTheNextOneStartsOver) {
   auto backend = std::make_unique<HostMemoryRunsOut>();
