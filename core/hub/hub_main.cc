@@ -42,17 +42,22 @@ bool ParseU64(const char* s, uint64_t* out) {
   return true;
 }
 
+// "on" or "off"; false for anything else.
+bool ParseOnOff(const char* s, bool* out) {
+  if (std::strcmp(s, "on") != 0 && std::strcmp(s, "off") != 0) return false;
+  *out = std::strcmp(s, "on") == 0;
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   easysync::hub::HubOptions options;
   if (const char* env = std::getenv("EASYSYNC_TOKEN")) options.token = env;
-  if (const char* env = std::getenv("EASYSYNC_HUB_APPLY_THREAD")) {
-    if (std::strcmp(env, "on") != 0 && std::strcmp(env, "off") != 0) {
-      std::fprintf(stderr, "easysync-hub: EASYSYNC_HUB_APPLY_THREAD must be on or off\n");
-      return 2;
-    }
-    options.apply_thread = std::strcmp(env, "on") == 0;
+  if (const char* env = std::getenv("EASYSYNC_HUB_APPLY_THREAD");
+      env != nullptr && !ParseOnOff(env, &options.apply_thread)) {
+    std::fprintf(stderr, "easysync-hub: EASYSYNC_HUB_APPLY_THREAD must be on or off\n");
+    return 2;
   }
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -83,9 +88,7 @@ int main(int argc, char** argv) {
       options.max_total_value_bytes = n;
     } else if (flag == "--max-attributes" && ParseU64(value, &n) && n >= 1 && n <= (1u << 31)) {
       options.max_attributes = static_cast<uint32_t>(n);
-    } else if (flag == "--apply-thread" &&
-               (std::strcmp(value, "on") == 0 || std::strcmp(value, "off") == 0)) {
-      options.apply_thread = std::strcmp(value, "on") == 0;
+    } else if (flag == "--apply-thread" && ParseOnOff(value, &options.apply_thread)) {
     } else if (flag == "--ucx-transports") {
       options.ucx_transports = value;
     } else {

@@ -447,8 +447,8 @@ void UcxWorker::SendAm(ucp_ep_h ep, const Frame* head, const void* data, size_t 
 }
 
 bool UcxWorker::HasRdmaLane(ucp_ep_h ep) const {
-  // ucp_ep_print_info names each lane's transport ("... rc_mlx5/mlx5_0:1 ..."); UCX 1.13 has
-  // no query for it.
+  // ucp_ep_print_info names each lane's transport after its resource index ("lane[1]:
+  // 2:rc_mlx5/mlx5_0:1.0 ..."); UCX 1.13 has no query for it.
   char* text = nullptr;
   size_t size = 0;
   FILE* f = open_memstream(&text, &size);
@@ -459,9 +459,7 @@ bool UcxWorker::HasRdmaLane(ucp_ep_h ep) const {
   if (text != nullptr) {
     const std::string info(text, size);
     std::free(text);
-    for (const char* name : {" rc_", " dc_", ":rc_", ":dc_", "/rc_", "/dc_"}) {
-      rdma = rdma || info.find(name) != std::string::npos;
-    }
+    rdma = info.find(":rc_") != std::string::npos || info.find(":dc_") != std::string::npos;
   }
   return rdma;
 }
