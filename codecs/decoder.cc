@@ -76,6 +76,11 @@ struct Decoder::Impl {
     return Status::Ok();
   }
 
+  // Undoes the frame's zstd stage (into direct when not null, else scratch) and checks the
+  // shape of what is left against the tensor: the plan to apply.
+  Status Prepare(std::span<const uint8_t> frame, const FrameInfo& info, uint8_t* direct,
+                 Plan* plan);
+
   // Runs the apply step over tensor bytes [off, off + len) of out.
   // With undo, reverts what the same call without undo did.
   static void ApplyBlock(const FrameInfo& info, const Plan& plan, size_t esize, size_t off,
@@ -86,6 +91,41 @@ Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
 Decoder::~Decoder() = default;
 Decoder::Decoder(Decoder&&) noexcept = default;
 Decoder& Decoder::operator=(Decoder&&) noexcept = default;
+
+Status Decoder::Impl::Prepare(std::span<const uint8_t> frame, const FrameInfo& info,
+                              uint8_t* direct, Plan* plan) {
+  const size_t n = static_cast<size_t>(info.tensor_bytes);
+  const size_t esize = DTypeSize(info.dtype);
+  const uint8_t* payload = frame.data() + format::kHeaderSize;
+  const size_t payload_size = static_cast<size_t>(info.payload_size);
+  const bool sparse = (info.chain & kChainSparse) != 0;
+  const size_t inner_limit = sparse ? n + format::kSparseBodySlack : n;
+  if ((info.chain & kChainZstd) != 0) {
+    uint8_t* dst = direct;
+    if (dst == nullptr) {
+      if (!inner.Reserve(inner_limit)) return internal::OutOfMemory(inner_limit);
+      dst = inner.data();
+    }
+    if (payload_size == 0) return Status::Corruption("frame has an empty zstd payload");
+    EASYSYNC_RETURN_IF_ERROR(Unzstd(payload, payload_size, dst, inner_limit, &plan->inner_size));
+    plan->inner = dst;
+  } else {
+    plan->inner = payload;
+    plan->inner_size = payload_size;
+  }
+  if (sparse) {
+    if (plan->inner_size > inner_limit) return Status::Corruption("sparse body is too large");
+    EASYSYNC_RETURN_IF_ERROR(
+        internal::ParseSparseBody(plan->inner, plan->inner_size, info.element_count, esize,
+                                  (info.chain & kChainPlanes) != 0, &plan->sparse));
+    EASYSYNC_RETURN_IF_ERROR(internal::ValidateSparseGaps(plan->sparse, info.element_count));
+    plan->sparse.diff = (info.chain & kChainDiff) != 0;
+  } else if (plan->inner_size != n) {
+    return Status::Corruption("frame payload holds " + std::to_string(plan->inner_size) +
+                              " tensor bytes, its header says " + std::to_string(n));
+  }
+  return Status::Ok();
+}
 
 void Decoder::Impl::ApplyBlock(const FrameInfo& info, const Plan& plan, size_t esize, size_t off,
                                size_t len, internal::SparseApplier* applier, uint8_t* out,
@@ -148,41 +188,11 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
     return Status::ResourceExhausted("Decode: hash state allocation failed");
   }
 
-  // Stage zstd: decompress into scratch, or straight into out for a zstd-only full value.
-  const uint8_t* payload = frame.data() + format::kHeaderSize;
-  const size_t payload_size = static_cast<size_t>(info.payload_size);
-  const bool sparse = (info.chain & kChainSparse) != 0;
-  const size_t inner_limit = sparse ? n + format::kSparseBodySlack : n;
+  // Stage zstd (into scratch, or straight into out for a zstd-only full value), then the
+  // shape of what is left, checked before anything is written.
   Plan plan;
-  if ((info.chain & kChainZstd) != 0) {
-    uint8_t* dst;
-    if (info.chain == kChainZstd && !stage_full) {
-      dst = out.data();
-    } else {
-      if (!impl_->inner.Reserve(inner_limit)) return internal::OutOfMemory(inner_limit);
-      dst = impl_->inner.data();
-    }
-    if (payload_size == 0) return Status::Corruption("frame has an empty zstd payload");
-    EASYSYNC_RETURN_IF_ERROR(
-        impl_->Unzstd(payload, payload_size, dst, inner_limit, &plan.inner_size));
-    plan.inner = dst;
-  } else {
-    plan.inner = payload;
-    plan.inner_size = payload_size;
-  }
-
-  // Stage sparse / planes / raw: check the shape of what is left before writing anything.
-  if (sparse) {
-    if (plan.inner_size > inner_limit) return Status::Corruption("sparse body is too large");
-    EASYSYNC_RETURN_IF_ERROR(
-        internal::ParseSparseBody(plan.inner, plan.inner_size, info.element_count, esize,
-                                  (info.chain & kChainPlanes) != 0, &plan.sparse));
-    EASYSYNC_RETURN_IF_ERROR(internal::ValidateSparseGaps(plan.sparse, info.element_count));
-    plan.sparse.diff = (info.chain & kChainDiff) != 0;
-  } else if (plan.inner_size != n) {
-    return Status::Corruption("frame payload holds " + std::to_string(plan.inner_size) +
-                              " tensor bytes, its header says " + std::to_string(n));
-  }
+  EASYSYNC_RETURN_IF_ERROR(impl_->Prepare(
+      frame, info, info.chain == kChainZstd && !stage_full ? out.data() : nullptr, &plan));
 
   // Apply, block by block, fused with hashing the base and the result.
   const bool hash_base = delta && !options.known_base_hash;
@@ -226,6 +236,47 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
     }
   }
   return failure;
+}
+
+Status Decoder::Revert(std::span<const uint8_t> frame, std::span<uint8_t> value) {
+  Result<FrameInfo> peeked = PeekFrame(frame);
+  if (!peeked.ok()) return peeked.status();
+  const FrameInfo& info = *peeked;
+  if (frame.size() != info.frame_size) {
+    return Status::Corruption("frame is " + std::to_string(frame.size()) +
+                              " bytes but its header says " + std::to_string(info.frame_size));
+  }
+  if (info.is_full_value()) {
+    return Status::InvalidArgument("Revert: a full-value frame has no base to go back to");
+  }
+  const size_t n = static_cast<size_t>(info.tensor_bytes);
+  if (value.size() != n) {
+    return Status::InvalidArgument("Revert: the value has " + std::to_string(value.size()) +
+                                   " bytes, the frame's tensor " + std::to_string(n));
+  }
+  if (Overlaps(value.data(), n, frame.data(), frame.size())) {
+    return Status::InvalidArgument("Revert: the value overlaps the frame");
+  }
+  if (!impl_->result_hash.ok()) {
+    return Status::ResourceExhausted("Revert: hash state allocation failed");
+  }
+  Plan plan;
+  EASYSYNC_RETURN_IF_ERROR(impl_->Prepare(frame, info, nullptr, &plan));
+  const size_t esize = DTypeSize(info.dtype);
+  internal::SparseApplier applier(plan.sparse, esize);
+  uint8_t* o = value.data();
+  impl_->result_hash.Reset();
+  for (size_t off = 0; off < n; off += kBlock) {
+    const size_t len = std::min(kBlock, n - off);
+    Impl::ApplyBlock(info, plan, esize, off, len, &applier, o, /*undo=*/true);
+    impl_->result_hash.Update(o + off, len);
+  }
+  if (impl_->result_hash.Digest() != info.base_hash) {
+    return Status::Corruption("reverting the delta gave bytes that hash to " +
+                              Hex(impl_->result_hash.Digest()) + ", not its base " +
+                              Hex(info.base_hash) + ": the value was not its result");
+  }
+  return Status::Ok();
 }
 
 }  // namespace easysync::codec

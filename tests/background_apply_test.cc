@@ -183,6 +183,28 @@ TEST(BackgroundApply, ASegmentThatDoesNotVerifyEndsTheJobWithItsError) {
   EXPECT_EQ(out2, good.now);
 }
 
+TEST(BackgroundApply, AJobInPlaceThatFailsIsRevertedToItsBase) {
+  Wakes wakes;
+  BackgroundApply applier(wakes.Callback());
+  Write w(5);
+  w.frames[3].back() ^= 0x40;  // applied in place, segment 3 does not verify
+  std::vector<uint8_t> value = w.base;
+  auto job = w.Job(&value, true);
+  job->base = value.data();
+  job->in_place = true;
+  applier.Start(job);
+  ASSERT_TRUE(wakes.WaitFor(1));
+  EXPECT_FALSE(job->status.ok());
+  ASSERT_EQ(job->applied.load(), 3u);
+  for (size_t s = 0; s < 3; ++s) EXPECT_TRUE(w.SegmentIsNew(value, s));
+  codec::Decoder decoder;
+  ASSERT_TRUE(RevertApplied(decoder, *job).ok());
+  EXPECT_EQ(value, w.base);  // the failed segment left as it was, those before it undone
+  // Bytes that are not the segments' results do not come back as the base: found out.
+  job->applied.store(2);
+  EXPECT_EQ(RevertApplied(decoder, *job).code(), StatusCode::kCorruption);
+}
+
 TEST(BackgroundApply, GoingAwayWithAJobInProgressStopsIt) {
   const Write w(256);
   std::vector<uint8_t> out(w.base.size(), 0xEE);

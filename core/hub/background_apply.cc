@@ -18,6 +18,15 @@ Status ApplySegment(codec::Decoder& decoder, const ApplyJob& job, size_t i) {
                         {job.out + s.offset, s.bytes}, options);
 }
 
+Status RevertApplied(codec::Decoder& decoder, const ApplyJob& job) {
+  for (size_t i = job.first; i < job.applied.load(); ++i) {
+    const ApplyJob::Segment& s = job.segments[i];
+    EASYSYNC_RETURN_IF_ERROR(
+        decoder.Revert({s.frame, s.frame_size}, {job.out + s.offset, s.bytes}));
+  }
+  return Status::Ok();
+}
+
 BackgroundApply::BackgroundApply(std::function<void()> wake) : wake_(std::move(wake)) {
   thread_ = std::thread([this] { Run(); });
 }

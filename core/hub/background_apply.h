@@ -46,8 +46,12 @@ struct ApplyJob {
     std::optional<uint64_t> base_hash;  // the base's segment hash, when known
   };
   std::vector<Segment> segments;
-  const uint8_t* base = nullptr;     // tensor data the segments apply to (read only)
-  uint8_t* out = nullptr;            // tensor data they go into; no one else touches it meanwhile
+  const uint8_t* base = nullptr;  // tensor data the segments apply to (read only, unless
+                                  // in place)
+  uint8_t* out = nullptr;         // tensor data they go into; no one else touches it meanwhile
+  // out is base: each segment is applied in place (a segment that does not verify is left as
+  // it was; RevertApplied undoes the ones before it). Every segment is then a delta.
+  bool in_place = false;
   std::shared_ptr<const void> keep;  // keeps frames, base and out alive while it runs
   size_t first = 0;                  // segments before it are in out already
 
@@ -62,6 +66,11 @@ struct ApplyJob {
 // Applies segment i of job into job.out (the applier thread, or the hub's progress thread
 // doing what the applier did not get to).
 Status ApplySegment(codec::Decoder& decoder, const ApplyJob& job, size_t i);
+
+// For a job in place that stopped (failed): undoes segments [first, applied), so that out holds
+// the base again. Fails only when a segment's bytes do not come back to its base (they were
+// changed by someone else meanwhile).
+Status RevertApplied(codec::Decoder& decoder, const ApplyJob& job);
 
 class BackgroundApply {
  public:

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 
 namespace easysync::hub {
 namespace {
@@ -717,8 +718,22 @@ void Hub::ApplyRelayed(PendingApply& p) {
     }
     for (size_t i = job->applied.load(); st.ok() && i < job->segments.size(); ++i) {
       st = ApplySegment(decoder_, *job, i);
+      if (st.ok()) job->applied.store(i + 1);
+    }
+    if (!st.ok() && job->in_place) {
+      // The failed segment was left as it was; those before it go back to the base.
+      const Status reverted = RevertApplied(decoder_, *job);
+      if (!reverted.ok()) {
+        // Cannot happen unless memory was corrupted (each segment verified when applied): a
+        // hub whose value is unknown must not serve it. Clients reconnect to the next hub
+        // and converge there.
+        Log("the value of " + a.object + "." + a.name +
+            " could not be restored after a failed apply (" + reverted.ToString() + "); exiting");
+        std::abort();
+      }
     }
     holder = std::move(p.out);
+    offset = p.out_offset;
   } else {
     st = DecodeInto(a, p.value, p.info, &holder, &offset);
   }
@@ -839,13 +854,27 @@ void Hub::HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, n
 std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
   const OpenSegments& o = *p.segments;
   const ByteSpan base = a.value();
-  // Into the buffer the value before this one used, when free.
-  if (a.spare) spare_bytes_ -= a.spare->size();
-  std::shared_ptr<net::Frame> out = std::move(a.spare);
-  if (!out || out.use_count() != 1 || out->size() != base.size()) {
-    out = std::make_shared<net::Frame>(base.size());
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  // In place when nothing else holds the value (no send in flight reads it; not with UDP
+  // subscribers: it stays the base of their deltas) and every segment can be undone.
+  const bool in_place =
+      a.holder.use_count() == 1 && a.udp_subscribers == 0 &&
+      std::none_of(o.segments.begin(), o.segments.end(),
+                   [](const net::SegmentInfo& s) { return s.info.is_full_value(); });
+  std::shared_ptr<net::Frame> out;
+  size_t out_offset = 0;
+  if (in_place) {
+    out = a.holder;
+    out_offset = a.offset;
+  } else {
+    // Into the buffer the value before this one used, when free.
+    if (a.spare) spare_bytes_ -= a.spare->size();
+    out = std::move(a.spare);
+    if (!out || out.use_count() != 1 || out->size() != base.size()) {
+      out = std::make_shared<net::Frame>(base.size());
+    }
+    std::memcpy(out->data(), base.data(), H);
   }
-  std::memcpy(out->data(), base.data(), detail::kTensorHeaderBytes);
   auto job = std::make_shared<ApplyJob>();
   const bool known_base = a.segment_hashes.size() == o.count;
   for (uint32_t i = 0; i < o.count; ++i) {
@@ -854,17 +883,19 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
         {reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size(), s.offset, s.bytes,
          known_base ? std::optional<uint64_t>(a.segment_hashes[i]) : std::nullopt});
   }
-  constexpr size_t H = detail::kTensorHeaderBytes;
   job->base = reinterpret_cast<const uint8_t*>(base.data()) + H;
-  job->out = reinterpret_cast<uint8_t*>(out->data()) + H;
+  job->out = reinterpret_cast<uint8_t*>(out->data()) + out_offset + H;
+  job->in_place = in_place;
   // The frames, the value applied to (no one replaces it before the job ended: that takes
-  // a Settle, which ends it first) and the buffer written.
+  // a Settle, which ends it first; no one reads it meanwhile either, in place) and the buffer
+  // written.
   struct Keep {
     std::shared_ptr<OpenSegments> segments;
     std::shared_ptr<net::Frame> base, out;
   };
   job->keep = std::make_shared<const Keep>(Keep{p.segments, a.holder, out});
   p.out = std::move(out);
+  p.out_offset = out_offset;
   return job;
 }
 

@@ -188,9 +188,11 @@ class Hub final : public net::UcxWorker::Handler {
     std::shared_ptr<int> sends_left = std::make_shared<int>(0);  // relay sends in flight
     int64_t deadline_ns = 0;
     std::shared_ptr<OpenSegments> segments;  // a segmented write instead of write/value/info
-    // A segmented write's application: the buffer it goes into, and the job that fills it
-    // (both null until it is handed to the applier, or applied here).
+    // A segmented write's application: the buffer it goes into (from out_offset on; the
+    // value's own buffer when applied in place), and the job that fills it (both null until
+    // it is handed to the applier, or applied here).
     std::shared_ptr<net::Frame> out;
+    size_t out_offset = 0;
     std::shared_ptr<ApplyJob> job;
   };
   std::vector<std::shared_ptr<PendingApply>> pending_;
@@ -203,9 +205,11 @@ class Hub final : public net::UcxWorker::Handler {
   bool SegmentsMayChain(uint32_t id) const;
   // The stamp of the attribute's latest write: the last one pending, else the value's.
   Stamp Head(uint32_t id, const Attr& a) const;
-  // The application of p (a segmented write) to the attribute's value, into another buffer
-  // (a segment that does not verify leaves the hub's value as it was): for the applier, or
-  // for this thread when it needs the value before the applier had the write. Sets p.out.
+  // The application of p (a segmented write) to the attribute's value: in place when nothing
+  // else holds the value and every segment is a delta, else into another buffer; either way
+  // a segment that does not verify leaves the hub's value as it was (in place, the segments
+  // applied before it are reverted). For the applier, or for this thread when it needs the
+  // value before the applier had the write. Sets p.out.
   std::shared_ptr<ApplyJob> MakeJob(Attr& a, PendingApply& p);
   // Moves the first pending write that may be applied now on (OnIdle): applies it (or, for
   // a segmented write, hands it to the applier, or collects it from there). True when

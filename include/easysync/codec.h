@@ -202,6 +202,15 @@ class Decoder {
   Status Decode(std::span<const uint8_t> frame, const uint8_t* base, size_t base_bytes,
                 std::span<uint8_t> out, const DecodeOptions& options = {});
 
+  // Undoes a Decode of the delta frame `frame` made in place: `value`, which holds that
+  // Decode's result, goes back to the frame's base. Then checks that it hashes to the
+  // frame's base hash.
+  //
+  // Errors: InvalidArgument for a full-value frame (it has no base) or a value of another
+  // size; Corruption for a malformed frame, or when the bytes do not come out as the base
+  // (value did not hold the frame's result): then value holds unspecified bytes.
+  Status Revert(std::span<const uint8_t> frame, std::span<uint8_t> value);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -43,6 +43,10 @@ void CheckDecodes(Decoder& dec, std::span<const uint8_t> frame, const std::vecto
   ASSERT_EQ(in_place, want) << what << " (in place)";
 
   if (!info->is_full_value()) {
+    s = dec.Revert(frame, in_place);
+    ASSERT_TRUE(s.ok()) << what << " (revert): " << s.message();
+    ASSERT_EQ(in_place, base) << what << " (revert)";
+
     DecodeOptions known;
     known.known_base_hash = HashBytes(base);
     std::fill(out.begin(), out.end(), 0);
@@ -320,7 +324,39 @@ TEST(CodecRoundTrip, ChainOptionsAreHonoured) {
     std::vector<uint8_t> out(cur.size());
     ASSERT_TRUE(dec.Decode({frame.data(), *size}, base.data(), base.size(), out).ok()) << c.chain;
     EXPECT_EQ(out, cur) << c.chain;
+    if (!PeekFrame(frame)->is_full_value()) {
+      ASSERT_TRUE(dec.Revert({frame.data(), *size}, out).ok()) << c.chain;
+      EXPECT_EQ(out, base) << c.chain;
+    }
   }
+}
+
+TEST(CodecRoundTrip, RevertNeedsTheDeltasResult) {
+  const size_t count = 20000;
+  const std::vector<uint8_t> base = MakeTensor(DType::kBFloat16, count, 1);
+  const std::vector<uint8_t> cur = Mutate(base, DType::kBFloat16, 0.01, Pattern::kRandom, 2);
+  const TensorBytes b = View(DType::kBFloat16, base);
+  Encoder enc;
+  Decoder dec;
+  std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+  Result<size_t> size = enc.Encode(View(DType::kBFloat16, cur), &b, 1, 2, frame);
+  ASSERT_TRUE(size.ok());
+  const std::span<const uint8_t> f(frame.data(), *size);
+  ASSERT_FALSE(PeekFrame(f)->is_full_value());
+  // Not the frame's result (the base itself): reverting cannot give the base.
+  std::vector<uint8_t> other = base;
+  EXPECT_EQ(dec.Revert(f, other).code(), StatusCode::kCorruption);
+  std::vector<uint8_t> shorter(cur.begin(), cur.end() - 2);
+  EXPECT_EQ(dec.Revert(f, shorter).code(), StatusCode::kInvalidArgument);
+  // A full value has no base to go back to.
+  Result<size_t> full = enc.Encode(View(DType::kBFloat16, cur), nullptr, 0, 1, frame);
+  ASSERT_TRUE(full.ok());
+  std::vector<uint8_t> value = cur;
+  EXPECT_EQ(dec.Revert({frame.data(), *full}, value).code(), StatusCode::kInvalidArgument);
+  // A truncated frame is refused before anything is written.
+  value = cur;
+  EXPECT_EQ(dec.Revert(f.first(f.size() - 1), value).code(), StatusCode::kCorruption);
+  EXPECT_EQ(value, cur);
 }
 
 TEST(CodecRoundTrip, RejectsBadArguments) {
