@@ -64,6 +64,21 @@ inline size_t VarintSize(uint64_t v) {
   return n;
 }
 
+// A canonical varint of 1-3 bytes (a value below 2^21: the gaps of all but the sparsest
+// updates) read without a branch on its length. REQUIRES: 4 readable bytes at p. Returns the
+// number of bytes it takes, or 0 when it is not such a varint (longer, or overlong: a last
+// byte of zero): then GetVarint decides. Accepts exactly what GetVarint accepts, for those.
+inline size_t GetShortVarint(const uint8_t* p, uint64_t* out) {
+  const uint32_t w = LoadU32(p);
+  const uint32_t c0 = (w >> 7) & 1;    // byte 0 continues
+  const uint32_t c1 = c0 & (w >> 15);  // and byte 1
+  const uint32_t c2 = c1 & (w >> 23);  // and byte 2: four bytes or more
+  const uint32_t last = (w >> (8 * (c0 + c1))) & 0xff;
+  if (c2 != 0 || (c0 != 0 && last == 0)) return 0;
+  *out = (w & 0x7f) | ((w >> 1) & 0x3f80 & (0u - c0)) | ((w >> 2) & 0x1fc000 & (0u - c1));
+  return 1 + c0 + c1;
+}
+
 // Reads one canonical varint from [*p, end). Returns false (leaving *p unspecified) when it
 // runs past end, is longer than 10 bytes, overflows 64 bits, or is not minimal (ends in a
 // zero byte after the first): a frame has exactly one encoding of each number.

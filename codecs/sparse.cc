@@ -46,7 +46,10 @@ Status ValidateSparseGaps(const SparseBody& body, uint64_t element_count) {
   uint64_t next = 0;
   for (uint64_t k = 0; k < body.count; ++k) {
     uint64_t gap;
-    if (!GetVarint(&p, end, &gap)) {
+    size_t len;
+    if (end - p >= 4 && (len = GetShortVarint(p, &gap)) != 0) {
+      p += len;
+    } else if (!GetVarint(&p, end, &gap)) {
       return Status::Corruption("sparse body: malformed gap #" + std::to_string(k));
     }
     // next <= element_count always holds, so the subtraction cannot wrap.
@@ -74,13 +77,19 @@ void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out, bool undo) {
   const uint8_t* const gend = body_.gaps + body_.gap_bytes;
   const uint8_t* const vals = body_.values;
   const uint64_t n = body_.count;
+  const uint8_t* const readable = vals + n * E;  // the body's end: the values follow the gaps
   const uint8_t* gap = gap_;
   uint64_t next = next_, k = k_, pending = pending_;
   bool has_pending = has_pending_;
   while (k < n) {
     if (!has_pending) {
       uint64_t g = 0;
-      (void)GetVarint(&gap, gend, &g);  // validated by ValidateSparseGaps
+      size_t len;  // validated by ValidateSparseGaps
+      if (readable - gap >= 4 && (len = GetShortVarint(gap, &g)) != 0) {
+        gap += len;
+      } else {
+        (void)GetVarint(&gap, gend, &g);
+      }
       pending = next + g;
       has_pending = true;
     }

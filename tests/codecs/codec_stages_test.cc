@@ -99,6 +99,37 @@ TEST(CodecStages, VarintRoundTripAndRejects) {
   }
 }
 
+TEST(CodecStages, ShortVarintsReadAsGetVarintReadsThem) {
+  // Every first three bytes (the fourth only continues a longer varint): the branch-free
+  // reader takes a canonical varint of 1-3 bytes exactly as GetVarint does, and leaves the
+  // rest (longer, overlong, malformed) to it.
+  size_t taken = 0;
+  for (uint32_t w = 0; w < (1u << 24); ++w) {
+    for (const uint32_t fourth : {0x00u, 0x81u}) {
+      const uint32_t word = w | fourth << 24;
+      uint8_t b[4];
+      std::memcpy(b, &word, 4);
+      uint64_t fast = 0, slow = 0;
+      const size_t len = GetShortVarint(b, &fast);
+      const uint8_t* q = b;
+      const bool ok = GetVarint(&q, b + 4, &slow);
+      if (len == 0) {
+        // Not taken: one GetVarint refuses, or one of four bytes or more (which, ending in a
+        // zero byte or running past these four, it refuses too).
+        ASSERT_FALSE(ok) << std::hex << word;
+        continue;
+      }
+      ++taken;
+      ASSERT_TRUE(ok) << std::hex << word;
+      ASSERT_EQ(static_cast<size_t>(q - b), len) << std::hex << word;
+      ASSERT_EQ(fast, slow) << std::hex << word;
+    }
+  }
+  // One byte (128 x any two after it), two (128 x 127 non-zero ends x any), three (128 x 128
+  // x 127), for each fourth byte.
+  EXPECT_EQ(taken, 2u * (128u * 65536 + 128u * 127 * 256 + 128u * 128 * 127));
+}
+
 // Reference: positions and element-major XOR values of the changed elements.
 void NaiveChanges(const std::vector<uint8_t>& cur, const std::vector<uint8_t>& base, size_t esize,
                   std::vector<uint64_t>* pos, std::vector<uint8_t>* vals) {
