@@ -214,7 +214,9 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
     if (delta && !in_place) std::memcpy(o + off, base + off, len);
     if (in_place && (info.chain & kChainSparse) != 0) {
       // Scattered read-modify-writes: fetch the block's lines at streaming speed first.
-      for (size_t i = 0; i < len; i += 64) __builtin_prefetch(o + off + i, 1);
+      uint64_t touch = 0;
+      for (size_t i = 0; i < len; i += 64) touch += o[off + i];
+      asm volatile("" : : "r"(touch));
     }
     Impl::ApplyBlock(info, plan, esize, off, len, &applier, o, /*undo=*/false);
     impl_->result_hash.Update(o + off, len);
