@@ -1,9 +1,12 @@
 // The wire protocol: round trips, every truncation, hostile headers and random bytes.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <random>
+#include <string>
 
 #include "easysync/codec.h"
 #include "easysync/tensor.h"
@@ -181,6 +184,41 @@ TEST(NetFrames, LargeFramesAreRecycledWithinBounds) {
   EXPECT_LE(FrameCacheBlocksForTests(), kFrameCacheBlocks);
   Frame small(4096);  // small frames are plain allocations
   EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % 64, 0u);
+}
+
+// The smaps line `key` of the mapping that holds address p ("" when not found).
+std::string SmapsLine(const void* p, const std::string& key) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 16) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind(key, 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+// Frames of tensor size start on a 2 MiB boundary and are eligible for transparent huge pages
+// (asked for with madvise, which is how Debian leaves THP), so a 256 MiB value takes 128 page
+// faults, not 65536.
+TEST(NetFrames, LargeFramesAskForHugePages) {
+  Frame big(size_t{8} << 20);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % (size_t{2} << 20), 0u);
+  Frame small(size_t{1} << 20);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % 64, 0u);
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode;
+  std::getline(thp, mode);
+  if (mode.empty() || mode.find("[never]") != std::string::npos) {
+    GTEST_SKIP() << "transparent huge pages are off here (" << mode << ")";
+  }
+  const std::string line = SmapsLine(big.data(), "THPeligible:");
+  ASSERT_FALSE(line.empty()) << "no THPeligible line in /proc/self/smaps for the frame";
+  EXPECT_EQ(line.substr(line.find_last_not_of(" \t")), "1") << line;
 }
 
 TEST(NetProtocol, NewMessagesOfVersion2RoundTrip) {
