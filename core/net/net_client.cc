@@ -1116,8 +1116,11 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
   const size_t n = holder.size() - H;
   const auto* base_data = reinterpret_cast<const uint8_t*>(base->data()) + base_offset + H;
   auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
-  // Each segment encoded against the same range of the base (and, from data, copied into the
-  // holder in the same pass), on several threads.
+  // Each segment encoded against the same range of the base, on several threads. From data,
+  // the holder gets its copy once every segment is on its way (not in the encode's pass: the
+  // readers wait for the last segment, not for the writer's copy).
+  std::atomic<size_t> filled{0};  // segments copied
+  const auto fill = [&](size_t off, size_t bytes) { std::memcpy(value + off, data + off, bytes); };
   Result<Pending> done = SendSegments(
       r, request, {holder.data(), H}, t.dtype, n, clock, now, std::move(base_hashes),
       /*parallel=*/true,
@@ -1129,22 +1132,22 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
         const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
         codec::EncodeHints hints;
         hints.known_base_hash = base_hash;
-        if (data != nullptr) hints.copy_to = value + off;
         return encoder.Encode(now_t, &was, base_version, base_version + 1, frame, hints);
       },
-      hashes);
+      hashes,
+      data == nullptr ? std::nullopt : std::optional<SegmentWork>([&](size_t off, size_t bytes) {
+        fill(off, bytes);
+        filled.fetch_add(1);
+      }));
   // Not connected, or a segment failed: the holder must hold the whole value still.
-  const size_t count = (n + kSegmentBytes - 1) / kSegmentBytes;
-  if (data != nullptr && hashes->size() < count) std::memcpy(value, data, n);
+  if (data != nullptr && filled.load() < (n + kSegmentBytes - 1) / kSegmentBytes) fill(0, n);
   return done;
 }
 
-Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
-                                                   ByteSpan tensor_header, DType dtype, size_t n,
-                                                   uint64_t clock, int64_t now,
-                                                   std::vector<uint64_t> base_hashes, bool parallel,
-                                                   SegmentEncoder encode,
-                                                   std::vector<uint64_t>* hashes) {
+Result<NetClient::Pending> NetClient::SendSegments(
+    Replica& r, uint32_t request, ByteSpan tensor_header, DType dtype, size_t n, uint64_t clock,
+    int64_t now, std::vector<uint64_t> base_hashes, bool parallel, SegmentEncoder encode,
+    std::vector<uint64_t>* hashes, std::optional<SegmentWork> after_sent) {
   constexpr size_t H = detail::kTensorHeaderBytes;
   const size_t esize = DTypeSize(dtype);
   const auto count = static_cast<uint32_t>((n + kSegmentBytes - 1) / kSegmentBytes);
@@ -1201,7 +1204,7 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
   // per segment). Segment 0 carries the request: it goes once the request is registered.
   size_t sent = 0;
   const std::function<Status()> all = [&]() -> Status {
-    return pool.Run(
+    const Status st = pool.Run(
         count, [&](size_t i, size_t w) { return segment(i, w); },
         [&](size_t i) -> Status {
           const SegmentTail& tail = made[i].tail;
@@ -1221,6 +1224,15 @@ Result<NetClient::Pending> NetClient::SendSegments(Replica& r, uint32_t request,
           sent = i + 1;
           return Status::Ok();
         });
+    if (!st.ok() || !after_sent) return st;
+    return pool.Run(
+        count,
+        [&](size_t i, size_t) {
+          const size_t off = i * kSegmentBytes;
+          (*after_sent)(off, std::min(kSegmentBytes, n - off));
+          return Status::Ok();
+        },
+        [](size_t) { return Status::Ok(); });
   };
   Result<Pending> done = Request(request, Pending{}, nullptr, "WRITE", all);
   size_t wire = 0;

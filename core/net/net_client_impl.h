@@ -275,11 +275,16 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // makes, each sent as soon as it and those before it are made; base_hashes: the base's
   // segment hashes (empty where unknown); *hashes gets the new ones (all of them only when
   // every segment was made). With `parallel`, `encode` runs on several threads at once (for
-  // different ranges); else in order on this one. The answer is the last segment's.
+  // different ranges); else in order on this one. Once every segment is on its way, and
+  // before the answer is awaited, `after_sent` (when given) runs for each segment on the same
+  // workers (offset, bytes): work that the readers need not wait for. The answer is the last
+  // segment's.
+  using SegmentWork = FunctionRef<void(size_t offset, size_t bytes)>;
   Result<Pending> SendSegments(Replica& r, uint32_t request, ByteSpan tensor_header, DType dtype,
                                size_t n, uint64_t clock, int64_t now,
                                std::vector<uint64_t> base_hashes, bool parallel,
-                               SegmentEncoder encode, std::vector<uint64_t>* hashes);
+                               SegmentEncoder encode, std::vector<uint64_t>* hashes,
+                               std::optional<SegmentWork> after_sent = std::nullopt);
   void OnSegment(Replica& r, const Update& m, const UpdateInfo& info, std::shared_ptr<Frame> frame);
   // One segment's decode, done: records it, and installs the update after its last segment.
   // `pooled`: on a decode thread (not the one driving the worker).
