@@ -5,13 +5,18 @@
 
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -344,6 +349,45 @@ TEST(UcxWorker, AYieldShowsAThreadComputingOnTheSameCpu) {
   computes.join();
   ASSERT_EQ(sched_setaffinity(0, sizeof(before), &before), 0);
   EXPECT_TRUE(seen) << "200 yields never gave the CPU to the thread computing beside this one";
+}
+
+// The se.slice (ns) that /proc reports for thread tid of this process; 0 when not reported.
+uint64_t SliceOf(long tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/sched");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("se.slice", 0) == 0) return std::stoull(line.substr(line.find(':') + 1));
+  }
+  return 0;
+}
+
+TEST(UcxWorker, TheProgressThreadAsksForShortSlicesAndItsThreadsDoNot) {
+  // Whether this kernel takes the request at all (Linux 6.12 and later), on a thread of its own.
+  bool taken = false;
+  uint64_t own = 0, child = 0;
+  std::thread probe([&] {
+    taken = AskForShortSlices();
+    own = SliceOf(syscall(SYS_gettid));
+    std::thread started([&] { child = SliceOf(syscall(SYS_gettid)); });
+    started.join();
+  });
+  probe.join();
+  if (!taken || own != kShortSliceNs) {
+    GTEST_SKIP() << "this kernel keeps its own time slices (sched_setattr: " << taken
+                 << ", se.slice " << own << ")";
+  }
+  EXPECT_NE(child, kShortSliceNs) << "a thread started by one with a short slice kept it";
+  // A worker's progress thread: the one thread of this process with the short slice.
+  Side side(std::chrono::microseconds(50));
+  side.worker().Start();
+  size_t short_slices = 0;
+  for (int attempt = 0; attempt < 100 && short_slices == 0; ++attempt) {
+    std::this_thread::sleep_for(milliseconds(10));  // until the thread has started
+    short_slices = 0;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      short_slices += SliceOf(std::stol(task.path().filename())) == kShortSliceNs;
+    }
+  }
+  EXPECT_EQ(short_slices, 1u);
 }
 
 }  // namespace

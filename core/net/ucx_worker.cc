@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -151,6 +153,38 @@ std::string AvailableTransports() {
   }
   return out.empty() ? "none" : out;
 }
+
+bool AskForShortSlices() {
+#if defined(__linux__) && defined(SYS_sched_setattr)
+  struct {  // struct sched_attr (linux/sched/types.h clashes with sched.h)
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+    uint32_t sched_util_min, sched_util_max;
+  } attr{};
+  attr.size = sizeof(attr);
+  attr.sched_policy = SCHED_OTHER;
+  attr.sched_flags = 1;  // SCHED_FLAG_RESET_ON_FORK: threads it starts get the default
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, 0);  // per thread on Linux
+  if (errno != 0) return false;
+  attr.sched_nice = nice;
+  attr.sched_runtime = kShortSliceNs;
+  return syscall(SYS_sched_setattr, 0, &attr, 0) == 0;
+#else
+  return false;
+#endif
+}
+
+// How long a progress thread stops spinning after a yield showed a thread computing on its
+// CPU: a yield there gives the CPU away until that thread's slice ends (milliseconds), so each
+// later one would hold up whatever arrives meanwhile (a whole 16 MiB segment's relay, at the
+// start of each write of a large tensor, with a second's hold only the first write after a
+// quiet second). It sleeps at once instead, and (with a short slice) runs as soon as something
+// wakes it.
+constexpr auto kContendedHold = std::chrono::seconds(1);
 
 bool YieldQuickly() {
   // Spinning threads alone pass the CPU around within a few microseconds; a thread that
@@ -633,8 +667,10 @@ void UcxWorker::Loop() {
     }
     drive_mu_.lock();
   };
+  (void)AskForShortSlices();
   auto last = std::chrono::steady_clock::now();
-  bool contended = false;  // the last yield showed a thread computing on this CPU
+  // Until when this thread sleeps as soon as it has nothing to do (kContendedHold).
+  auto contended_until = last - kContendedHold;
   std::vector<pollfd> fds;
   take();
   while (!stop_.load(std::memory_order_relaxed)) {
@@ -651,9 +687,10 @@ void UcxWorker::Loop() {
       last_activity_ = last;
       continue;
     }
-    if (!contended && std::chrono::steady_clock::now() - last < options_.spin) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= contended_until && now - last < options_.spin) {
       drive_mu_.unlock();
-      contended = !YieldQuickly();
+      if (!YieldQuickly()) contended_until = std::chrono::steady_clock::now() + kContendedHold;
       take();
       continue;
     }
@@ -677,7 +714,6 @@ void UcxWorker::Loop() {
     uint64_t drained;
     (void)!read(post_fd_, &drained, sizeof(drained));
     last = std::chrono::steady_clock::now();
-    contended = false;  // spin again after what woke it, until a yield says otherwise
   }
   drive_mu_.unlock();
 }

@@ -13,7 +13,10 @@
 // run when CPUs are few), then arms the worker (ucp_worker_arm) and sleeps in poll() on its
 // event fd and on an eventfd that Post() rings, so an idle process costs no CPU and steady
 // traffic no wake-ups. It sleeps at once when a yield shows a thread computing on its CPU
-// (YieldQuickly): the event that wakes it then preempts that thread. A caller that sends or
+// (YieldQuickly), and goes on sleeping at once, without spinning, for a second after that
+// (each later yield would wait for that thread's time slice). It asks for a short time slice
+// (AskForShortSlices), so that the event that wakes it preempts the thread computing on its
+// CPU (Linux 6.12 and later; elsewhere the request changes nothing). A caller that sends or
 // waits drives the worker itself when it is free, so a message leaves and arrives without
 // handing over to another thread.
 #pragma once
@@ -61,6 +64,13 @@ std::chrono::nanoseconds ResolveSpin(std::chrono::nanoseconds requested);
 // only a thread that wakes up preempts the one computing (a runnable one waits for its slice
 // to end, milliseconds), while spinning threads yield to each other within microseconds.
 bool YieldQuickly();
+
+// Asks the scheduler for the shortest time slice (0.1 ms) for the calling thread, keeping its
+// nice value; threads it starts get the default again. On Linux 6.12 and later a thread that
+// wakes then runs before one that computes on the same CPU with the default slice. Whether the
+// request was taken (false on kernels and systems without it: nothing changed).
+bool AskForShortSlices();
+inline constexpr uint64_t kShortSliceNs = 100'000;
 
 struct UcxOptions {
   std::string transports;  // UCX_TLS syntax ("tcp", "shm,tcp", "rc,ud"); empty: UCX's default
