@@ -15,8 +15,10 @@
 // B then checks the XXH3 of what it read, outside the timing, as the gloo receiver checks its
 // copy. Each repetition writes the step's base (untimed), the step's new value (delta_s:
 // EasySync may send it as a codec delta), then a tensor of random bits (full_s: no codec
-// shrinks it, so the whole tensor crosses). wire_bytes is what A's client sent for the delta
-// write (Stats::bytes_sent); codec_bytes is what codec::Encoder makes of the same pair here.
+// shrinks it, so the whole tensor crosses); each timed write starts 0.5 s after the write
+// before it was read, once the hub has applied that one to its own copy (kSettle). wire_bytes is
+// what A's client sent for the delta write (Stats::bytes_sent); codec_bytes is what codec::Encoder
+// makes of the same pair here.
 //
 // --device cuda keeps A's tensor in GPU memory (copied there before each timed write, untimed):
 // the delta is computed on the device and only changed blocks cross PCIe. --device host-twin
@@ -76,6 +78,11 @@ constexpr int kDefaultReps = 3;
 // How long A waits for B to hold one value, and the clients for the hub's answer: 256 MiB
 // cross a 1 Gbit/s link twice in about 4.3 s.
 constexpr auto kValueTimeout = std::chrono::seconds(120);
+// The pause before each timed write: the hub applies a write to its own copy once it has
+// relayed it, in the background, and the untimed write before a timed one (the step's base
+// after a random tensor) is a whole value, a pass of ~0.1-0.2 s over 256 MiB. In training the
+// write before a step's is the previous step's delta, applied long before the next: so here.
+constexpr auto kSettle = std::chrono::milliseconds(500);
 constexpr const char* kLinks[] = {"loopback", "10gbit", "1gbit"};  // shaped: tc rate syntax
 constexpr const char* kSyntheticStep = "rl-bf16";
 
@@ -308,7 +315,9 @@ class Sender {
   }
 
   // Writes t; *seconds from the write until B had read it, *wire the bytes A's client sent.
+  // A timed write starts kSettle after the write before it was read (see the top).
   bool Sync(const Tensor& t, double* seconds = nullptr, int64_t* wire = nullptr) {
+    if (seconds != nullptr) poll(nullptr, 0, static_cast<int>(kSettle.count()));
     if (cuda_ && !device_.Upload(t)) return false;
     const int64_t n = ++writes_;
     ctl_->hash.store(codec::HashBytes({reinterpret_cast<const uint8_t*>(t.data()), t.nbytes()}));
