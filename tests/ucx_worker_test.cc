@@ -41,11 +41,13 @@ uint64_t NumberOf(const Frame& f) {
 // One side: records the frames it gets, and the thread that handled each.
 class Side : public UcxWorker::Handler {
  public:
-  explicit Side(std::chrono::nanoseconds spin, uint64_t max_frame_bytes = kDefaultMaxMessageBytes) {
+  explicit Side(std::chrono::nanoseconds spin, uint64_t max_frame_bytes = kDefaultMaxMessageBytes,
+                bool relay = false) {
     UcxOptions o;
     o.transports = "tcp";
     o.spin = spin;
     o.max_frame_bytes = max_frame_bytes;
+    o.relay = relay;
     worker_ = ValueOrThrow(UcxWorker::Create(o, this));
   }
   ~Side() override {
@@ -360,7 +362,22 @@ uint64_t SliceOf(long tid) {
   return 0;
 }
 
-TEST(UcxWorker, TheProgressThreadAsksForShortSlicesAndItsThreadsDoNot) {
+// How many threads of this process run with the short time slice, once `expected` do (or a
+// second passed: threads just started).
+size_t ThreadsWithShortSlices(size_t expected) {
+  size_t n = 0;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    n = 0;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      n += SliceOf(std::stol(task.path().filename())) == kShortSliceNs;
+    }
+    if (n == expected) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return n;
+}
+
+TEST(UcxWorker, ARelaysProgressThreadAsksForShortSlicesAndItsThreadsDoNot) {
   // Whether this kernel takes the request at all (Linux 6.12 and later), on a thread of its own.
   bool taken = false;
   uint64_t own = 0, child = 0;
@@ -376,18 +393,13 @@ TEST(UcxWorker, TheProgressThreadAsksForShortSlicesAndItsThreadsDoNot) {
                  << ", se.slice " << own << ")";
   }
   EXPECT_NE(child, kShortSliceNs) << "a thread started by one with a short slice kept it";
-  // A worker's progress thread: the one thread of this process with the short slice.
-  Side side(std::chrono::microseconds(50));
-  side.worker().Start();
-  size_t short_slices = 0;
-  for (int attempt = 0; attempt < 100 && short_slices == 0; ++attempt) {
-    std::this_thread::sleep_for(milliseconds(10));  // until the thread has started
-    short_slices = 0;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-      short_slices += SliceOf(std::stol(task.path().filename())) == kShortSliceNs;
-    }
-  }
-  EXPECT_EQ(short_slices, 1u);
+  Side client(std::chrono::microseconds(50));
+  client.worker().Start();
+  EXPECT_EQ(ThreadsWithShortSlices(0), 0u) << "a client's progress thread asked too";
+  // A relay's progress thread: the one thread of this process with the short slice.
+  Side relay(std::chrono::microseconds(50), kDefaultMaxMessageBytes, /*relay=*/true);
+  relay.worker().Start();
+  EXPECT_EQ(ThreadsWithShortSlices(1), 1u);
 }
 
 }  // namespace

@@ -44,6 +44,7 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   if (options.token.empty()) return Status::InvalidArgument("the hub needs a token");
   std::unique_ptr<Hub> hub(new Hub(options));
   net::UcxOptions uo;
+  uo.relay = true;
   uo.transports = options.ucx_transports;
   uo.spin = options.spin;
   uo.max_frame_bytes = options.max_message_bytes;

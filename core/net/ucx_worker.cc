@@ -178,12 +178,8 @@ bool AskForShortSlices() {
 #endif
 }
 
-// How long a progress thread stops spinning after a yield showed a thread computing on its
-// CPU: a yield there gives the CPU away until that thread's slice ends (milliseconds), so each
-// later one would hold up whatever arrives meanwhile (a whole 16 MiB segment's relay, at the
-// start of each write of a large tensor, with a second's hold only the first write after a
-// quiet second). It sleeps at once instead, and (with a short slice) runs as soon as something
-// wakes it.
+// How long a relay's progress thread stops spinning after a yield showed a thread computing
+// on its CPU (UcxOptions::relay).
 constexpr auto kContendedHold = std::chrono::seconds(1);
 
 bool YieldQuickly() {
@@ -667,7 +663,7 @@ void UcxWorker::Loop() {
     }
     drive_mu_.lock();
   };
-  (void)AskForShortSlices();
+  if (options_.relay) (void)AskForShortSlices();
   auto last = std::chrono::steady_clock::now();
   // Until when this thread sleeps as soon as it has nothing to do (kContendedHold).
   auto contended_until = last - kContendedHold;
@@ -690,7 +686,11 @@ void UcxWorker::Loop() {
     const auto now = std::chrono::steady_clock::now();
     if (now >= contended_until && now - last < options_.spin) {
       drive_mu_.unlock();
-      if (!YieldQuickly()) contended_until = std::chrono::steady_clock::now() + kContendedHold;
+      if (!YieldQuickly()) {
+        // A relay stops spinning for kContendedHold; others until the next wake-up.
+        contended_until = options_.relay ? std::chrono::steady_clock::now() + kContendedHold
+                                         : std::chrono::steady_clock::time_point::max();
+      }
       take();
       continue;
     }
@@ -714,6 +714,7 @@ void UcxWorker::Loop() {
     uint64_t drained;
     (void)!read(post_fd_, &drained, sizeof(drained));
     last = std::chrono::steady_clock::now();
+    if (!options_.relay) contended_until = last - kContendedHold;  // spin again after a wake-up
   }
   drive_mu_.unlock();
 }

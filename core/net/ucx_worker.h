@@ -13,12 +13,10 @@
 // run when CPUs are few), then arms the worker (ucp_worker_arm) and sleeps in poll() on its
 // event fd and on an eventfd that Post() rings, so an idle process costs no CPU and steady
 // traffic no wake-ups. It sleeps at once when a yield shows a thread computing on its CPU
-// (YieldQuickly), and goes on sleeping at once, without spinning, for a second after that
-// (each later yield would wait for that thread's time slice). It asks for a short time slice
-// (AskForShortSlices), so that the event that wakes it preempts the thread computing on its
-// CPU (Linux 6.12 and later; elsewhere the request changes nothing). A caller that sends or
-// waits drives the worker itself when it is free, so a message leaves and arrives without
-// handing over to another thread.
+// (YieldQuickly): the event that wakes it then preempts that thread (a relay's, see
+// UcxOptions::relay, for a second after that, and with a short time slice). A caller that
+// sends or waits drives the worker itself when it is free, so a message leaves and arrives
+// without handing over to another thread.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -77,6 +75,14 @@ struct UcxOptions {
   std::chrono::nanoseconds spin{-1};  // see ResolveSpin
   uint64_t max_frame_bytes = kDefaultMaxMessageBytes;
   std::string who = "easysync";  // log prefix
+  // For a relay (the hub), whose every wake-up someone waits on while the machine's CPUs are
+  // busy computing (clients encoding and decoding segments): the progress thread asks for
+  // short time slices (AskForShortSlices), and once a yield showed a thread computing on its
+  // CPU it sleeps at once, without spinning, for a second (each later yield would wait out
+  // that thread's time slice). Clients keep spinning after every wake-up: a client's
+  // slow yield is mostly a passing one (a ping-pong whose two ends share a CPU), and short
+  // slices there cost it more than they gain.
+  bool relay = false;
 };
 
 class UcxWorker {
