@@ -47,7 +47,9 @@ Status ValidateSparseGaps(const SparseBody& body, uint64_t element_count) {
   for (uint64_t k = 0; k < body.count; ++k) {
     uint64_t gap;
     size_t len;
-    if (end - p >= 4 && (len = GetShortVarint(p, &gap)) != 0) {
+    if (p < end && *p < 0x80) {
+      gap = *p++;
+    } else if (end - p >= 4 && (len = GetShortVarint(p, &gap)) != 0) {
       p += len;
     } else if (!GetVarint(&p, end, &gap)) {
       return Status::Corruption("sparse body: malformed gap #" + std::to_string(k));
@@ -85,7 +87,9 @@ void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out, bool undo) {
     if (!has_pending) {
       uint64_t g = 0;
       size_t len;  // validated by ValidateSparseGaps
-      if (readable - gap >= 4 && (len = GetShortVarint(gap, &g)) != 0) {
+      if (*gap < 0x80) {
+        g = *gap++;
+      } else if (readable - gap >= 4 && (len = GetShortVarint(gap, &g)) != 0) {
         gap += len;
       } else {
         (void)GetVarint(&gap, gend, &g);
