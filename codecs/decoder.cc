@@ -38,6 +38,16 @@ std::string Hex(uint64_t v) {
   return s;
 }
 
+// The frame's header, which must describe exactly `frame` (header + payload).
+Result<FrameInfo> PeekExactFrame(std::span<const uint8_t> frame) {
+  Result<FrameInfo> info = PeekFrame(frame);
+  if (info.ok() && frame.size() != info->frame_size) {
+    return Status::Corruption("frame is " + std::to_string(frame.size()) +
+                              " bytes but its header says " + std::to_string(info->frame_size));
+  }
+  return info;
+}
+
 Status NeedFullValue(const FrameInfo& info, const std::string& why) {
   return Status::Corruption(
       "delta frame against base version " + std::to_string(info.base_version) + " (base hash " +
@@ -149,13 +159,9 @@ void Decoder::Impl::ApplyBlock(const FrameInfo& info, const Plan& plan, size_t e
 
 Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size_t base_bytes,
                        std::span<uint8_t> out, const DecodeOptions& options) {
-  Result<FrameInfo> peeked = PeekFrame(frame);
+  Result<FrameInfo> peeked = PeekExactFrame(frame);
   if (!peeked.ok()) return peeked.status();
   const FrameInfo& info = *peeked;
-  if (frame.size() != info.frame_size) {
-    return Status::Corruption("frame is " + std::to_string(frame.size()) +
-                              " bytes but its header says " + std::to_string(info.frame_size));
-  }
   const size_t n = static_cast<size_t>(info.tensor_bytes);
   const size_t esize = DTypeSize(info.dtype);
   if (out.size() != n) {
@@ -241,13 +247,9 @@ Status Decoder::Decode(std::span<const uint8_t> frame, const uint8_t* base, size
 }
 
 Status Decoder::Revert(std::span<const uint8_t> frame, std::span<uint8_t> value) {
-  Result<FrameInfo> peeked = PeekFrame(frame);
+  Result<FrameInfo> peeked = PeekExactFrame(frame);
   if (!peeked.ok()) return peeked.status();
   const FrameInfo& info = *peeked;
-  if (frame.size() != info.frame_size) {
-    return Status::Corruption("frame is " + std::to_string(frame.size()) +
-                              " bytes but its header says " + std::to_string(info.frame_size));
-  }
   if (info.is_full_value()) {
     return Status::InvalidArgument("Revert: a full-value frame has no base to go back to");
   }

@@ -535,11 +535,8 @@ std::optional<net::CodecValueInfo> Hub::CheckCodecWrite(ucp_ep_h ep, const Attr&
 
 Status Hub::DecodeInto(const Attr& a, ByteSpan wire, const net::CodecValueInfo& info,
                        std::shared_ptr<net::Frame>* holder, size_t* offset) {
-  // A delta in place when no send in flight still reads the current value; on failure the
-  // value is left as it was.
-  // (Not with UDP subscribers: the value stays as the base of their deltas.)
-  const bool in_place =
-      !info.frame.is_full_value() && a.holder.use_count() == 1 && a.udp_subscribers == 0;
+  // A delta in place (MayApplyInPlace); on failure the value is left as it was.
+  const bool in_place = !info.frame.is_full_value() && MayApplyInPlace(a);
   std::shared_ptr<net::Frame> out;
   size_t out_offset = 0;
   if (in_place) {
@@ -856,12 +853,11 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
   const OpenSegments& o = *p.segments;
   const ByteSpan base = a.value();
   constexpr size_t H = detail::kTensorHeaderBytes;
-  // In place when nothing else holds the value (no send in flight reads it; not with UDP
-  // subscribers: it stays the base of their deltas) and every segment can be undone.
-  const bool in_place =
-      a.holder.use_count() == 1 && a.udp_subscribers == 0 &&
-      std::none_of(o.segments.begin(), o.segments.end(),
-                   [](const net::SegmentInfo& s) { return s.info.is_full_value(); });
+  // In place (MayApplyInPlace) when every segment can be undone.
+  const bool in_place = MayApplyInPlace(a) && std::none_of(o.segments.begin(), o.segments.end(),
+                                                           [](const net::SegmentInfo& s) {
+                                                             return s.info.is_full_value();
+                                                           });
   std::shared_ptr<net::Frame> out;
   size_t out_offset = 0;
   if (in_place) {

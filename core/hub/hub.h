@@ -211,6 +211,11 @@ class Hub final : public net::UcxWorker::Handler {
   // applied before it are reverted). For the applier, or for this thread when it needs the
   // value before the applier had the write. Sets p.out.
   std::shared_ptr<ApplyJob> MakeJob(Attr& a, PendingApply& p);
+  // Whether a delta may be applied to a's value in place: nothing else holds it (no send in
+  // flight reads it) and no UDP subscriber keeps it as the base of its deltas.
+  static bool MayApplyInPlace(const Attr& a) {
+    return a.holder.use_count() == 1 && a.udp_subscribers == 0;
+  }
   // Moves the first pending write that may be applied now on (OnIdle): applies it (or, for
   // a segmented write, hands it to the applier, or collects it from there). True when
   // something was applied.
