@@ -106,4 +106,26 @@ inline bool GetVarint(const uint8_t** p, const uint8_t* end, uint64_t* out) {
   return false;
 }
 
+// GetVarint for a stream of mostly short varints (sparse gaps): one byte first (most gaps of a
+// step's delta), then 2-3 bytes without a branch on their length (GetShortVarint) where four
+// bytes can be read before `readable` (end, or a later byte known to be readable), else
+// GetVarint. Accepts exactly what GetVarint accepts.
+inline bool GetMostlyShortVarint(const uint8_t** p, const uint8_t* end, const uint8_t* readable,
+                                 uint64_t* out) {
+  const uint8_t* q = *p;
+  if (q < end && *q < 0x80) {
+    *out = *q;
+    *p = q + 1;
+    return true;
+  }
+  if (readable - q >= 4) {
+    const size_t len = GetShortVarint(q, out);
+    if (len != 0 && len <= static_cast<size_t>(end - q)) {
+      *p = q + len;
+      return true;
+    }
+  }
+  return GetVarint(p, end, out);
+}
+
 }  // namespace easysync::codec::internal

@@ -46,12 +46,7 @@ Status ValidateSparseGaps(const SparseBody& body, uint64_t element_count) {
   uint64_t next = 0;
   for (uint64_t k = 0; k < body.count; ++k) {
     uint64_t gap;
-    size_t len;
-    if (p < end && *p < 0x80) {
-      gap = *p++;
-    } else if (end - p >= 4 && (len = GetShortVarint(p, &gap)) != 0) {
-      p += len;
-    } else if (!GetVarint(&p, end, &gap)) {
+    if (!GetMostlyShortVarint(&p, end, end, &gap)) {
       return Status::Corruption("sparse body: malformed gap #" + std::to_string(k));
     }
     // next <= element_count always holds, so the subtraction cannot wrap.
@@ -86,14 +81,7 @@ void SparseApplier::ApplyT(uint64_t end_element, uint8_t* out, bool undo) {
   while (k < n) {
     if (!has_pending) {
       uint64_t g = 0;
-      size_t len;  // validated by ValidateSparseGaps
-      if (*gap < 0x80) {
-        g = *gap++;
-      } else if (readable - gap >= 4 && (len = GetShortVarint(gap, &g)) != 0) {
-        gap += len;
-      } else {
-        (void)GetVarint(&gap, gend, &g);
-      }
+      (void)GetMostlyShortVarint(&gap, gend, readable, &g);  // validated by ValidateSparseGaps
       pending = next + g;
       has_pending = true;
     }
