@@ -168,6 +168,14 @@ Result<size_t> Encoder::Encode(const TensorBytes& cur, const TensorBytes* base,
        (base != nullptr && base->data != nullptr && Overlaps(hints.copy_to, n, base->data, n)))) {
     return Status::InvalidArgument("Encode: copy_to overlaps the tensor, the base or the output");
   }
+  if (hints.update_base != nullptr || hints.base_updated != nullptr) {
+    if (hints.base_updated == nullptr || base == nullptr || hints.update_base != base->data ||
+        hints.copy_to != nullptr) {
+      return Status::InvalidArgument(
+          "Encode: update_base must be the base's data, with base_updated and without copy_to");
+    }
+    *hints.base_updated = false;
+  }
   if (!impl_->cur_hash.ok() || !impl_->base_hash.ok()) {
     return Status::ResourceExhausted("Encode: hash state allocation failed");
   }
@@ -259,15 +267,20 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
   const uint8_t* const val_start = sink.val;
   bool projected = false;
   const bool hash_base = !hints.known_base_hash.has_value();
+  // Updating the base as the scan goes (hints.update_base): undone below unless the sparse
+  // delta is the frame.
+  uint8_t* const update = sparse ? hints.update_base : nullptr;
   cur_hash.Reset();
   base_hash.Reset();
   // The scan goes first: it reads both blocks from memory as two streams at once, and the
   // hashes and the copy then read them from cache (hashing cur first made it a lone stream
-  // from memory: a 256 MiB bf16 step took 35 ms instead of 28 without the copy).
+  // from memory: a 256 MiB bf16 step took 35 ms instead of 28 without the copy). A base the
+  // scan updates is hashed before.
   for (size_t off = 0; off < n; off += kBlock) {
     const size_t len = std::min(kBlock, n - off);
+    if (hash_base && update != nullptr) base_hash.Update(base + off, len);
     if (sparse) {
-      sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink, use_diff);
+      sparse = internal::SparseScan(cur.data, base, off, off + len, esize, &sink, use_diff, update);
       const size_t scanned = off + len;
       if (sparse && !projected && scanned >= n / kProjectDivisor && scanned >= kProjectMinBytes) {
         projected = true;
@@ -276,24 +289,40 @@ Result<size_t> Encoder::Impl::EncodeDelta(const TensorBytes& cur, const uint8_t*
       }
     }
     cur_hash.Update(cur.data + off, len);
-    if (hash_base) base_hash.Update(base + off, len);
+    if (hash_base && update == nullptr) base_hash.Update(base + off, len);
     if (hints.copy_to != nullptr) std::memcpy(hints.copy_to + off, cur.data + off, len);  // hot
   }
   info->result_hash = cur_hash.Digest();
   info->base_hash = hash_base ? base_hash.Digest() : *hints.known_base_hash;
+  // The base as it was, for the dense candidates or after an error: from the changes the
+  // scan emitted (the gap stream and the values FinishSparse leaves where they are).
+  bool updated = update != nullptr;
+  const auto restore = [&] {
+    if (!updated) return;
+    updated = false;
+    internal::UndoSparseScan(cur.data, update, pos_start, sink.pos, sink.count, val_start, esize,
+                             use_diff);
+  };
 
   size_t best = n;  // a candidate must beat raw
   bool have = false;
   if (sparse) {
     size_t body_size = 0;
-    EASYSYNC_ASSIGN_OR_RETURN(const size_t z,
-                              FinishSparse(sink, esize, n, use_diff, info, payload, &body_size));
-    if (z != 0) {
-      best = z;
+    Result<size_t> z = FinishSparse(sink, esize, n, use_diff, info, payload, &body_size);
+    if (!z.ok()) {
+      restore();
+      return z.status();
+    }
+    if (*z != 0) {
+      best = *z;
       have = true;
-      if (body_size <= n / kSparseOnlyDivisor) return best;
+      if (body_size <= n / kSparseOnlyDivisor) {
+        if (updated) *hints.base_updated = true;
+        return best;
+      }
     }
   }
+  restore();
 
   // Dense candidate: XOR planes (element-major bytes when planes are off) through zstd.
   if (!planes.Reserve(n)) return internal::OutOfMemory(n);

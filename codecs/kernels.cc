@@ -89,9 +89,17 @@ constexpr size_t kChunk = 4096;
 // alone took 46-64 ms instead of 76-86 with cur's too.
 constexpr size_t kPrefetchAhead = 4096;
 
-template <size_t E, bool kDiff>
+template <size_t E>
+inline void StoreElement(uint8_t* p, uint64_t v) {
+  std::memcpy(p, &v, E);  // little-endian: the low E bytes
+}
+
+// kUpdate: each changed element of cur is also stored into `update` (base, writable) once it
+// is in the sink.
+template <size_t E, bool kDiff, bool kUpdate>
 [[gnu::always_inline]] inline bool SparseScanBody(const uint8_t* cur, const uint8_t* base,
-                                                  size_t begin, size_t end, SparseSink* s) {
+                                                  size_t begin, size_t end, SparseSink* s,
+                                                  uint8_t* update) {
   uint16_t offsets[kChunk + 8];  // relative byte offsets; +8: unconditional writes past the last
   constexpr uint64_t kTop = uint64_t{1} << 63;  // keeps ctz defined when m is 0 (see below)
   uint8_t* pos = s->pos;
@@ -141,9 +149,16 @@ template <size_t E, bool kDiff>
       const uint64_t c = LoadElement<E>(cur + b), o = LoadElement<E>(base + b);
       StoreU64(val, kDiff ? ZigzagDelta<E>(c, o) : c ^ o);
       val += E;  // wrote 8, kept E: the sink has slack
+      if constexpr (kUpdate) StoreElement<E>(update + b, c);
     }
     s->count += static_cast<uint64_t>(w - offsets);
-    if (pos > s->pos_limit || val > s->val_limit) return false;
+    if (pos > s->pos_limit || val > s->val_limit) {
+      // What was emitted stays readable (UndoSparseScan), the limit's chunk too.
+      s->pos = pos;
+      s->val = val;
+      s->next_pos = next;
+      return false;
+    }
   }
   s->pos = pos;
   s->val = val;
@@ -151,38 +166,67 @@ template <size_t E, bool kDiff>
   return true;
 }
 
-template <size_t E, bool kDiff>
+template <size_t E, bool kDiff, bool kUpdate>
 bool SparseScanPortable(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end,
-                        SparseSink* s) {
-  return SparseScanBody<E, kDiff>(cur, base, begin, end, s);
+                        SparseSink* s, uint8_t* update) {
+  return SparseScanBody<E, kDiff, kUpdate>(cur, base, begin, end, s, update);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // The same code with the popcnt instruction (baseline x86-64 lacks it; the library call it
 // would otherwise make per 64 bytes costs a third of the scan).
-template <size_t E, bool kDiff>
+template <size_t E, bool kDiff, bool kUpdate>
 [[gnu::target("popcnt")]] bool SparseScanPopcnt(const uint8_t* cur, const uint8_t* base,
-                                                size_t begin, size_t end, SparseSink* s) {
-  return SparseScanBody<E, kDiff>(cur, base, begin, end, s);
+                                                size_t begin, size_t end, SparseSink* s,
+                                                uint8_t* update) {
+  return SparseScanBody<E, kDiff, kUpdate>(cur, base, begin, end, s, update);
 }
-template <size_t E, bool kDiff>
-bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s) {
+template <size_t E, bool kDiff, bool kUpdate>
+bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s,
+                 uint8_t* update) {
   static const bool has_popcnt = __builtin_cpu_supports("popcnt");
-  return has_popcnt ? SparseScanPopcnt<E, kDiff>(cur, base, begin, end, s)
-                    : SparseScanPortable<E, kDiff>(cur, base, begin, end, s);
+  return has_popcnt ? SparseScanPopcnt<E, kDiff, kUpdate>(cur, base, begin, end, s, update)
+                    : SparseScanPortable<E, kDiff, kUpdate>(cur, base, begin, end, s, update);
 }
 #else
-template <size_t E, bool kDiff>
-bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s) {
-  return SparseScanPortable<E, kDiff>(cur, base, begin, end, s);
+template <size_t E, bool kDiff, bool kUpdate>
+bool SparseScanT(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, SparseSink* s,
+                 uint8_t* update) {
+  return SparseScanPortable<E, kDiff, kUpdate>(cur, base, begin, end, s, update);
 }
 #endif
 
 template <size_t E>
 bool SparseScanE(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, bool diff,
-                 SparseSink* s) {
-  return diff ? SparseScanT<E, true>(cur, base, begin, end, s)
-              : SparseScanT<E, false>(cur, base, begin, end, s);
+                 SparseSink* s, uint8_t* update) {
+  if (update != nullptr) {
+    return diff ? SparseScanT<E, true, true>(cur, base, begin, end, s, update)
+                : SparseScanT<E, false, true>(cur, base, begin, end, s, update);
+  }
+  return diff ? SparseScanT<E, true, false>(cur, base, begin, end, s, nullptr)
+              : SparseScanT<E, false, false>(cur, base, begin, end, s, nullptr);
+}
+
+template <size_t E, bool kDiff>
+void UndoSparseScanT(const uint8_t* cur, uint8_t* base, const uint8_t* gaps,
+                     const uint8_t* gaps_end, uint64_t count, const uint8_t* values) {
+  uint64_t next = 0;
+  for (uint64_t k = 0; k < count; ++k) {
+    uint64_t gap = 0;
+    (void)GetVarint(&gaps, gaps_end, &gap);  // written by the scan
+    const uint64_t p = next + gap;
+    next = p + 1;
+    const uint64_t c = LoadElement<E>(cur + p * E);
+    const uint64_t z = LoadElement<E>(values + k * E);
+    StoreElement<E>(base + p * E, kDiff ? ApplyZigzag<E>(c, z, /*undo=*/true) : c ^ z);
+  }
+}
+
+template <size_t E>
+void UndoSparseScanE(const uint8_t* cur, uint8_t* base, const uint8_t* gaps,
+                     const uint8_t* gaps_end, uint64_t count, const uint8_t* values, bool diff) {
+  return diff ? UndoSparseScanT<E, true>(cur, base, gaps, gaps_end, count, values)
+              : UndoSparseScanT<E, false>(cur, base, gaps, gaps_end, count, values);
 }
 
 template <size_t E>
@@ -232,18 +276,34 @@ void MergePlanesXorT(const uint8_t* planes, size_t count, size_t first, size_t l
 }  // namespace
 
 bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, size_t esize,
-                SparseSink* sink, bool diff) {
+                SparseSink* sink, bool diff, uint8_t* update) {
   switch (esize) {
     case 1:
-      return SparseScanE<1>(cur, base, begin, end, diff, sink);
+      return SparseScanE<1>(cur, base, begin, end, diff, sink, update);
     case 2:
-      return SparseScanE<2>(cur, base, begin, end, diff, sink);
+      return SparseScanE<2>(cur, base, begin, end, diff, sink, update);
     case 4:
-      return SparseScanE<4>(cur, base, begin, end, diff, sink);
+      return SparseScanE<4>(cur, base, begin, end, diff, sink, update);
     case 8:
-      return SparseScanE<8>(cur, base, begin, end, diff, sink);
+      return SparseScanE<8>(cur, base, begin, end, diff, sink, update);
     default:
       return false;
+  }
+}
+
+void UndoSparseScan(const uint8_t* cur, uint8_t* base, const uint8_t* gaps, const uint8_t* gaps_end,
+                    uint64_t count, const uint8_t* values, size_t esize, bool diff) {
+  switch (esize) {
+    case 1:
+      return UndoSparseScanE<1>(cur, base, gaps, gaps_end, count, values, diff);
+    case 2:
+      return UndoSparseScanE<2>(cur, base, gaps, gaps_end, count, values, diff);
+    case 4:
+      return UndoSparseScanE<4>(cur, base, gaps, gaps_end, count, values, diff);
+    case 8:
+      return UndoSparseScanE<8>(cur, base, gaps, gaps_end, count, values, diff);
+    default:
+      return;
   }
 }
 

@@ -29,10 +29,19 @@ inline constexpr size_t kSparseSinkSlack = 16 * 1024;
 // them to the sink: the gap to each (LEB128 of position - next_pos) and its XOR bits.
 // Runs near memory speed: 64 bytes per step, no branch per element (see kernels.cc).
 // REQUIRES: begin and end are multiples of esize; esize in {1, 2, 4, 8}.
-// Returns false (sink contents then meaningless) when a limit was passed.
+// Returns false when a limit was passed: the sink then holds what was emitted up to and
+// including the chunk that passed it (for UndoSparseScan), not a usable sparse form.
 // With diff, the values are ZigzagDelta(cur, base) of each changed element instead of XOR bits.
+// With update (base itself, writable), each changed element of cur is also stored into base as
+// it is emitted: afterwards base holds cur in every chunk scanned.
 bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, size_t esize,
-                SparseSink* sink, bool diff = false);
+                SparseSink* sink, bool diff = false, uint8_t* update = nullptr);
+
+// Undoes the updates of SparseScan calls that started from an empty sink (origin 0) and
+// emitted `count` changes: gap stream [gaps, gaps_end), element-major values, cur as it was
+// scanned. Afterwards base holds what it held before those scans.
+void UndoSparseScan(const uint8_t* cur, uint8_t* base, const uint8_t* gaps, const uint8_t* gaps_end,
+                    uint64_t count, const uint8_t* values, size_t esize, bool diff);
 
 // planes[b * count + i] = cur[i * esize + b] ^ (base ? base[i * esize + b] : 0) for elements
 // [first, last). `count` is the total element count (the plane stride).

@@ -103,6 +103,14 @@ struct EncodeHints {
   // its pass over cur: a caller that keeps the value it encodes saves a pass over memory.
   // Must not overlap cur, the base or the output.
   uint8_t* copy_to = nullptr;
+  // When set, to base->data as a writable pointer, and the frame Encode returns is a sparse
+  // delta, Encode leaves the base holding cur: it stores each changed element into the base
+  // as its scan finds it, and sets *base_updated (which must then be set too). Otherwise
+  // (another frame, or an error) the base is left as it was and *base_updated is false. A
+  // caller that keeps the base as its copy of what it sends thus writes only what changed,
+  // instead of copying cur. Not with copy_to.
+  uint8_t* update_base = nullptr;
+  bool* base_updated = nullptr;
 };
 
 // The changed blocks of an update, as the device path produces them (cuda/compact.h): for

@@ -56,6 +56,38 @@ void CheckDecodes(Decoder& dec, std::span<const uint8_t> frame, const std::vecto
   }
 }
 
+// Encodes cur against a copy of base that the encoder may update (EncodeHints::update_base),
+// with the base's hash known and not: the frame must be `frame` byte for byte, and the copy
+// must hold cur when the encoder says it updated it (a sparse delta), else base untouched.
+void CheckUpdatesTheBase(Encoder& enc, DType dtype, const std::vector<uint8_t>& base,
+                         const std::vector<uint8_t>& cur, std::span<const uint8_t> frame,
+                         const std::string& what) {
+  const Result<FrameInfo> info = PeekFrame(frame);
+  ASSERT_TRUE(info.ok()) << what;
+  const uint64_t base_version = info->is_full_value() ? 7 : info->base_version;
+  for (const bool known : {false, true}) {
+    const std::string how = what + (known ? " (update_base, known hash)" : " (update_base)");
+    std::vector<uint8_t> updating = base, again(EncodeBound(dtype, base.size() / DTypeSize(dtype)));
+    const TensorBytes was = View(dtype, updating);
+    bool updated = true;
+    EncodeHints hints;
+    hints.update_base = updating.data();
+    hints.base_updated = &updated;
+    if (known) hints.known_base_hash = HashBytes(base);
+    Result<size_t> size =
+        enc.Encode(View(dtype, cur), &was, base_version, info->new_version, again, hints);
+    ASSERT_TRUE(size.ok()) << how << ": " << size.status().message();
+    ASSERT_EQ(*size, frame.size()) << how;
+    EXPECT_TRUE(std::equal(frame.begin(), frame.end(), again.begin())) << how;
+    if (updated) {
+      EXPECT_NE(info->chain & kChainSparse, 0) << how;
+      EXPECT_TRUE(updating == cur) << how;
+    } else {
+      EXPECT_TRUE(updating == base) << how;
+    }
+  }
+}
+
 class RoundTrip : public ::testing::TestWithParam<DType> {};
 
 TEST_P(RoundTrip, EveryDensityPatternAndSize) {
@@ -112,6 +144,7 @@ TEST_P(RoundTrip, EveryDensityPatternAndSize) {
           copied = enc.Encode(cur_view, nullptr, 0, 8, again, hints);  // a full value
           ASSERT_TRUE(copied.ok()) << what << " (copy_to, full)";
           EXPECT_EQ(copy, cur) << what << " (copy_to, full)";
+          CheckUpdatesTheBase(enc, dtype, base, cur, f, what);
         }
       }
     }
@@ -141,6 +174,18 @@ TEST(CodecRoundTrip, SparseUpdateIsSmall) {
   ASSERT_TRUE(size.ok());
   EXPECT_GT(static_cast<double>(cur.size()) / static_cast<double>(*size), 80.0);
   EXPECT_EQ(ChainName(PeekFrame(frame)->chain), "diff+sparse+planes+zstd");
+  // Such a step updates a base in place (the same frame; the changes stored as found).
+  std::vector<uint8_t> updating = base, again(frame.size());
+  const TensorBytes u = View(DType::kBFloat16, updating);
+  bool updated = false;
+  EncodeHints hints;
+  hints.update_base = updating.data();
+  hints.base_updated = &updated;
+  ASSERT_EQ(enc.Encode(View(DType::kBFloat16, cur), &u, 1, 2, again, hints).value(), *size);
+  EXPECT_TRUE(updated);
+  EXPECT_TRUE(updating == cur);
+  EXPECT_TRUE(
+      std::equal(again.begin(), again.begin() + static_cast<ptrdiff_t>(*size), frame.begin()));
 }
 
 TEST(CodecRoundTrip, TheSparseScanJudgesTheWholeFromItsFirstSixteenth) {
@@ -165,11 +210,37 @@ TEST(CodecRoundTrip, TheSparseScanJudgesTheWholeFromItsFirstSixteenth) {
     const uint8_t chain = PeekFrame(frame)->chain;
     EXPECT_EQ((chain & kChainSparse) != 0, !first) << ChainName(chain);
     EXPECT_LT(*size, base.size() / 8) << ChainName(chain);
+    // A base the scan updated before it stopped is put back for the dense frame.
+    CheckUpdatesTheBase(enc, dtype, base, cur, {frame.data(), *size},
+                        first ? "dense after a sixteenth" : "sparse in the last sixteenth");
     Decoder dec;
     std::vector<uint8_t> out(base.size());
     ASSERT_TRUE(dec.Decode({frame.data(), *size}, base.data(), base.size(), out).ok());
     EXPECT_TRUE(out == cur);
   }
+}
+
+TEST(CodecRoundTrip, UpdateBaseIsTheBaseItself) {
+  const DType dtype = DType::kFloat32;
+  const std::vector<uint8_t> base = MakeTensor(dtype, 1000, 5);
+  const std::vector<uint8_t> cur = Mutate(base, dtype, 0.01, Pattern::kRandom, 6);
+  std::vector<uint8_t> other = base, frame(EncodeBound(dtype, 1000));
+  const TensorBytes was = View(dtype, base);
+  Encoder enc;
+  bool updated = true;
+  EncodeHints hints;
+  hints.update_base = other.data();  // not the base
+  hints.base_updated = &updated;
+  EXPECT_EQ(enc.Encode(View(dtype, cur), &was, 1, 2, frame, hints).status().code(),
+            StatusCode::kInvalidArgument);
+  hints.update_base = const_cast<uint8_t*>(base.data());
+  hints.base_updated = nullptr;  // nowhere to say whether it did
+  EXPECT_EQ(enc.Encode(View(dtype, cur), &was, 1, 2, frame, hints).status().code(),
+            StatusCode::kInvalidArgument);
+  hints.base_updated = &updated;
+  EXPECT_EQ(enc.Encode(View(dtype, cur), nullptr, 0, 2, frame, hints).status().code(),
+            StatusCode::kInvalidArgument);  // no base
+  EXPECT_TRUE(base == MakeTensor(dtype, 1000, 5));
 }
 
 TEST(CodecRoundTrip, DenseRandomNeverExceedsRawPlusHeader) {
