@@ -5,12 +5,15 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "easysync/easysync.h"
 #include "easysync/net.h"
@@ -370,6 +373,53 @@ TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// The replica's bytes as this process shares them (null when there are none to share).
+const std::byte* ReplicaBytes(Client& c, AttrId attr) {
+  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
+  return v.ok() && *v ? (*v)->bytes.data() : nullptr;
+}
+
+// A writer's delta goes into its own replica in place (the changes stored as they are found,
+// no second buffer), unless someone in its process shares the replica's bytes: those never
+// change under a reader.
+TEST(NetDelta, AWriterUpdatesItsReplicaInPlaceUnlessItIsShared) {
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  WriterReader setup;
+  Tensor w = Weights(kElements, 1);
+  ASSERT_TRUE(setup.Start(w));
+  auto& [hub, ca, cb, pa, pb] = setup;
+  Model &a = *pa, &b = *pb;
+  const AttrId attr = a.w.attr();
+  const std::byte* at = ReplicaBytes(*ca, attr);
+  ASSERT_NE(at, nullptr);
+  for (uint64_t step = 2; step <= 3; ++step) {
+    Step(w, 10, step);
+    a.w = w;
+    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= step; }, Clock::now() + seconds(60)));
+    EXPECT_TRUE(b.w.get() == w) << "step " << step;
+    EXPECT_EQ(ReplicaBytes(*ca, attr), at) << "step " << step << ": the replica moved";
+    Result<std::optional<Client::SharedValue>> mine = ca->ReadSharedIfNewer(attr, 0);
+    ASSERT_TRUE(mine.ok() && *mine);
+    ASSERT_GE((*mine)->bytes.size(), w.nbytes());
+    EXPECT_EQ(std::memcmp((*mine)->bytes.data() + ((*mine)->bytes.size() - w.nbytes()), w.data(),
+                          w.nbytes()),
+              0)
+        << "step " << step << ": the writer's replica is not what it wrote";
+  }
+  // Shared: the next write goes into another buffer, and the shared bytes stay as they were.
+  Result<std::optional<Client::SharedValue>> held = ca->ReadSharedIfNewer(attr, 0);
+  ASSERT_TRUE(held.ok() && *held);
+  const std::vector<std::byte> was((*held)->bytes.begin(), (*held)->bytes.end());
+  Step(w, 10, 4);
+  a.w = w;
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 4; }, Clock::now() + seconds(60)));
+  EXPECT_TRUE(b.w.get() == w);
+  EXPECT_TRUE(std::equal(was.begin(), was.end(), (*held)->bytes.begin()))
+      << "a shared replica changed under its reader";
+  EXPECT_NE(ReplicaBytes(*ca, attr), (*held)->bytes.data());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 struct Game : SyncedObject {
   Synced<int64_t> score{this, "score", int64_t{0}};
   Synced<std::string> name{this, "name", std::string("start")};
@@ -492,6 +542,45 @@ TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {
   ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
   EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)))
       << "the silent hub went unnoticed while the reader waited";
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// Whether the replica's tensor data (after its header) is t's bytes.
+bool ReplicaHolds(Client& c, AttrId attr, const Tensor& t) {
+  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
+  if (!v.ok() || !*v || (*v)->bytes.size() < t.nbytes()) return false;
+  return std::memcmp((*v)->bytes.data() + ((*v)->bytes.size() - t.nbytes()), t.data(),
+                     t.nbytes()) == 0;
+}
+
+// A delta written in place that the hub never answers: what it changed in the writer's
+// replica is put back (Decoder::Revert checks that the bytes hash to the base again), the
+// write is kept and sent after the reconnect, and the reader converges on it.
+TEST(NetReconnect, AWriteInPlaceThatIsLostIsPutBackAndSentAfterTheReconnect) {
+  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(QuickKeepAlive(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  Model a(*ca), b(*cb);
+  Tensor w = Weights(kElements, 1);
+  a.w = w;
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(60)));
+  Step(w, 10, 2);
+  a.w = w;
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 2; }, Clock::now() + seconds(60)));
+  ASSERT_TRUE(ReplicaHolds(*ca, a.w.attr(), w));
+  ASSERT_NO_FATAL_FAILURE(Silence(hub));
+  Step(w, 10, 3);
+  a.w = w;  // its segments go into the replica and out to a hub that never answers
+  EXPECT_TRUE(ReplicaHolds(*ca, a.w.attr(), w)) << "the kept write is not the replica's value";
+  ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
+  ASSERT_TRUE(WaitFor([&] { return b.w.get() == w; }, seconds(60)));
+  EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)));
+  Step(w, 10, 4);  // and the next delta goes as before
+  a.w = w;
+  EXPECT_TRUE(WaitFor([&] { return b.w.get() == w; }, seconds(60)));
+  EXPECT_TRUE(ReplicaHolds(*ca, a.w.attr(), w));
   EXPECT_EQ(hub.Stop(), 0);
 }
 

@@ -323,6 +323,7 @@ void NetClient::Install(Replica& r, std::shared_ptr<Frame> holder, size_t offset
   r.data_hash = hash;
   r.segment_hashes.clear();  // a segmented update sets them after
   r.incoming.reset();        // a segmented update still arriving is superseded
+  r.in_flux = nullptr;       // the holder's bytes are its version's
   r.dirty = false;
   r.resync_requested = false;
   r.version.store(info.version, std::memory_order_release);
@@ -377,7 +378,7 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info,
     AwaitDecodes(r, lock);  // the update before may still be decoding: it may be the base
     r.incoming.reset();
     if (m.version <= r.info.version || r.resync_requested) return;
-    if (r.dirty || r.value().size() != s->raw_bytes ||
+    if (r.dirty || r.holder_in_flux() || r.value().size() != s->raw_bytes ||
         !SameTensorHeader(r.value(), s->tensor_header) ||
         (delta && s->info.base_version != r.info.version)) {
       return RequestResync(r);
@@ -504,7 +505,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
   AwaitDecodes(r, lock);  // a segmented update still decoding may be the base
   if (m.version <= r.info.version) return;
   if (r.resync_requested) return;  // the whole value is on its way
-  if (r.dirty || peek->frame.base_version != r.info.version ||
+  if (r.dirty || r.holder_in_flux() || peek->frame.base_version != r.info.version ||
       r.value().size() != peek->raw_bytes) {
     return RequestResync(r);
   }
@@ -687,7 +688,8 @@ void NetClient::StartResync() {
       std::lock_guard<std::mutex> rl(r.mu);
       // A write kept while disconnected is resumed at its provisional version too: then the
       // version the hub assigns when it is sent is above it, so versions never go back.
-      if (r.info.version > 0 && r.value().size() + kHeaderBytes + 1024 <= MaxMessageBytes()) {
+      if (r.info.version > 0 && !r.holder_in_flux() &&
+          r.value().size() + kHeaderBytes + 1024 <= MaxMessageBytes()) {
         d.has_initial = d.resume = true;
         d.version = r.info.version;
         d.clock = r.info.clock;
@@ -954,7 +956,7 @@ Result<std::shared_ptr<const Frame>> NetClient::EncodeTensorWrite(Replica& r, ui
   std::optional<uint64_t> base_hash;
   if (!whole) {
     std::lock_guard<std::mutex> lock(r.mu);
-    if (!r.dirty && r.info.version > 0) {
+    if (!r.dirty && r.info.version > 0 && !r.holder_in_flux()) {
       base = r.holder;
       base_offset = r.offset;
       base_version = r.info.version;
@@ -1025,10 +1027,43 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
   uint32_t request = NextRequest();
   // A host tensor's bytes, not yet in holder: the first encode copies them in.
   const std::byte* unfilled = nullptr;
-  if (codec && tensor != nullptr) {
+  // holder is the replica's own, changed in place by WriteSegments (TakeHolderInPlace).
+  bool in_place = false;
+  const auto own_buffer = [&] {
     holder = Buffer(*r, size);
     detail::EncodeTensorHeader(tensor->dtype, tensor->shape, holder->data());
     unfilled = static_cast<const std::byte*>(tensor->data);
+  };
+  // Whatever way this ends, the replica's holder is no longer in flux for it.
+  const Frame* flux = nullptr;
+  struct FluxGuard {
+    Replica& r;
+    const Frame*& flux;
+    ~FluxGuard() {
+      if (flux == nullptr) return;
+      std::lock_guard<std::mutex> lock(r.mu);
+      if (r.in_flux == flux) r.in_flux = nullptr;
+    }
+  } flux_guard{*r, flux};
+  const auto leave_in_place = [&] {
+    if (!in_place) return;
+    in_place = false;
+    {
+      std::lock_guard<std::mutex> lock(r->mu);
+      if (r->in_flux == flux) r->in_flux = nullptr;
+    }
+    flux = nullptr;
+    own_buffer();
+  };
+  if (codec && tensor != nullptr) {
+    holder = TakeHolderInPlace(*r, size, *tensor);
+    if (holder) {
+      in_place = true;
+      flux = holder.get();
+      unfilled = static_cast<const std::byte*>(tensor->data);
+    } else {
+      own_buffer();
+    }
   } else if (codec) {
     holder = Buffer(*r, size);
     encode(holder->data());
@@ -1043,6 +1078,7 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
       std::lock_guard<std::mutex> lock(mu_);
       if (state_ == State::kFailed) return failure_;
       if (state_ != State::kReady) {
+        leave_in_place();
         if (unfilled != nullptr) encode(holder->data());  // kept until the reconnect
         return QueueDirty(*r, std::move(holder), offset, clock, now);
       }
@@ -1050,11 +1086,16 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
     std::vector<uint64_t> segment_hashes;
     Pending done;
     if (codec && !whole && Segmentable(*r, *holder)) {
-      EASYSYNC_ASSIGN_OR_RETURN(
-          done, WriteSegments(*r, request, *holder, unfilled, clock, now, &segment_hashes));
-      unfilled = nullptr;
+      bool put_back = false;
+      Result<Pending> sent = WriteSegments(*r, request, *holder, unfilled, clock, now,
+                                           &segment_hashes, in_place, &put_back);
+      if (put_back) leave_in_place();  // unfilled is the data again
+      if (!sent.ok()) return sent.status();
+      done = *sent;
+      if (!put_back) unfilled = nullptr;
       hash.reset();  // the data's hash is not known; its segments' are
     } else {
+      leave_in_place();
       if (codec) {
         EASYSYNC_ASSIGN_OR_RETURN(
             frame, EncodeTensorWrite(*r, request, *holder, clock, now, whole, &hash, unfilled));
@@ -1089,15 +1130,40 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
 }
 
 bool NetClient::Segmentable(Replica& r, const Frame& value) {
-  if (value.size() < detail::kTensorHeaderBytes + kSegmentMinDataBytes) return false;
   std::lock_guard<std::mutex> lock(r.mu);
-  return !r.dirty && r.info.version > 0 && !r.udp && r.value().size() == value.size() &&
+  // A holder in flux is a base only for the write that changes it.
+  return SegmentableLocked(r, value) && (!r.holder_in_flux() || r.in_flux == &value);
+}
+
+bool NetClient::SegmentableLocked(const Replica& r, ByteSpan value) const {
+  return value.size() >= detail::kTensorHeaderBytes + kSegmentMinDataBytes && !r.dirty &&
+         r.info.version > 0 && !r.udp && r.value().size() == value.size() &&
          SameTensorHeader(r.value(), value);
+}
+
+std::shared_ptr<Frame> NetClient::TakeHolderInPlace(Replica& r, size_t size,
+                                                    const TensorView& tensor) {
+  std::array<std::byte, detail::kTensorHeaderBytes> header;
+  if (size < header.size()) return nullptr;
+  detail::EncodeTensorHeader(tensor.dtype, tensor.shape, header.data());
+  std::lock_guard<std::mutex> lock(r.mu);
+  // Only the replica holds it (no reader shares its bytes, no send or decode reads them), and
+  // a write of these bytes goes in segments against it.
+  if (!r.holder || r.offset != 0 || r.holder.use_count() != 1 || r.in_flux != nullptr ||
+      r.incoming || r.resync_requested || r.holder->size() != size ||
+      !SameTensorHeader(r.value(), ByteSpan(header.data(), header.size())) ||
+      !SegmentableLocked(r, r.value())) {
+    return nullptr;
+  }
+  r.in_flux = r.holder.get();
+  if (r.spare.use_count() == 1) r.spare.reset();  // a writer in place needs no second buffer
+  return r.holder;
 }
 
 Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request, Frame& holder,
                                                     const std::byte* data, uint64_t clock,
-                                                    int64_t now, std::vector<uint64_t>* hashes) {
+                                                    int64_t now, std::vector<uint64_t>* hashes,
+                                                    bool in_place, bool* put_back) {
   constexpr size_t H = detail::kTensorHeaderBytes;
   std::shared_ptr<const Frame> base;
   size_t base_offset;
@@ -1116,9 +1182,16 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
   const size_t n = holder.size() - H;
   const auto* base_data = reinterpret_cast<const uint8_t*>(base->data()) + base_offset + H;
   auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
+  in_place = in_place && data != nullptr && base.get() == &holder && base_offset == 0;
+  const size_t count = (n + kSegmentBytes - 1) / kSegmentBytes;
+  // In place: which segments the encoder changed (sparse deltas), and their frames, to put
+  // them back with if the write does not go through.
+  std::unique_ptr<bool[]> updated(in_place ? new bool[count]() : nullptr);
+  std::vector<std::vector<uint8_t>> undo(in_place ? count : 0);
   // Each segment encoded against the same range of the base, on several threads. From data,
   // the holder gets its copy once every segment is on its way (not in the encode's pass: the
-  // readers wait for the last segment, not for the writer's copy).
+  // readers wait for the last segment, not for the writer's copy); in place, only the
+  // segments the encoder did not update, once the hub took the write.
   std::atomic<size_t> filled{0};  // segments copied
   const auto fill = [&](size_t off, size_t bytes) { std::memcpy(value + off, data + off, bytes); };
   Result<Pending> done = SendSegments(
@@ -1132,15 +1205,47 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
         const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
         codec::EncodeHints hints;
         hints.known_base_hash = base_hash;
-        return encoder.Encode(now_t, &was, base_version, base_version + 1, frame, hints);
+        const size_t i = off / kSegmentBytes;
+        if (in_place) {
+          hints.update_base = value + off;
+          hints.base_updated = &updated[i];
+        }
+        Result<size_t> f =
+            encoder.Encode(now_t, &was, base_version, base_version + 1, frame, hints);
+        if (f.ok() && in_place && updated[i]) undo[i].assign(frame.begin(), frame.begin() + *f);
+        return f;
       },
       hashes,
-      data == nullptr ? std::nullopt : std::optional<SegmentWork>([&](size_t off, size_t bytes) {
-        fill(off, bytes);
-        filled.fetch_add(1);
-      }));
+      data == nullptr || in_place ? std::nullopt
+                                  : std::optional<SegmentWork>([&](size_t off, size_t bytes) {
+                                      fill(off, bytes);
+                                      filled.fetch_add(1);
+                                    }));
+  if (in_place) {
+    const bool took = done.ok() && !done->lost && !done->stale_base && done->status.ok();
+    codec::Decoder decoder;
+    for (size_t i = 0; i < count; ++i) {
+      const size_t off = i * kSegmentBytes;
+      const size_t bytes = std::min(kSegmentBytes, n - off);
+      if (took) {
+        if (!updated[i]) fill(off, bytes);
+        continue;
+      }
+      if (!updated[i]) continue;
+      // The encoder stored exactly the frame's changes: undoing the frame gives the base back
+      // (Revert checks its hash), unless memory was corrupted.
+      const Status st = decoder.Revert(undo[i], {value + off, bytes});
+      if (!st.ok()) {
+        std::fprintf(stderr, "easysync: putting back segment %zu of a write in place: %s\n", i,
+                     st.ToString().c_str());
+        std::abort();
+      }
+    }
+    if (!took && put_back != nullptr) *put_back = true;
+    return done;
+  }
   // Not connected, or a segment failed: the holder must hold the whole value still.
-  if (data != nullptr && filled.load() < (n + kSegmentBytes - 1) / kSegmentBytes) fill(0, n);
+  if (data != nullptr && filled.load() < count) fill(0, n);
   return done;
 }
 
@@ -1260,7 +1365,8 @@ Result<std::optional<UpdateInfo>> NetClient::ReadIfNewer(AttrId attr, uint64_t h
 Result<std::optional<Client::SharedValue>> NetClient::ReadSharedIfNewer(AttrId attr,
                                                                         uint64_t have) {
   // A replica's holder is never written while someone else holds it: a delta is applied in
-  // place only when the replica holds the only reference (OnUpdate), else into another buffer.
+  // place only when the replica holds the only reference (OnUpdate, TakeHolderInPlace), else
+  // into another buffer; a holder that a write changes in place is not handed out meanwhile.
   Replica* r = Find(attr);
   if (r == nullptr) return Status::InvalidArgument("unknown attribute id");
   if (r->version.load(std::memory_order_acquire) <= have) return std::optional<SharedValue>();
@@ -1269,6 +1375,8 @@ Result<std::optional<Client::SharedValue>> NetClient::ReadSharedIfNewer(AttrId a
   std::shared_ptr<const Frame> holder;
   {
     std::lock_guard<std::mutex> lock(r->mu);
+    if (r->holder_in_flux())
+      return std::optional<SharedValue>();  // this process's write changes it
     holder = r->holder;
     offset = r->offset;
     v.info = r->info;

@@ -157,6 +157,10 @@ class NetClient final : public Client, public UcxWorker::Handler {
     bool dirty = false;
     bool resync_requested = false;  // a whole value was asked for; deltas wait for it
     std::shared_ptr<Frame> spare;   // a former value buffer, reused for the next one
+    // A host tensor write is changing the holder's bytes in place (WriteSegments): while
+    // holder.get() is this, its bytes are neither read nor used as a base, until the write is
+    // installed or put back (any Install clears it).
+    const Frame* in_flux = nullptr;
     // Writes of device tensors: the delta is computed where the tensor lives.
     std::mutex device_mu;  // guards device, device_acked; taken before mu
     std::unique_ptr<codec::DeviceEncoder> device;
@@ -180,6 +184,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
     int64_t udp_pending_sent_ns = 0;  // when the pending write was last sent
 
     ByteSpan value() const { return holder ? ByteSpan(*holder).subspan(offset) : ByteSpan(); }
+    bool holder_in_flux() const { return holder && holder.get() == in_flux; }
   };
   struct Pending {
     bool done = false;
@@ -252,8 +257,18 @@ class NetClient final : public Client, public UcxWorker::Handler {
   // A segmented write of a host tensor against the replica's value (the caller checked that
   // it can go so); fills holder's data from `data` when not null. *hashes gets the segments'
   // hashes. Sends every segment; the answer is the last one's.
+  // in_place: holder is the replica's own (TakeHolderInPlace) and `data` is not null: a
+  // segment that goes as a sparse delta writes its changes into it as they are found, the
+  // others are copied in once the hub took the write. When the write does not go through
+  // (an error, a lost connection, a stale base), what it changed is put back and *put_back is
+  // set: the holder then holds the replica's value again.
   Result<Pending> WriteSegments(Replica& r, uint32_t request, Frame& holder, const std::byte* data,
-                                uint64_t clock, int64_t now, std::vector<uint64_t>* hashes);
+                                uint64_t clock, int64_t now, std::vector<uint64_t>* hashes,
+                                bool in_place = false, bool* put_back = nullptr);
+  // The replica's holder, marked in flux, for a segmented write of this tensor to change in
+  // place; null when it may not (someone else holds it, a decode uses it, or the write would
+  // not go in segments against it).
+  std::shared_ptr<Frame> TakeHolderInPlace(Replica& r, size_t size, const TensorView& tensor);
   // Encodes bytes [offset, offset + bytes) of a tensor's data as a codec frame into `frame`
   // (EncodeBound bytes), against the same range of the base, with `encoder` (the worker's);
   // base_hash: that range's XXH3-64 in the base, where known.
@@ -300,6 +315,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   static void AwaitDecodes(Replica& r, std::unique_lock<std::mutex>& lock);
   // Whether a codec write of `value` can go in segments: large, against the replica's value.
   bool Segmentable(Replica& r, const Frame& value);
+  bool SegmentableLocked(const Replica& r, ByteSpan value) const;  // REQUIRES: r.mu
   // A codec WRITE of `value` (an encoded tensor value of raw_bytes before encoding), counted
   // in the codec statistics as a delta or a whole value.
   std::shared_ptr<const Frame> CodecWrite(Replica& r, uint32_t request, uint64_t clock, int64_t now,
