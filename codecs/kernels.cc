@@ -229,6 +229,24 @@ void UndoSparseScanE(const uint8_t* cur, uint8_t* base, const uint8_t* gaps,
               : UndoSparseScanT<E, false>(cur, base, gaps, gaps_end, count, values);
 }
 
+// f.template operator()<E>() for E = esize in {1, 2, 4, 8}; R{} (false, or nothing) for any
+// other esize, without calling f.
+template <class R = void, class F>
+R WithElementSize(size_t esize, F&& f) {
+  switch (esize) {
+    case 1:
+      return f.template operator()<1>();
+    case 2:
+      return f.template operator()<2>();
+    case 4:
+      return f.template operator()<4>();
+    case 8:
+      return f.template operator()<8>();
+    default:
+      return R();
+  }
+}
+
 template <size_t E>
 void SplitPlanesDiffT(const uint8_t* cur, const uint8_t* base, size_t count, size_t first,
                       size_t last, uint8_t* planes) {
@@ -277,94 +295,38 @@ void MergePlanesXorT(const uint8_t* planes, size_t count, size_t first, size_t l
 
 bool SparseScan(const uint8_t* cur, const uint8_t* base, size_t begin, size_t end, size_t esize,
                 SparseSink* sink, bool diff, uint8_t* update) {
-  switch (esize) {
-    case 1:
-      return SparseScanE<1>(cur, base, begin, end, diff, sink, update);
-    case 2:
-      return SparseScanE<2>(cur, base, begin, end, diff, sink, update);
-    case 4:
-      return SparseScanE<4>(cur, base, begin, end, diff, sink, update);
-    case 8:
-      return SparseScanE<8>(cur, base, begin, end, diff, sink, update);
-    default:
-      return false;
-  }
+  return WithElementSize<bool>(
+      esize, [&]<size_t E>() { return SparseScanE<E>(cur, base, begin, end, diff, sink, update); });
 }
 
 void UndoSparseScan(const uint8_t* cur, uint8_t* base, const uint8_t* gaps, const uint8_t* gaps_end,
                     uint64_t count, const uint8_t* values, size_t esize, bool diff) {
-  switch (esize) {
-    case 1:
-      return UndoSparseScanE<1>(cur, base, gaps, gaps_end, count, values, diff);
-    case 2:
-      return UndoSparseScanE<2>(cur, base, gaps, gaps_end, count, values, diff);
-    case 4:
-      return UndoSparseScanE<4>(cur, base, gaps, gaps_end, count, values, diff);
-    case 8:
-      return UndoSparseScanE<8>(cur, base, gaps, gaps_end, count, values, diff);
-    default:
-      return;
-  }
+  WithElementSize(esize, [&]<size_t E>() {
+    UndoSparseScanE<E>(cur, base, gaps, gaps_end, count, values, diff);
+  });
 }
 
 void SplitPlanesDiff(const uint8_t* cur, const uint8_t* base, size_t count, size_t esize,
                      size_t first, size_t last, uint8_t* planes) {
-  switch (esize) {
-    case 2:
-      return SplitPlanesDiffT<2>(cur, base, count, first, last, planes);
-    case 4:
-      return SplitPlanesDiffT<4>(cur, base, count, first, last, planes);
-    case 8:
-      return SplitPlanesDiffT<8>(cur, base, count, first, last, planes);
-    default:
-      return SplitPlanesDiffT<1>(cur, base, count, first, last, planes);
-  }
+  WithElementSize(esize,
+                  [&]<size_t E>() { SplitPlanesDiffT<E>(cur, base, count, first, last, planes); });
 }
 
 void MergePlanesDiff(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
                      bool undo, uint8_t* out) {
-  switch (esize) {
-    case 2:
-      return MergePlanesDiffT<2>(planes, count, first, last, undo, out);
-    case 4:
-      return MergePlanesDiffT<4>(planes, count, first, last, undo, out);
-    case 8:
-      return MergePlanesDiffT<8>(planes, count, first, last, undo, out);
-    default:
-      return MergePlanesDiffT<1>(planes, count, first, last, undo, out);
-  }
+  WithElementSize(esize,
+                  [&]<size_t E>() { MergePlanesDiffT<E>(planes, count, first, last, undo, out); });
 }
 
 void SplitPlanes(const uint8_t* cur, const uint8_t* base, size_t count, size_t esize, size_t first,
                  size_t last, uint8_t* planes) {
-  switch (esize) {
-    case 1:
-      return SplitPlanesT<1>(cur, base, count, first, last, planes);
-    case 2:
-      return SplitPlanesT<2>(cur, base, count, first, last, planes);
-    case 4:
-      return SplitPlanesT<4>(cur, base, count, first, last, planes);
-    case 8:
-      return SplitPlanesT<8>(cur, base, count, first, last, planes);
-    default:
-      return;
-  }
+  WithElementSize(esize,
+                  [&]<size_t E>() { SplitPlanesT<E>(cur, base, count, first, last, planes); });
 }
 
 void MergePlanesXor(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
                     uint8_t* out) {
-  switch (esize) {
-    case 1:
-      return MergePlanesXorT<1>(planes, count, first, last, out);
-    case 2:
-      return MergePlanesXorT<2>(planes, count, first, last, out);
-    case 4:
-      return MergePlanesXorT<4>(planes, count, first, last, out);
-    case 8:
-      return MergePlanesXorT<8>(planes, count, first, last, out);
-    default:
-      return;
-  }
+  WithElementSize(esize, [&]<size_t E>() { MergePlanesXorT<E>(planes, count, first, last, out); });
 }
 
 void GatherPlanes(const uint8_t* cur, size_t count, size_t esize, size_t at, size_t len,

@@ -324,9 +324,26 @@ TEST(NetDelta, ATensorReadBorrowsTheReplicaAndNeverChangesUnderItsHolder) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+// The replica's bytes as this process shares them (null when there are none to share).
+const std::byte* ReplicaBytes(Client& c, AttrId attr) {
+  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
+  return v.ok() && *v ? (*v)->bytes.data() : nullptr;
+}
+
+// Whether the replica's tensor data (after its header) is t's bytes.
+bool ReplicaHolds(Client& c, AttrId attr, const Tensor& t) {
+  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
+  if (!v.ok() || !*v || (*v)->bytes.size() < t.nbytes()) return false;
+  return std::memcmp((*v)->bytes.data() + ((*v)->bytes.size() - t.nbytes()), t.data(),
+                     t.nbytes()) == 0;
+}
+
 // Tensors of at least two segments (net/wire_value.h) are written in segments that the hub
 // relays and the readers apply while the writer encodes the next. Each reader installs the
-// value whole, bit-exact; writes from two clients at once converge.
+// value whole, bit-exact; writes from two clients at once converge. The writer's delta goes
+// into its own replica in place (the changes stored as they are found, no second buffer),
+// unless someone in its process shares the replica's bytes: those never change under a
+// reader.
 TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
   constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
   WriterReader setup;
@@ -334,6 +351,9 @@ TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
   ASSERT_TRUE(setup.Start(w));
   auto& [hub, ca, cb, pa, pb] = setup;
   Model &a = *pa, &b = *pb;
+  const AttrId attr = a.w.attr();
+  const std::byte* at = ReplicaBytes(*ca, attr);
+  ASSERT_NE(at, nullptr);
   for (uint64_t step = 2; step <= 3; ++step) {  // the second uses the segments' known hashes
     Step(w, 10, step);
     const Stats before = ca->stats();
@@ -343,13 +363,28 @@ TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
     EXPECT_LT(after.bytes_sent - before.bytes_sent, kElements * 2 * 3 / 100);
     ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= step; }, Clock::now() + seconds(60)));
     EXPECT_TRUE(b.w.get() == w) << "step " << step;
+    EXPECT_EQ(ReplicaBytes(*ca, attr), at) << "step " << step << ": the writer's replica moved";
+    EXPECT_TRUE(ReplicaHolds(*ca, attr, w)) << "step " << step;
   }
   EXPECT_EQ(cb->stats().deltas_recv, 2u);
   EXPECT_EQ(cb->stats().resyncs, 0u);
+  {
+    // Shared: the next write goes into another buffer; the shared bytes stay as they were.
+    Result<std::optional<Client::SharedValue>> held = ca->ReadSharedIfNewer(attr, 0);
+    ASSERT_TRUE(held.ok() && *held);
+    const std::vector<std::byte> was((*held)->bytes.begin(), (*held)->bytes.end());
+    Step(w, 10, 30);
+    a.w = w;
+    ASSERT_TRUE(WaitFor([&] { return b.w.get() == w; }, seconds(60)));
+    EXPECT_TRUE(std::equal(was.begin(), was.end(), (*held)->bytes.begin()))
+        << "a shared replica changed under its reader";
+    EXPECT_NE(ReplicaBytes(*ca, attr), (*held)->bytes.data());
+    EXPECT_TRUE(ReplicaHolds(*ca, attr, w));
+  }
   // The reader writes back against what it received.
   Step(w, 10, 4);
   b.w = w;
-  ASSERT_TRUE(ca->WaitUntil([&] { return a.w.version() >= 4; }, Clock::now() + seconds(60)));
+  ASSERT_TRUE(ca->WaitUntil([&] { return a.w.version() >= 5; }, Clock::now() + seconds(60)));
   EXPECT_TRUE(a.w.get() == w);
   EXPECT_EQ(ca->stats().deltas_recv, 1u);
 
@@ -370,53 +405,6 @@ TEST(NetDelta, LargeTensorsGoInSegmentsAndConverge) {
   ASSERT_TRUE(WaitFor([&] { return a.w.version() == b.w.version() && a.w.get() == b.w.get(); },
                       seconds(60)))
       << "a at " << a.w.version() << ", b at " << b.w.version();
-  EXPECT_EQ(hub.Stop(), 0);
-}
-
-// The replica's bytes as this process shares them (null when there are none to share).
-const std::byte* ReplicaBytes(Client& c, AttrId attr) {
-  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
-  return v.ok() && *v ? (*v)->bytes.data() : nullptr;
-}
-
-// A writer's delta goes into its own replica in place (the changes stored as they are found,
-// no second buffer), unless someone in its process shares the replica's bytes: those never
-// change under a reader.
-TEST(NetDelta, AWriterUpdatesItsReplicaInPlaceUnlessItIsShared) {
-  constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
-  WriterReader setup;
-  Tensor w = Weights(kElements, 1);
-  ASSERT_TRUE(setup.Start(w));
-  auto& [hub, ca, cb, pa, pb] = setup;
-  Model &a = *pa, &b = *pb;
-  const AttrId attr = a.w.attr();
-  const std::byte* at = ReplicaBytes(*ca, attr);
-  ASSERT_NE(at, nullptr);
-  for (uint64_t step = 2; step <= 3; ++step) {
-    Step(w, 10, step);
-    a.w = w;
-    ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= step; }, Clock::now() + seconds(60)));
-    EXPECT_TRUE(b.w.get() == w) << "step " << step;
-    EXPECT_EQ(ReplicaBytes(*ca, attr), at) << "step " << step << ": the replica moved";
-    Result<std::optional<Client::SharedValue>> mine = ca->ReadSharedIfNewer(attr, 0);
-    ASSERT_TRUE(mine.ok() && *mine);
-    ASSERT_GE((*mine)->bytes.size(), w.nbytes());
-    EXPECT_EQ(std::memcmp((*mine)->bytes.data() + ((*mine)->bytes.size() - w.nbytes()), w.data(),
-                          w.nbytes()),
-              0)
-        << "step " << step << ": the writer's replica is not what it wrote";
-  }
-  // Shared: the next write goes into another buffer, and the shared bytes stay as they were.
-  Result<std::optional<Client::SharedValue>> held = ca->ReadSharedIfNewer(attr, 0);
-  ASSERT_TRUE(held.ok() && *held);
-  const std::vector<std::byte> was((*held)->bytes.begin(), (*held)->bytes.end());
-  Step(w, 10, 4);
-  a.w = w;
-  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 4; }, Clock::now() + seconds(60)));
-  EXPECT_TRUE(b.w.get() == w);
-  EXPECT_TRUE(std::equal(was.begin(), was.end(), (*held)->bytes.begin()))
-      << "a shared replica changed under its reader";
-  EXPECT_NE(ReplicaBytes(*ca, attr), (*held)->bytes.data());
   EXPECT_EQ(hub.Stop(), 0);
 }
 
@@ -543,14 +531,6 @@ TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {
   EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)))
       << "the silent hub went unnoticed while the reader waited";
   EXPECT_EQ(hub.Stop(), 0);
-}
-
-// Whether the replica's tensor data (after its header) is t's bytes.
-bool ReplicaHolds(Client& c, AttrId attr, const Tensor& t) {
-  Result<std::optional<Client::SharedValue>> v = c.ReadSharedIfNewer(attr, 0);
-  if (!v.ok() || !*v || (*v)->bytes.size() < t.nbytes()) return false;
-  return std::memcmp((*v)->bytes.data() + ((*v)->bytes.size() - t.nbytes()), t.data(),
-                     t.nbytes()) == 0;
 }
 
 // A delta written in place that the hub never answers: what it changed in the writer's
