@@ -540,7 +540,11 @@ TEST(NetReconnect, AWriteInPlaceThatIsLostIsPutBackAndSentAfterTheReconnect) {
   constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  auto ca = connect(QuickKeepAlive(hub.port()));
+  // The default keep-alive timeout: after the reconnect the hub takes the kept write whole,
+  // which under the sanitizers keeps it from answering for longer than QuickKeepAlive's.
+  NetOptions oa = Options(hub.port());
+  oa.keepalive_interval = milliseconds(100);
+  auto ca = connect(oa);
   auto cb = connect(Options(hub.port()));
   Model a(*ca), b(*cb);
   Tensor w = Weights(kElements, 1);
