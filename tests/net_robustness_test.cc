@@ -36,8 +36,9 @@ NetOptions Options(uint16_t port, uint64_t max_message_bytes = 256ull << 20) {
   o.port = port;
   o.token = kTestToken;
   o.max_message_bytes = max_message_bytes;
-  // Large values: leave room for the UCX transfers on a loaded machine.
-  o.request_timeout = milliseconds(60000);
+  // Large values: leave room for the UCX transfers on a loaded machine (under ASan on a
+  // 2-core machine beside the 256 MiB test, a DECLARE once waited more than 60 s).
+  o.request_timeout = milliseconds(180000);
   // The hub answers no PING while it verifies and applies a 1 GiB value: seconds under the
   // sanitizers, more than the default keep-alive timeout.
   o.keepalive_timeout = milliseconds(120000);

@@ -40,6 +40,10 @@ NetOptions Options(uint16_t port) {
   o.request_timeout = milliseconds(60000);
   o.reconnect_backoff_min = milliseconds(20);
   o.reconnect_backoff_max = milliseconds(200);
+  // The hub answers no PING while it takes a large value whole: under the sanitizers on a
+  // loaded 2-core machine, more than the default keep-alive timeout (a 256 MiB value took
+  // longer than 10 s, and the client reconnected and sent it again, over and over).
+  o.keepalive_timeout = milliseconds(120000);
   return o;
 }
 
@@ -540,10 +544,12 @@ TEST(NetReconnect, AWriteInPlaceThatIsLostIsPutBackAndSentAfterTheReconnect) {
   constexpr size_t kElements = size_t{24} << 20;  // 48 MiB of bfloat16: three segments
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
-  // The default keep-alive timeout: after the reconnect the hub takes the kept write whole,
-  // which under the sanitizers keeps it from answering for longer than QuickKeepAlive's.
+  // The silence is noticed after 10 s: after the reconnect the hub takes the kept write
+  // whole, which under the sanitizers keeps it from answering for longer than
+  // QuickKeepAlive's second.
   NetOptions oa = Options(hub.port());
   oa.keepalive_interval = milliseconds(100);
+  oa.keepalive_timeout = milliseconds(10000);
   auto ca = connect(oa);
   auto cb = connect(Options(hub.port()));
   Model a(*ca), b(*cb);
