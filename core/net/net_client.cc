@@ -1039,20 +1039,18 @@ Result<uint64_t> NetClient::WriteValue(AttrId attr, size_t size,
   struct FluxGuard {
     Replica& r;
     const Frame*& flux;
-    ~FluxGuard() {
+    void Release() {
       if (flux == nullptr) return;
       std::lock_guard<std::mutex> lock(r.mu);
       if (r.in_flux == flux) r.in_flux = nullptr;
+      flux = nullptr;
     }
+    ~FluxGuard() { Release(); }
   } flux_guard{*r, flux};
   const auto leave_in_place = [&] {
     if (!in_place) return;
     in_place = false;
-    {
-      std::lock_guard<std::mutex> lock(r->mu);
-      if (r->in_flux == flux) r->in_flux = nullptr;
-    }
-    flux = nullptr;
+    flux_guard.Release();
     own_buffer();
   };
   if (codec && tensor != nullptr) {
@@ -1184,9 +1182,8 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
   auto* value = reinterpret_cast<uint8_t*>(holder.data()) + H;
   in_place = in_place && data != nullptr && base.get() == &holder && base_offset == 0;
   const size_t count = (n + kSegmentBytes - 1) / kSegmentBytes;
-  // In place: which segments the encoder changed (sparse deltas), and their frames, to put
-  // them back with if the write does not go through.
-  std::unique_ptr<bool[]> updated(in_place ? new bool[count]() : nullptr);
+  // In place: the frames of the segments the encoder changed (sparse deltas; empty for the
+  // others), to put them back with if the write does not go through.
   std::vector<std::vector<uint8_t>> undo(in_place ? count : 0);
   // Each segment encoded against the same range of the base, on several threads. From data,
   // the holder gets its copy once every segment is on its way (not in the encode's pass: the
@@ -1205,14 +1202,14 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
         const codec::TensorBytes was{t.dtype, bytes / esize, base_data + off};
         codec::EncodeHints hints;
         hints.known_base_hash = base_hash;
-        const size_t i = off / kSegmentBytes;
+        bool updated = false;
         if (in_place) {
           hints.update_base = value + off;
-          hints.base_updated = &updated[i];
+          hints.base_updated = &updated;
         }
         Result<size_t> f =
             encoder.Encode(now_t, &was, base_version, base_version + 1, frame, hints);
-        if (f.ok() && in_place && updated[i]) undo[i].assign(frame.begin(), frame.begin() + *f);
+        if (f.ok() && updated) undo[off / kSegmentBytes].assign(frame.begin(), frame.begin() + *f);
         return f;
       },
       hashes,
@@ -1228,10 +1225,10 @@ Result<NetClient::Pending> NetClient::WriteSegments(Replica& r, uint32_t request
       const size_t off = i * kSegmentBytes;
       const size_t bytes = std::min(kSegmentBytes, n - off);
       if (took) {
-        if (!updated[i]) fill(off, bytes);
+        if (undo[i].empty()) fill(off, bytes);
         continue;
       }
-      if (!updated[i]) continue;
+      if (undo[i].empty()) continue;
       // The encoder stored exactly the frame's changes: undoing the frame gives the base back
       // (Revert checks its hash), unless memory was corrupted.
       const Status st = decoder.Revert(undo[i], {value + off, bytes});
