@@ -537,6 +537,33 @@ TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetReconnect, AWriterThatRetriesDoesNotKeepASilentHubAlive) {
+  // Writes that time out before the keep-alive does, retried: each one posts a send, and
+  // sending is not hearing from the hub.
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  NetOptions o = QuickKeepAlive(hub.port());
+  o.request_timeout = milliseconds(200);
+  auto ca = connect(o);
+  Game a(*ca);
+  a.score = 1;
+  ASSERT_NO_FATAL_FAILURE(Silence(hub));
+  int failed = 0;
+  const auto until = std::chrono::steady_clock::now() + milliseconds(3000);
+  for (int64_t v = 2; std::chrono::steady_clock::now() < until; ++v) {
+    try {
+      a.score = v;
+    } catch (const Error&) {
+      ++failed;  // timed out (kept writes do not fail: only those sent)
+    }
+  }
+  ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
+  EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)))
+      << "the silent hub went unnoticed while the writer retried (" << failed
+      << " writes timed out)";
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 // A delta written in place that the hub never answers: what it changed in the writer's
 // replica is put back (Decoder::Revert checks that the bytes hash to the base again), the
 // write is kept and sent after the reconnect, and the reader converges on it.

@@ -397,7 +397,6 @@ bool UcxWorker::TryProgress() {
   const bool busy = Pass();
   passed_elsewhere_ = true;
   handled_elsewhere_ = handled_elsewhere_ || busy;
-  if (busy) last_activity_ = std::chrono::steady_clock::now();
   drive.unlock();
   AfterDrivenHere(busy);
   return busy;
@@ -416,12 +415,15 @@ void UcxWorker::AfterDrivenHere(bool handled) {
 }
 
 bool UcxWorker::Pass() {
-  bool busy = RunPosted();
-  while (ucp_worker_progress(worker_) != 0) busy = true;
+  const bool ran = RunPosted();
+  bool moved = false;
+  while (ucp_worker_progress(worker_) != 0) moved = true;
   for (size_t i = 0; i < watched_.size(); ++i) {
-    if (watched_[i].on_ready()) busy = true;  // (may unwatch: index, not iterator)
+    if (watched_[i].on_ready()) moved = true;  // (may unwatch: index, not iterator)
   }
-  return busy;
+  // Work this process posted (a send, a retried request) is no sign of the peer's life.
+  if (moved) last_activity_ = std::chrono::steady_clock::now();
+  return ran || moved;
 }
 
 bool UcxWorker::RunPosted() {
@@ -671,16 +673,15 @@ void UcxWorker::Loop() {
   take();
   while (!stop_.load(std::memory_order_relaxed)) {
     // While a caller makes the passes, this thread only keeps its timers, at the cost of a
-    // yield: a pass of its own would delay the caller's on a shared CPU. Only passes that
-    // moved something count as activity (last_activity() tells the keep-alive the peer is
-    // alive).
+    // yield: a pass of its own would delay the caller's on a shared CPU. Only passes in
+    // which UCX or a watched fd moved something count as activity (Pass; last_activity()
+    // tells the keep-alive the peer is alive).
     bool busy =
         std::exchange(passed_elsewhere_, false) ? std::exchange(handled_elsewhere_, false) : Pass();
     busy = std::exchange(driven_elsewhere_, false) || busy;
     const int idle_ms = handler_->OnIdle();
     if (busy) {
       last = std::chrono::steady_clock::now();
-      last_activity_ = last;
       continue;
     }
     const auto now = std::chrono::steady_clock::now();

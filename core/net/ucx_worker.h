@@ -128,7 +128,8 @@ class UcxWorker {
   // drives the worker: Handler methods may run here. Whether anything happened. The caller
   // holds no lock that a handler takes. Thread-safe; false before Start() and once Stop() began.
   bool TryProgress();
-  // When UCX last made progress (bytes moved, a message or completion). Progress thread only:
+  // When UCX (or a watched fd) last made progress: bytes moved, a message or completion; not
+  // when only posted work ran (a send is no sign of the peer's life). Progress thread only:
   // a large message still arriving counts as a live peer before any frame completes.
   std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
 
