@@ -193,8 +193,9 @@ MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
         break;
       }
       case msgpack::type::ARRAY: {
-        easysync::Value::List list(o.via.array.size);
-        for (uint32_t i = 0; i < o.via.array.size; ++i) o.via.array.ptr[i].convert(list[i]);
+        const uint32_t skip = easysync::detail::IsTuple(o) ? 1 : 0;  // a tuple: a list here
+        easysync::Value::List list(o.via.array.size - skip);
+        for (uint32_t i = 0; i < list.size(); ++i) o.via.array.ptr[i + skip].convert(list[i]);
         v = easysync::Value(std::move(list));
         break;
       }

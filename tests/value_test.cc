@@ -81,6 +81,32 @@ TEST(ValueTraits, NestedValueAndTypedContainerInteroperate) {
   EXPECT_EQ(v.as<Value::List>()[1].as<std::string>(), "b");
 }
 
+// A tuple (written by Python: an array whose first element is the tuple marker) is a list
+// here; the marker anywhere else is not a value.
+TEST(ValueTraits, ATupleIsAList) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> p(buf);
+  p.pack_array(2);
+  p.pack_array(3);  // (1, "a")
+  detail::PackTupleMarker(p);
+  p.pack_int64(1);
+  p.pack(std::string("a"));
+  p.pack_array(1);  // ()
+  detail::PackTupleMarker(p);
+  const auto bytes = std::as_bytes(std::span(buf.data(), buf.size()));
+  Value v;
+  ASSERT_TRUE(ValueTraits<Value>::Decode(bytes, &v).ok());
+  EXPECT_EQ(v, Value(Value::List{Value::List{int64_t{1}, "a"}, Value::List{}}));
+
+  msgpack::sbuffer stray;
+  msgpack::packer<msgpack::sbuffer> q(stray);
+  q.pack_array(2);
+  q.pack_int64(1);
+  detail::PackTupleMarker(q);  // not first: an extension value, which nothing reads
+  EXPECT_FALSE(
+      ValueTraits<Value>::Decode(std::as_bytes(std::span(stray.data(), stray.size())), &v).ok());
+}
+
 TEST(ValueTraits, GarbageMsgpackIsAnErrorNotACrash) {
   std::vector<std::byte> junk{std::byte{0xdd}, std::byte{0xff}, std::byte{0xff}, std::byte{0xff},
                               std::byte{0xff}};  // array32 claiming 4G elements

@@ -93,6 +93,23 @@ void PackFloat64(Packer& p, double x) {
   p.pack_bin_body(raw, sizeof(raw));  // appends raw bytes
 }
 
+// A tuple (Python's) travels as an array whose first element is this marker: an empty
+// msgpack extension of type kTupleExtType (ext 8: c7 00 01). Readers without tuples (C++'s
+// Value) take the rest as a list; nothing else writes an extension type.
+inline constexpr int8_t kTupleExtType = 1;
+template <class Packer>
+void PackTupleMarker(Packer& p) {
+  p.pack_ext(0, kTupleExtType);
+}
+inline bool IsTupleMarker(const msgpack::object& o) {
+  return o.type == msgpack::type::EXT && o.via.ext.type() == kTupleExtType && o.via.ext.size == 0;
+}
+// An array that holds a tuple: marker first.
+inline bool IsTuple(const msgpack::object& o) {
+  return o.type == msgpack::type::ARRAY && o.via.array.size >= 1 &&
+         IsTupleMarker(o.via.array.ptr[0]);
+}
+
 // Tensor bytes in a slot: a fixed 128-byte header, then the row-major data.
 inline constexpr size_t kTensorHeaderBytes = 128;
 size_t EncodedTensorSize(DType dtype, size_t data_bytes);

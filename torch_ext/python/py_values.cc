@@ -34,14 +34,19 @@ void CheckDepth(int depth) {
 }
 
 // A dict key a reader can rebuild as a dict key: hashable once decoded (not a list or dict).
-void CheckKey(py::handle k) {
+void CheckKey(py::handle k, int depth) {
   PyObject* o = k.ptr();
   if (o == Py_None || PyBool_Check(o) || PyLong_Check(o) || PyFloat_Check(o) ||
       PyUnicode_Check(o) || PyBytes_Check(o)) {
     return;
   }
+  if (PyTuple_Check(o)) {
+    CheckDepth(depth);
+    for (py::handle item : py::reinterpret_borrow<py::tuple>(k)) CheckKey(item, depth + 1);
+    return;
+  }
   throw py::type_error("cannot sync a dict key of type '" + TypeName(k) +
-                       "': keys must be str, int, float, bool, bytes or None");
+                       "': keys must be str, int, float, bool, bytes, None or tuples of them");
 }
 
 template <class Packer>
@@ -90,14 +95,20 @@ void Pack(py::handle v, Packer& p, int depth) {
   } else if (PyList_Check(o) || PyTuple_Check(o)) {
     CheckDepth(depth);
     py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
-    p.pack_array(static_cast<uint32_t>(seq.size()));
+    // A tuple (a named tuple too) comes back a tuple: marked (detail::IsTuple).
+    const bool tuple = PyTuple_Check(o);
+    if (seq.size() >= std::numeric_limits<uint32_t>::max()) {
+      throw py::value_error("a list or tuple of over 4 billion items cannot be synced");
+    }
+    p.pack_array(static_cast<uint32_t>(seq.size() + (tuple ? 1 : 0)));
+    if (tuple) detail::PackTupleMarker(p);
     for (py::handle item : seq) Pack(item, p, depth + 1);
   } else if (PyDict_Check(o)) {
     CheckDepth(depth);
     py::dict d = py::reinterpret_borrow<py::dict>(v);
     p.pack_map(static_cast<uint32_t>(d.size()));
     for (auto [k, item] : d) {
-      CheckKey(k);
+      CheckKey(k, depth + 1);
       Pack(k, p, depth + 1);
       Pack(item, p, depth + 1);
     }
@@ -132,6 +143,11 @@ py::object Unpack(const msgpack::object& o) {
     case msgpack::type::BIN:
       return py::bytes(o.via.bin.ptr, o.via.bin.size);
     case msgpack::type::ARRAY: {
+      if (detail::IsTuple(o)) {
+        py::tuple t(o.via.array.size - 1);
+        for (uint32_t i = 1; i < o.via.array.size; ++i) t[i - 1] = Unpack(o.via.array.ptr[i]);
+        return t;
+      }
       py::list l(o.via.array.size);
       for (uint32_t i = 0; i < o.via.array.size; ++i) l[i] = Unpack(o.via.array.ptr[i]);
       return l;
