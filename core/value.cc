@@ -50,7 +50,25 @@ msgpack::sbuffer& ThreadMsgpackBuffer() {
   return buf;
 }
 
-Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out) {
+namespace {
+// Tuples become plain arrays (the unpack limits bound the depth).
+void DropTupleMarkers(msgpack::object& o) {
+  if (o.type == msgpack::type::ARRAY) {
+    if (IsTuple(o)) {
+      ++o.via.array.ptr;
+      --o.via.array.size;
+    }
+    for (uint32_t i = 0; i < o.via.array.size; ++i) DropTupleMarkers(o.via.array.ptr[i]);
+  } else if (o.type == msgpack::type::MAP) {
+    for (uint32_t i = 0; i < o.via.map.size; ++i) {
+      DropTupleMarkers(o.via.map.ptr[i].key);
+      DropTupleMarkers(o.via.map.ptr[i].val);
+    }
+  }
+}
+}  // namespace
+
+Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out, bool keep_tuples) {
   // Limits: a value never holds more elements than it has bytes, and nesting stays shallow
   // enough that recursion cannot exhaust the stack.
   const size_t n = in.size();
@@ -61,6 +79,11 @@ Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out) {
     *out =
         msgpack::unpack(reinterpret_cast<const char*>(in.data()), n, off, nullptr, nullptr, limit);
     if (off != n) return Status::Corruption("msgpack value has trailing bytes");
+    if (!keep_tuples) {
+      msgpack::object root = out->get();  // what it points to lives in the handle's zone
+      DropTupleMarkers(root);
+      out->set(root);
+    }
   } catch (const std::exception& e) {
     return Status::Corruption(std::string("msgpack value does not parse: ") + e.what());
   }
@@ -193,9 +216,8 @@ MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
         break;
       }
       case msgpack::type::ARRAY: {
-        const uint32_t skip = easysync::detail::IsTuple(o) ? 1 : 0;  // a tuple: a list here
-        easysync::Value::List list(o.via.array.size - skip);
-        for (uint32_t i = 0; i < list.size(); ++i) o.via.array.ptr[i + skip].convert(list[i]);
+        easysync::Value::List list(o.via.array.size);
+        for (uint32_t i = 0; i < o.via.array.size; ++i) o.via.array.ptr[i].convert(list[i]);
         v = easysync::Value(std::move(list));
         break;
       }

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "easysync/value_traits.h"
@@ -82,7 +83,7 @@ TEST(ValueTraits, NestedValueAndTypedContainerInteroperate) {
 }
 
 // A tuple (written by Python: an array whose first element is the tuple marker) is a list
-// here; the marker anywhere else is not a value.
+// here, or any C++ sequence; the marker anywhere else is not a value.
 TEST(ValueTraits, ATupleIsAList) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> p(buf);
@@ -97,6 +98,10 @@ TEST(ValueTraits, ATupleIsAList) {
   Value v;
   ASSERT_TRUE(ValueTraits<Value>::Decode(bytes, &v).ok());
   EXPECT_EQ(v, Value(Value::List{Value::List{int64_t{1}, "a"}, Value::List{}}));
+  std::tuple<std::tuple<int64_t, std::string>, std::vector<int64_t>> typed;
+  ASSERT_TRUE(ValueTraits<decltype(typed)>::Decode(bytes, &typed).ok());
+  EXPECT_EQ(std::get<0>(typed), std::make_tuple(int64_t{1}, std::string("a")));
+  EXPECT_TRUE(std::get<1>(typed).empty());
 
   msgpack::sbuffer stray;
   msgpack::packer<msgpack::sbuffer> q(stray);

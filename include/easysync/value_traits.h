@@ -78,8 +78,9 @@ constexpr ValueKind ArithmeticKind() {
 
 // The msgpack buffer reused by each thread, so steady-state encoding does not allocate.
 msgpack::sbuffer& ThreadMsgpackBuffer();
-// msgpack::unpack with limits fit for untrusted input (depth, counts, sizes).
-Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out);
+// msgpack::unpack with limits fit for untrusted input (depth, counts, sizes). A tuple
+// (IsTuple) becomes a plain array unless keep_tuples.
+Status UnpackUntrusted(ByteSpan in, msgpack::object_handle* out, bool keep_tuples = false);
 
 // packer::pack_double writes integral doubles as integers; a float must stay a float for a
 // dynamic value (easysync::Value, Python), so this writes float64 (0xcb, big-endian) itself.
@@ -94,8 +95,9 @@ void PackFloat64(Packer& p, double x) {
 }
 
 // A tuple (Python's) travels as an array whose first element is this marker: an empty
-// msgpack extension of type kTupleExtType (ext 8: c7 00 01). Readers without tuples (C++'s
-// Value) take the rest as a list; nothing else writes an extension type.
+// msgpack extension of type kTupleExtType (ext 8: c7 00 01). C++ readers get the rest as a
+// plain array (a Value list, a std::vector, a std::tuple; UnpackUntrusted drops the marker);
+// nothing else writes an extension type.
 inline constexpr int8_t kTupleExtType = 1;
 template <class Packer>
 void PackTupleMarker(Packer& p) {

@@ -215,7 +215,7 @@ void PackPython(py::handle value, msgpack::sbuffer& buf) {
 
 Status UnpackPython(ByteSpan bytes, py::object* out) {
   msgpack::object_handle oh;
-  EASYSYNC_RETURN_IF_ERROR(detail::UnpackUntrusted(bytes, &oh));
+  EASYSYNC_RETURN_IF_ERROR(detail::UnpackUntrusted(bytes, &oh, /*keep_tuples=*/true));
   try {
     *out = Unpack(oh.get());
   } catch (py::error_already_set& e) {  // e.g. an unhashable map key from a foreign writer
