@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -91,6 +93,73 @@ TEST(ShmRobustness, WriterKilledMidWrite200TimesLeavesWholeValuesAndBlocksNobody
   t.stop = 1;
   EXPECT_EQ(WaitChild(reader, seconds(60)), 0);
   EXPECT_GT(t.reads.get(), 0);
+}
+
+// The segment's header, mapped read-only to watch its waiter count.
+class HeaderView {
+ public:
+  explicit HeaderView(const std::string& cluster) {
+    const int fd = open(("/dev/shm/easysync." + cluster).c_str(), O_RDONLY);
+    if (fd < 0) return;
+    void* p = mmap(nullptr, sizeof(shm::SegmentHeader), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p != MAP_FAILED) h_ = static_cast<const shm::SegmentHeader*>(p);
+  }
+  ~HeaderView() {
+    if (h_ != nullptr) munmap(const_cast<shm::SegmentHeader*>(h_), sizeof(shm::SegmentHeader));
+  }
+  bool ok() const { return h_ != nullptr; }
+  uint32_t waiters() const { return h_->waiters.load(); }
+
+ private:
+  const shm::SegmentHeader* h_ = nullptr;
+};
+
+bool WaitUntilTrue(const std::function<bool()>& done, const std::function<void()>& step = {}) {
+  const auto until = std::chrono::steady_clock::now() + seconds(20);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    if (step) step();
+    usleep(1000);
+  }
+  return true;
+}
+
+// A reader killed in its sleep (wait_for_change) would stay counted as a waiter, and every
+// write would wake the bell from then on (a system call each). A write that wakes nobody
+// finds the dead client's entry and takes it off; a live waiter in another process is still
+// counted and woken.
+TEST(ShmRobustness, AWaiterKilledInItsSleepStopsCounting) {
+  const std::string cluster = UniqueCluster("deadwaiter");
+  auto client = shm_connect(cluster);
+  Torture t(*client);
+  HeaderView header(cluster);
+  ASSERT_TRUE(header.ok());
+  auto sleeper = [&] {
+    return Spawn([&] {
+      auto c = shm_connect(cluster);
+      Torture r(*c);
+      const uint64_t seen = r.stop.version();
+      while (r.stop.version() == seen) (void)r.stop.wait_for_change(seconds(3600));
+      return 0;
+    });
+  };
+  const pid_t victim = sleeper();
+  ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
+  kill(victim, SIGKILL);
+  ASSERT_EQ(WaitChild(victim), 128 + SIGKILL);
+  EXPECT_EQ(header.waiters(), 1u);  // nothing else can know yet
+  int64_t writes = 0;
+  EXPECT_TRUE(WaitUntilTrue([&] { return header.waiters() == 0; }, [&] { t.reads = ++writes; }))
+      << "the killed waiter still counts after " << writes << " writes";
+
+  const pid_t live = sleeper();
+  ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
+  for (int i = 0; i < 50; ++i) t.reads = ++writes;  // wakes it; it sleeps again
+  ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
+  t.stop = 1;
+  EXPECT_EQ(WaitChild(live, seconds(20)), 0) << "a live waiter missed the write it waited for";
+  EXPECT_EQ(header.waiters(), 0u);
 }
 
 // Forks a process that joins the cluster and stays until killed, so the segment lives.

@@ -24,8 +24,10 @@ inline void FutexWait(std::atomic<uint32_t>* word, uint32_t expected,
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
 }
 
-inline void FutexWakeAll(std::atomic<uint32_t>* word) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+// Wakes every sleeper on *word; how many there were (-1 on error).
+inline long FutexWakeAll(std::atomic<uint32_t>* word) {
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr,
+                 nullptr, 0);
 }
 
 inline void CpuRelax() {

@@ -18,7 +18,7 @@
 namespace easysync::shm {
 
 inline constexpr uint64_t kSegmentMagic = 0x314d48534e595345ull;  // "ESYNSHM1"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr size_t kMaxClusterName = 64;
 inline constexpr size_t kMaxObjectName = 96;         // including the NUL
 inline constexpr size_t kMaxAttributeName = 96;      // including the NUL
@@ -40,6 +40,15 @@ inline constexpr uint32_t kWhereInline = 0;
 inline constexpr uint32_t kWhereArena = 1;   // offset from the segment start
 inline constexpr uint32_t kWhereExtent = 2;  // offset within extent `gen`
 
+// Who waits on the bell, per client: a process killed while waiting leaves its count here,
+// where a writer that woke nobody finds it and takes it off `waiters` (docs/shm_layout.md).
+inline constexpr size_t kWaiterSlots = 64;
+struct WaiterSlot {
+  std::atomic<int32_t> pid;      // 0: free; -1: being reclaimed
+  std::atomic<uint32_t> count;   // threads of that client in WaitUntil's sleep
+  std::atomic<uint64_t> pid_ns;  // inode of the process's PID namespace (its pids mean that)
+};
+
 struct alignas(kAlign) SegmentHeader {
   uint64_t magic;
   uint32_t layout_version;
@@ -57,6 +66,7 @@ struct alignas(kAlign) SegmentHeader {
   // The futex word every waiter sleeps on, bumped by writers only when waiters > 0.
   alignas(kAlign) std::atomic<uint32_t> bell;
   std::atomic<uint32_t> waiters;
+  alignas(kAlign) WaiterSlot waiter_slots[kWaiterSlots];
 };
 
 // One value buffer. Seqlock: `seq` is odd while a writer fills it, and changes on every

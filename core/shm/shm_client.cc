@@ -5,10 +5,14 @@
 // names, and accept the copy only if the buffer's seq did not move meanwhile. A writer
 // killed at any point leaves the published buffer untouched, and its lock passes to the
 // next writer (EOWNERDEAD), so it blocks nobody.
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -34,6 +38,49 @@ Status ValidateName(std::string_view what, std::string_view name, size_t max) {
   return Status::Ok();
 }
 
+// ---- Who waits: the segment's waiter table (layout.h, docs/shm_layout.md)
+
+// The inode of this process's PID namespace: a pid in the table means a process only where
+// it matches (0: unknown; such entries are never taken for dead).
+uint64_t OwnPidNamespace() {
+  struct stat st {};
+  return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
+// Frees the entries of clients whose process is gone and takes their sleepers off `waiters`.
+void SweepWaiters(SegmentHeader& h, uint64_t pid_ns) {
+  if (pid_ns == 0) return;
+  for (WaiterSlot& w : h.waiter_slots) {
+    int32_t pid = w.pid.load(kAcquire);
+    if (pid <= 0 || w.pid_ns.load(kRelaxed) != pid_ns || kill(pid, 0) == 0 || errno != ESRCH) {
+      continue;
+    }
+    if (!w.pid.compare_exchange_strong(pid, -1, kAcquire)) continue;  // someone else's now
+    const uint32_t sleepers = w.count.exchange(0, kRelaxed);
+    // Each of them was counted in `waiters` before its entry (WaitUntil), so this never
+    // takes off a live waiter.
+    if (sleepers > 0) h.waiters.fetch_sub(sleepers, std::memory_order_seq_cst);
+    w.pid.store(0, kRelease);
+  }
+}
+
+// A free entry for a client of this process (a full table is swept once); nullptr if none.
+WaiterSlot* ClaimWaiterSlot(SegmentHeader& h, uint64_t pid_ns) {
+  for (int pass = 0; pass < 2; ++pass) {
+    for (WaiterSlot& w : h.waiter_slots) {
+      int32_t free = 0;
+      if (w.pid.load(kRelaxed) == 0 && w.pid.compare_exchange_strong(free, -1, kAcquire)) {
+        w.count.store(0, kRelaxed);
+        w.pid_ns.store(pid_ns, kRelaxed);
+        w.pid.store(static_cast<int32_t>(getpid()), kRelease);
+        return &w;
+      }
+    }
+    SweepWaiters(h, pid_ns);
+  }
+  return nullptr;
+}
+
 // A NUL-terminated name inside a fixed array of the segment, or nullopt if unterminated.
 std::optional<std::string_view> SegmentString(const char* p, size_t max) {
   const size_t n = strnlen(p, max);
@@ -49,6 +96,10 @@ class ShmClient final : public Client {
   }
   ~ShmClient() override {
     StopCallbacks();
+    // No thread of this client waits any more (else its entry stays until the process ends).
+    if (waiter_slot_ != nullptr && waiter_slot_->count.load(kRelaxed) == 0) {
+      waiter_slot_->pid.store(0, kRelease);
+    }
     std::lock_guard<std::mutex> lock(extents_mu_);
     extents_.clear();
   }
@@ -88,8 +139,22 @@ class ShmClient final : public Client {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (h.waiters.load(kRelaxed) > 0) {
       h.bell.fetch_add(1, kRelease);
-      FutexWakeAll(&h.bell);
+      // Nobody slept: a waiter between counting itself and sleeping, or one whose process
+      // was killed in its sleep, whose count would make every write ring from now on.
+      if (FutexWakeAll(&h.bell) == 0) MaybeSweepWaiters();
     }
+  }
+  // At most every kSweepInterval per client.
+  void MaybeSweepWaiters() {
+    constexpr int64_t kSweepIntervalNs = 100'000'000;
+    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch())
+                            .count();
+    int64_t next = next_sweep_ns_.load(kRelaxed);
+    if (now < next || !next_sweep_ns_.compare_exchange_strong(next, now + kSweepIntervalNs)) {
+      return;
+    }
+    SweepWaiters(seg_->header(), pid_ns_);
   }
   // A cached mapping of extent `gen` of slot `index`.
   Result<const Mapping*> Extent(uint32_t index, uint64_t gen);
@@ -101,6 +166,12 @@ class ShmClient final : public Client {
   std::unique_ptr<Segment> seg_;
   ShmOptions options_;
   uint32_t id_ = 0;
+  const uint64_t pid_ns_ = OwnPidNamespace();
+  // This client's entry in the waiter table, claimed at its first sleep (nullptr: the table
+  // was full, and its sleepers are counted in `waiters` alone).
+  std::once_flag waiter_once_;
+  WaiterSlot* waiter_slot_ = nullptr;
+  std::atomic<int64_t> next_sweep_ns_{0};
   std::atomic<uint64_t> local_clock_{0};
   std::mutex extents_mu_;
   std::map<std::pair<uint32_t, uint64_t>, Mapping> extents_;
@@ -402,22 +473,31 @@ bool ShmClient::WaitUntil(FunctionRef<bool()> ready, Deadline deadline) {
   }
   if (poll) return ready();
   auto& h = seg_->header();
+  std::call_once(waiter_once_, [&] { waiter_slot_ = ClaimWaiterSlot(h, pid_ns_); });
+  WaiterSlot* const mine = waiter_slot_;
+  // Counted in `waiters` first and in the entry second, taken off in the reverse order: a
+  // sweep that subtracts a dead client's entry never subtracts more than it counted there.
+  const auto leave = [&] {
+    if (mine != nullptr) mine->count.fetch_sub(1, kRelaxed);
+    h.waiters.fetch_sub(1, kRelaxed);
+  };
   for (;;) {
     const uint32_t bell = h.bell.load(kAcquire);
     h.waiters.fetch_add(1, std::memory_order_seq_cst);
+    if (mine != nullptr) mine->count.fetch_add(1, kRelaxed);
     // Dekker with RingBell: either the writer sees waiters > 0 or we see its write here.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (ready()) {
-      h.waiters.fetch_sub(1, kRelaxed);
+      leave();
       return true;
     }
     const auto left = deadline - Clock::now();
     if (left <= Clock::duration::zero()) {
-      h.waiters.fetch_sub(1, kRelaxed);
+      leave();
       return false;
     }
     FutexWait(&h.bell, bell, std::chrono::duration_cast<std::chrono::nanoseconds>(left));
-    h.waiters.fetch_sub(1, kRelaxed);
+    leave();
     if (ready()) return true;
   }
 }
