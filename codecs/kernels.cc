@@ -106,7 +106,10 @@ template <size_t E, bool kDiff, bool kUpdate>
   uint8_t* val = s->val;
   uint64_t next = s->next_pos;
   const uint64_t origin = s->origin;
-  for (size_t chunk = begin; chunk < end; chunk += kChunk) {
+  // Until a limit is passed: what was emitted then, the limit's chunk too, stays readable
+  // (UndoSparseScan).
+  bool within = true;
+  for (size_t chunk = begin; within && chunk < end; chunk += kChunk) {
     const size_t chunk_end = end - chunk < kChunk ? end : chunk + kChunk;
     uint16_t* w = offsets;
     size_t off = chunk;
@@ -152,18 +155,12 @@ template <size_t E, bool kDiff, bool kUpdate>
       if constexpr (kUpdate) StoreElement<E>(update + b, c);
     }
     s->count += static_cast<uint64_t>(w - offsets);
-    if (pos > s->pos_limit || val > s->val_limit) {
-      // What was emitted stays readable (UndoSparseScan), the limit's chunk too.
-      s->pos = pos;
-      s->val = val;
-      s->next_pos = next;
-      return false;
-    }
+    within = pos <= s->pos_limit && val <= s->val_limit;
   }
   s->pos = pos;
   s->val = val;
   s->next_pos = next;
-  return true;
+  return within;
 }
 
 template <size_t E, bool kDiff, bool kUpdate>
