@@ -1,5 +1,6 @@
-// Network mode under stress: a 1 GiB tensor through the hub, and a client killed with SIGKILL
-// in the middle of sending a large value. A real easysync-hub process, real client processes.
+// Network mode under stress: a 1 GiB tensor through the hub, a client killed with SIGKILL in
+// the middle of sending a large value, and the goodbyes of a client that closes and of a hub
+// that stops. A real easysync-hub process, real client processes.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -90,6 +91,16 @@ struct Big : SyncedObject {
   Synced<int64_t> x{this, "x"};
   explicit Big(Client& c) : SyncedObject(c, "Big") {}
 };
+
+// Whether the file at path comes to contain text within timeout (polled every 10 ms).
+bool FileComesToHave(const std::string& path, const std::string& text, milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (ReadFile(path).find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return true;
+}
 
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -221,6 +232,74 @@ TEST(NetRobustness, ClientKilledMidTransferLeavesTheHubServing) {
   // A clean exit (under the sanitizers also: no leak of K's state, no memory error).
   EXPECT_EQ(hub.Stop(), 0) << ReadFile(log);
   if (HasFailure()) std::fprintf(stderr, "hub log:\n%s", ReadFile(log).c_str());
+  std::remove(log.c_str());
+}
+
+// A client that closes tells the hub, which logs a close (not a lost peer: that is what a
+// killed client gets, above); a hub that stops tells its clients, which log why they
+// reconnect.
+TEST(NetLifecycle, AClientThatClosesAndAHubThatStopsSayGoodbye) {
+  const std::string log = LogPath("goodbye");
+  const std::string client_log = LogPath("goodbye_client");
+  HubProcess hub({}, log);
+  ASSERT_NE(hub.port(), 0);
+  const uint16_t port = hub.port();
+  Gate connected;
+  // B stays connected while the hub stops, its stderr in client_log. Forked before this
+  // process starts UCX.
+  const pid_t b = Spawn([&] {
+    const int fd = open(client_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) return 2;
+    auto c = connect(Options(port));
+    connected.Open();
+    return FileComesToHave(client_log, "the hub is shutting down; reconnecting", seconds(90)) ? 0
+                                                                                              : 3;
+  });
+  ASSERT_TRUE(connected.Wait(seconds(60)));
+  uint32_t a_id = 0;
+  {
+    auto a = connect(Options(port));
+    Big s(*a);
+    s.x = 7;
+    a_id = a->id();
+  }
+  const std::string closed =
+      "client " + std::to_string(a_id) + " (127.0.0.1:";  // then the port, then the reason
+  EXPECT_TRUE(FileComesToHave(log, "disconnected: it closed its connection", seconds(30)))
+      << ReadFile(log);
+  {
+    const std::string text = ReadFile(log);
+    size_t lines = 0;
+    for (size_t at = text.find(closed); at != std::string::npos; at = text.find(closed, at + 1)) {
+      const std::string line = text.substr(at, text.find('\n', at) - at);
+      if (line.find("disconnected") == std::string::npos) continue;
+      ++lines;
+      EXPECT_NE(line.find("it closed its connection"), std::string::npos) << line;
+    }
+    EXPECT_EQ(lines, 1u) << text;
+  }
+  EXPECT_EQ(hub.Stop(), 0) << ReadFile(log);
+  EXPECT_EQ(WaitChild(b, seconds(120)), 0) << "B's log:\n" << ReadFile(client_log);
+  std::remove(log.c_str());
+  std::remove(client_log.c_str());
+}
+
+// A second hub on a port another one listens on refuses to start, and says why in words (UCX
+// itself calls it "Device is busy").
+TEST(NetLifecycle, AHubOnATakenPortSaysTheAddressIsInUse) {
+  HubProcess first;
+  ASSERT_NE(first.port(), 0);
+  const std::string log = LogPath("taken_port");
+  HubProcess second({"--port", std::to_string(first.port())}, log);  // the last --port wins
+  EXPECT_EQ(second.port(), 0);
+  EXPECT_EQ(second.Stop(), 1);
+  const std::string text = ReadFile(log);
+  EXPECT_NE(text.find("cannot listen on 127.0.0.1:" + std::to_string(first.port()) +
+                      ": the address is in use"),
+            std::string::npos)
+      << text;
+  EXPECT_TRUE(first.Running());
+  EXPECT_EQ(first.Stop(), 0);
   std::remove(log.c_str());
 }
 

@@ -65,6 +65,17 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
 }
 
 Hub::~Hub() {
+  // Clients hear that the hub is going (they reconnect, with backoff), not an endpoint error.
+  if (worker_) {
+    worker_->SendLastAndFlush(
+        [this] {
+          auto bye = std::make_shared<const net::Frame>(net::Encode(net::ErrorMsg{
+              net::ErrorCode::kShuttingDown, /*fatal=*/true, 0, "the hub is shutting down"}));
+          for (const auto& [ep, peer] : peers_) worker_->Send(ep, bye);
+          return !peers_.empty();
+        },
+        net::kGoodbyeLimit);
+  }
   if (worker_) worker_->Stop();  // before reset(): the thread still uses worker_
   applier_.reset();              // after the progress thread, the one that gives it jobs
   worker_.reset();
@@ -319,6 +330,11 @@ void Hub::Handle(ucp_ep_h ep, Peer& peer, const net::Header& h, ByteSpan payload
       }
       if (h.type == MsgType::kError) {
         auto m = net::DecodeError(payload);
+        if (m.ok() && m->fatal && m->code == net::ErrorCode::kShuttingDown) {
+          Log("client " + std::to_string(peer.id) + " (" + peer.address +
+              ") disconnected: it closed its connection");
+          return Drop(ep);
+        }
         Log("client " + std::to_string(peer.id) +
             " reported an error: " + (m.ok() ? m->text : m.status().message()));
         if (!m.ok() || m->fatal) Drop(ep);

@@ -50,7 +50,9 @@ Status NetClient::Connect() {
     if (const char* env = std::getenv("EASYSYNC_TOKEN")) options_.token = env;
   }
   if (options_.token.empty()) {
-    return Status::InvalidArgument("no token: set NetOptions::token or EASYSYNC_TOKEN");
+    return Status::InvalidArgument(
+        "no token: give the hub's token (NetOptions::token; in Python, connect(token=...)) or set "
+        "EASYSYNC_TOKEN");
   }
   EASYSYNC_RETURN_IF_ERROR(CheckOptions(options_));
   options_.spin = ResolveSpin(options_.spin);
@@ -146,6 +148,24 @@ void NetClient::Fail(Status status) {
   ep_ = nullptr;
   next_attempt_ns_ = 0;
   Ring();
+}
+
+void NetClient::SayGoodbye() {
+  if (!worker_) return;
+  worker_->SendLastAndFlush(
+      [this] {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (state_ != State::kReady && state_ != State::kResyncing) return false;
+          state_ = State::kFailed;
+          failure_ = Status::Unavailable("the client is closed");
+        }
+        if (ep_ == nullptr) return false;
+        SendFrame(std::make_shared<const Frame>(Encode(ErrorMsg{
+            ErrorCode::kShuttingDown, /*fatal=*/true, 0, "the client closed its connection"})));
+        return true;
+      },
+      kGoodbyeLimit);
 }
 
 void NetClient::Lost(Status status) {

@@ -59,6 +59,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
     for (uint32_t i = 0; i < kMaxAttributes; ++i) replicas_[i].store(nullptr);
   }
   ~NetClient() override {
+    SayGoodbye();
     StopCallbacks();
     // The decodes in flight finish (while the worker can still take what they post); a
     // segment the progress thread hands over from here on is decoded on that thread.
@@ -204,6 +205,11 @@ class NetClient final : public Client, public UcxWorker::Handler {
     size_t value_offset = 0;
   };
   enum class State { kConnecting, kReady, kReconnecting, kResyncing, kFailed };
+
+  // On destruction, while connected: tells the hub this client is going (so it logs a close,
+  // not a lost peer) and waits, at most kGoodbyeLimit, until that and everything sent before
+  // it left. The client is failed from then on: the hub closing its end starts no reconnect.
+  void SayGoodbye();
 
   Replica* Find(AttrId attr) const {
     return attr.index < kMaxAttributes ? replicas_[attr.index].load(std::memory_order_acquire)

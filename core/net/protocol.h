@@ -12,6 +12,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -56,6 +57,10 @@ enum class MsgType : uint8_t {
   kPong = 13,      // hub -> client: the PING's time echoed, with the hub's time
 };
 inline constexpr uint8_t kMaxMsgType = 13;
+// A closing client and a stopping hub say goodbye: a fatal ERROR kShuttingDown. They wait this
+// long at most for it (and what was sent before it) to leave: a stalled peer holds them no
+// longer.
+inline constexpr std::chrono::milliseconds kGoodbyeLimit{500};
 // Header flag of WRITE and UPDATE: the value is a codec value (tensor header + codec frame,
 // net/wire_value.h), not the raw value.
 inline constexpr uint8_t kFlagCodec = 1;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -310,8 +311,11 @@ Status UcxWorker::Listen(const std::string& bind, uint16_t port) {
   lp.conn_handler.arg = this;
   const ucs_status_t st = ucp_listener_create(worker_, &lp, &listener_);
   if (st != UCS_OK) {
-    return Status::Unavailable("cannot listen on " + bind + ":" + std::to_string(port) + ": " +
-                               ucs_status_string(st));
+    // UCX reports a port in use as "Device is busy".
+    return Status::Unavailable(
+        "cannot listen on " + bind + ":" + std::to_string(port) + ": " +
+        (st == UCS_ERR_BUSY ? std::string("the address is in use (another process listens there)")
+                            : std::string(ucs_status_string(st))));
   }
   ucp_listener_attr_t la{};
   la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
@@ -515,6 +519,46 @@ void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
   }
   if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
   delete ctx;
+}
+
+bool UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit) {
+  if (!started_.load() || stop_.load() || !thread_.joinable() ||
+      std::this_thread::get_id() == thread_.get_id()) {
+    return false;
+  }
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool ran = false;   // send_last ran and every flush began
+    bool sent = false;  // send_last sent something
+    size_t left = 0;    // flushes not done
+  };
+  auto w = std::make_shared<Wait>();
+  Post([this, w, send_last = std::move(send_last)] {
+    if (!send_last()) {
+      std::lock_guard<std::mutex> lock(w->mu);
+      w->ran = true;
+      w->cv.notify_all();
+      return;
+    }
+    const std::vector<ucp_ep_h> eps = endpoints_;
+    {
+      std::lock_guard<std::mutex> lock(w->mu);
+      w->left = eps.size();
+    }
+    for (ucp_ep_h ep : eps) {
+      Flush(ep, [w](ucs_status_t) {
+        std::lock_guard<std::mutex> lock(w->mu);
+        if (--w->left == 0) w->cv.notify_all();
+      });
+    }
+    std::lock_guard<std::mutex> lock(w->mu);
+    w->ran = true;
+    w->sent = true;
+    w->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(w->mu);
+  return w->cv.wait_for(lock, limit, [&] { return w->ran && w->left == 0; }) && w->sent;
 }
 
 void UcxWorker::Close(ucp_ep_h ep) {
