@@ -357,11 +357,14 @@ def test_bad_arguments_raise_clear_exceptions(cluster):
         s.n = 3
 
 
-def test_network_errors(child):
+def test_network_errors(child, monkeypatch):
     hub = Hub(token="right")
     try:
         with pytest.raises(PermissionError):
             connect("127.0.0.1", hub.port, token="wrong", timeout=5)
+        monkeypatch.delenv("EASYSYNC_TOKEN", raising=False)
+        with pytest.raises(ValueError, match=r"no token: .*connect\(token=\.\.\.\).*EASYSYNC_TOKEN"):
+            connect("127.0.0.1", hub.port)
         with pytest.raises(TypeError):
             connect("127.0.0.1", "5000")
         with pytest.raises(ValueError, match="port"):
@@ -552,6 +555,48 @@ def test_network_tensor_steps_travel_as_deltas(hub):
         assert s["deltas_sent"] >= 1
         # 1% of a 4 MiB tensor changed: far less than the tensor crossed the wire.
         assert s["codec_wire_bytes"] - before < (4 << 20) // 10
+
+
+def test_close_and_exit_publish_in_place_changes(hub, child):
+    """An array changed in place and not pushed yet is published by close() and by the
+    interpreter's exit, as a file's buffer is flushed: the change is not lost."""
+    np = pytest.importorskip("numpy")
+    code = """
+import sys, easysync, numpy as np
+client = easysync.connect("127.0.0.1", int(sys.argv[1]), token=sys.argv[2])
+
+@easysync.SyncedObject(client, name="Closing")
+class S:
+    def __init__(self):
+        self.a = np.zeros(64, dtype=np.int32)
+        self.b = np.zeros(64, dtype=np.int32)
+
+s = S()
+s.a[3] = 7                              # in place, never pushed
+if sys.argv[3] == "close":
+    client.close()
+    client.close()                      # a second close does nothing
+print("done", flush=True)
+"""
+    with connect("127.0.0.1", hub.port, token=TOKEN) as reader:
+        @SyncedObject(reader, name="Closing")
+        class R:
+            def __init__(self):
+                self.a = np.zeros(64, dtype=np.int32)
+                self.b = np.zeros(64, dtype=np.int32)
+
+        r = R()
+        for how in ("close", "exit"):
+            r.a = np.zeros(64, dtype=np.int32)
+            w = child(code, hub.port, TOKEN, how)
+            assert w.expect() == "done"
+            w.finish()
+            for _ in range(50):
+                if r.a[3] == 7:
+                    break
+                easysync.wait_for_change(r, "a", timeout=0.2)
+            assert r.a[3] == 7 and int(r.a.sum()) == 7, (how, r.a)
+            assert int(r.b.sum()) == 0
 
 
 def _int_x_on_each(c1, c2, name):

@@ -18,7 +18,9 @@ class Client:
     """A connection to a cluster (shared memory) or to a hub (network mode).
 
     ``stats`` is a dict of counters (``latency_ms``, ``bytes_sent``, ``packets_recv``, ...).
-    Use it as a context manager, or call ``close()``; a closed client refuses every call.
+    Use it as a context manager, or call ``close()`` (which first publishes in-place changes,
+    as ``flush()`` does; so does the exit of the interpreter); a closed client refuses every
+    call.
     """
 
     def __init__(self, core):
@@ -65,11 +67,17 @@ class Client:
         return torch.classes.easysync.Client("shared", str(self._core.share()), 0, "")
 
     def close(self) -> None:
+        """Publishes what flush() publishes, then closes. Closing twice does nothing."""
         global _last_client
         with _lock:
             if _last_client is self:
                 _last_client = None
-        self._core.close()
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._core.close()
 
     def __enter__(self):
         return self
