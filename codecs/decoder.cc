@@ -148,8 +148,11 @@ void Decoder::Impl::ApplyBlock(const FrameInfo& info, const Plan& plan, size_t e
   } else if ((chain & kChainDiff) != 0) {
     internal::MergePlanesDiff(plan.inner, info.element_count, esize, first, last, undo, out);
   } else if ((chain & kChainPlanes) != 0) {
-    if ((chain & kChainXor) == 0) std::memset(out + off, 0, len);
-    internal::MergePlanesXor(plan.inner, info.element_count, esize, first, last, out);
+    if ((chain & kChainXor) != 0) {
+      internal::MergePlanesXor(plan.inner, info.element_count, esize, first, last, out);
+    } else {
+      internal::MergePlanes(plan.inner, info.element_count, esize, first, last, out);
+    }
   } else if ((chain & kChainXor) != 0) {
     internal::XorInto(plan.inner, off, off + len, out);
   } else if (plan.inner != out) {

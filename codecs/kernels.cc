@@ -244,10 +244,104 @@ R WithElementSize(size_t esize, F&& f) {
   }
 }
 
+#if defined(__SSE2__)
+// 16 elements of E bytes at a time, all planes in one pass (the byte loops below make E passes
+// with stride E, about a quarter of the speed). The E vectors of 16 elements are taken apart
+// by log2(E) rounds of Split2 (even and odd bytes of 32), which leave byte b of the 16
+// elements in vector b; Interleave2, its inverse, puts them back together.
+inline void Split2(__m128i a, __m128i b, __m128i* even, __m128i* odd) {
+  const __m128i low = _mm_set1_epi16(0x00ff);
+  *even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+  *odd = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+}
+
+inline void Interleave2(__m128i even, __m128i odd, __m128i* a, __m128i* b) {
+  *a = _mm_unpacklo_epi8(even, odd);
+  *b = _mm_unpackhi_epi8(even, odd);
+}
+
+inline __m128i Load16(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+
+inline void Store16(uint8_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+
+// v[k] holds bytes 16k..16k+15 of 16 elements; afterwards v[b] holds byte b of each.
+template <size_t E>
+inline void ToPlanes(__m128i (&v)[E]) {
+  for (size_t half = E / 2, round = 1; round < E; round *= 2) {
+    __m128i t[E];
+    for (size_t k = 0; k < half; ++k) Split2(v[2 * k], v[2 * k + 1], &t[k], &t[k + half]);
+    for (size_t k = 0; k < E; ++k) v[k] = t[k];
+  }
+}
+
+template <size_t E>
+inline void FromPlanes(__m128i (&v)[E]) {
+  for (size_t half = E / 2, round = 1; round < E; round *= 2) {
+    __m128i t[E];
+    for (size_t k = 0; k < half; ++k) Interleave2(v[k], v[k + half], &t[2 * k], &t[2 * k + 1]);
+    for (size_t k = 0; k < E; ++k) v[k] = t[k];
+  }
+}
+#endif
+
+#if defined(__SSE2__)
+// ZigzagDelta and ApplyZigzag on the E-byte lanes of a vector (E = 2, 4, 8).
+template <size_t E>
+inline __m128i ZigzagDeltaV(__m128i cur, __m128i base) {
+  if constexpr (E == 2) {
+    const __m128i d = _mm_sub_epi16(cur, base);
+    return _mm_xor_si128(_mm_slli_epi16(d, 1), _mm_srai_epi16(d, 15));
+  } else if constexpr (E == 4) {
+    const __m128i d = _mm_sub_epi32(cur, base);
+    return _mm_xor_si128(_mm_slli_epi32(d, 1), _mm_srai_epi32(d, 31));
+  } else {
+    const __m128i d = _mm_sub_epi64(cur, base);
+    const __m128i sign = _mm_shuffle_epi32(_mm_srai_epi32(d, 31), _MM_SHUFFLE(3, 3, 1, 1));
+    return _mm_xor_si128(_mm_slli_epi64(d, 1), sign);
+  }
+}
+
+template <size_t E>
+inline __m128i ApplyZigzagV(__m128i base, __m128i z, bool undo) {
+  const __m128i zero = _mm_setzero_si128();
+  if constexpr (E == 2) {
+    const __m128i one = _mm_set1_epi16(1);
+    const __m128i d =
+        _mm_xor_si128(_mm_srli_epi16(z, 1), _mm_sub_epi16(zero, _mm_and_si128(z, one)));
+    return undo ? _mm_sub_epi16(base, d) : _mm_add_epi16(base, d);
+  } else if constexpr (E == 4) {
+    const __m128i one = _mm_set1_epi32(1);
+    const __m128i d =
+        _mm_xor_si128(_mm_srli_epi32(z, 1), _mm_sub_epi32(zero, _mm_and_si128(z, one)));
+    return undo ? _mm_sub_epi32(base, d) : _mm_add_epi32(base, d);
+  } else {
+    const __m128i one = _mm_set1_epi64x(1);
+    const __m128i d =
+        _mm_xor_si128(_mm_srli_epi64(z, 1), _mm_sub_epi64(zero, _mm_and_si128(z, one)));
+    return undo ? _mm_sub_epi64(base, d) : _mm_add_epi64(base, d);
+  }
+}
+#endif
+
 template <size_t E>
 void SplitPlanesDiffT(const uint8_t* cur, const uint8_t* base, size_t count, size_t first,
                       size_t last, uint8_t* planes) {
-  for (size_t i = first; i < last; ++i) {
+  size_t i = first;
+#if defined(__SSE2__)
+  if constexpr (E > 1) {
+    for (; i + 16 <= last; i += 16) {
+      __m128i v[E];
+      for (size_t k = 0; k < E; ++k) {
+        v[k] = ZigzagDeltaV<E>(Load16(cur + i * E + 16 * k), Load16(base + i * E + 16 * k));
+      }
+      ToPlanes<E>(v);
+      for (size_t b = 0; b < E; ++b) Store16(planes + b * count + i, v[b]);
+    }
+  }
+#endif
+  for (; i < last; ++i) {
     const uint64_t z = ZigzagDelta<E>(LoadElement<E>(cur + i * E), LoadElement<E>(base + i * E));
     for (size_t b = 0; b < E; ++b) planes[b * count + i] = static_cast<uint8_t>(z >> (8 * b));
   }
@@ -256,7 +350,21 @@ void SplitPlanesDiffT(const uint8_t* cur, const uint8_t* base, size_t count, siz
 template <size_t E>
 void MergePlanesDiffT(const uint8_t* planes, size_t count, size_t first, size_t last, bool undo,
                       uint8_t* out) {
-  for (size_t i = first; i < last; ++i) {
+  size_t i = first;
+#if defined(__SSE2__)
+  if constexpr (E > 1) {
+    for (; i + 16 <= last; i += 16) {
+      __m128i v[E];
+      for (size_t b = 0; b < E; ++b) v[b] = Load16(planes + b * count + i);
+      FromPlanes<E>(v);
+      for (size_t k = 0; k < E; ++k) {
+        uint8_t* o = out + i * E + 16 * k;
+        Store16(o, ApplyZigzagV<E>(Load16(o), v[k], undo));
+      }
+    }
+  }
+#endif
+  for (; i < last; ++i) {
     uint64_t z = 0;
     for (size_t b = 0; b < E; ++b) z |= uint64_t{planes[b * count + i]} << (8 * b);
     const uint64_t v = ApplyZigzag<E>(LoadElement<E>(out + i * E), z, undo);
@@ -264,27 +372,64 @@ void MergePlanesDiffT(const uint8_t* planes, size_t count, size_t first, size_t 
   }
 }
 
+// Elements [first, last) of planes from cur (^ base): the vector loop for runs of 16, the
+// byte loop for the rest.
 template <size_t E>
 void SplitPlanesT(const uint8_t* cur, const uint8_t* base, size_t count, size_t first, size_t last,
                   uint8_t* planes) {
+  size_t i = first;
+#if defined(__SSE2__)
+  if constexpr (E > 1) {
+    for (; i + 16 <= last; i += 16) {
+      __m128i v[E];
+      for (size_t k = 0; k < E; ++k) {
+        v[k] = Load16(cur + i * E + 16 * k);
+        if (base != nullptr) v[k] = _mm_xor_si128(v[k], Load16(base + i * E + 16 * k));
+      }
+      ToPlanes<E>(v);
+      for (size_t b = 0; b < E; ++b) Store16(planes + b * count + i, v[b]);
+    }
+  }
+#endif
   for (size_t b = 0; b < E; ++b) {
     uint8_t* plane = planes + b * count;
     const uint8_t* c = cur + b;
     if (base != nullptr) {
       const uint8_t* o = base + b;
-      for (size_t i = first; i < last; ++i) plane[i] = c[i * E] ^ o[i * E];
+      for (size_t j = i; j < last; ++j) plane[j] = c[j * E] ^ o[j * E];
     } else {
-      for (size_t i = first; i < last; ++i) plane[i] = c[i * E];
+      for (size_t j = i; j < last; ++j) plane[j] = c[j * E];
     }
   }
 }
 
-template <size_t E>
-void MergePlanesXorT(const uint8_t* planes, size_t count, size_t first, size_t last, uint8_t* out) {
+// out[i * E + b] = (or ^=, with kXor) planes[b * count + i] for elements [first, last).
+template <size_t E, bool kXor>
+void MergePlanesT(const uint8_t* planes, size_t count, size_t first, size_t last, uint8_t* out) {
+  size_t i = first;
+#if defined(__SSE2__)
+  if constexpr (E > 1) {
+    for (; i + 16 <= last; i += 16) {
+      __m128i v[E];
+      for (size_t b = 0; b < E; ++b) v[b] = Load16(planes + b * count + i);
+      FromPlanes<E>(v);
+      for (size_t k = 0; k < E; ++k) {
+        uint8_t* o = out + i * E + 16 * k;
+        Store16(o, kXor ? _mm_xor_si128(Load16(o), v[k]) : v[k]);
+      }
+    }
+  }
+#endif
   for (size_t b = 0; b < E; ++b) {
     const uint8_t* plane = planes + b * count;
     uint8_t* o = out + b;
-    for (size_t i = first; i < last; ++i) o[i * E] ^= plane[i];
+    for (size_t j = i; j < last; ++j) {
+      if constexpr (kXor) {
+        o[j * E] ^= plane[j];
+      } else {
+        o[j * E] = plane[j];
+      }
+    }
   }
 }
 
@@ -323,7 +468,14 @@ void SplitPlanes(const uint8_t* cur, const uint8_t* base, size_t count, size_t e
 
 void MergePlanesXor(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
                     uint8_t* out) {
-  WithElementSize(esize, [&]<size_t E>() { MergePlanesXorT<E>(planes, count, first, last, out); });
+  WithElementSize(esize,
+                  [&]<size_t E>() { MergePlanesT<E, true>(planes, count, first, last, out); });
+}
+
+void MergePlanes(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
+                 uint8_t* out) {
+  WithElementSize(esize,
+                  [&]<size_t E>() { MergePlanesT<E, false>(planes, count, first, last, out); });
 }
 
 void GatherPlanes(const uint8_t* cur, size_t count, size_t esize, size_t at, size_t len,

@@ -59,6 +59,10 @@ void GatherPlanes(const uint8_t* cur, size_t count, size_t esize, size_t at, siz
 // applies a dense delta. Applying it twice restores out (XOR is an involution).
 void MergePlanesXor(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
                     uint8_t* out);
+// The same, storing: out[i * esize + b] = planes[b * count + i] (merges planes without zeroing
+// out first).
+void MergePlanes(const uint8_t* planes, size_t count, size_t esize, size_t first, size_t last,
+                 uint8_t* out);
 
 // The kDiff versions: planes of ZigzagDelta(cur, base) per element, and the inverse applied
 // to out (out += delta, or out -= delta with undo).

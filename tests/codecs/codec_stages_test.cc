@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <vector>
@@ -225,6 +226,101 @@ TEST(CodecStages, PlanesSplitMergeRoundTrip) {
       EXPECT_EQ(out, cur);
       MergePlanesXor(planes.data(), count, esize, 0, count, out.data());  // involution
       EXPECT_EQ(out, base);
+    }
+  }
+}
+
+// The kernels take 16 elements at a time where they can and the rest byte by byte: every
+// range, aligned or not, shorter or longer than 16, gives what the definitions say, and
+// touches no element outside it.
+TEST(CodecStages, PlanesKernelsKeepToTheirRangeAtEveryOffset) {
+  std::mt19937_64 rng(5);
+  for (size_t esize : {1, 2, 4, 8}) {
+    const size_t count = 70;
+    std::vector<uint8_t> cur(count * esize), base(count * esize), planes_in(count * esize);
+    for (auto& b : cur) b = static_cast<uint8_t>(rng());
+    for (auto& b : base) b = static_cast<uint8_t>(rng());
+    for (auto& b : planes_in) b = static_cast<uint8_t>(rng());
+    for (size_t first = 0; first <= 20; ++first) {
+      for (size_t len : {0, 1, 15, 16, 17, 33, 48}) {
+        const size_t last = std::min(count, first + len);
+        for (const uint8_t* with :
+             {static_cast<const uint8_t*>(base.data()), static_cast<const uint8_t*>(nullptr)}) {
+          std::vector<uint8_t> planes(count * esize, 0xA5);
+          SplitPlanes(cur.data(), with, count, esize, first, last, planes.data());
+          for (size_t i = 0; i < count; ++i) {
+            for (size_t b = 0; b < esize; ++b) {
+              const uint8_t want = (i < first || i >= last) ? uint8_t{0xA5}
+                                   : with != nullptr ? cur[i * esize + b] ^ base[i * esize + b]
+                                                     : cur[i * esize + b];
+              ASSERT_EQ(planes[b * count + i], want)
+                  << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+            }
+          }
+        }
+        std::vector<uint8_t> stored = base, xored = base;
+        MergePlanes(planes_in.data(), count, esize, first, last, stored.data());
+        MergePlanesXor(planes_in.data(), count, esize, first, last, xored.data());
+        for (size_t i = 0; i < count; ++i) {
+          for (size_t b = 0; b < esize; ++b) {
+            const size_t at = i * esize + b;
+            const bool in = i >= first && i < last;
+            const uint8_t plane = planes_in[b * count + i];
+            ASSERT_EQ(stored[at], in ? plane : base[at])
+                << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+            ASSERT_EQ(xored[at], in ? static_cast<uint8_t>(base[at] ^ plane) : base[at])
+                << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The same for the kDiff kernels, against ZigzagDelta and ApplyZigzag element by element;
+// lanes whose delta is negative, zero and the most negative value included.
+TEST(CodecStages, DiffPlanesKernelsKeepToTheirRangeAtEveryOffset) {
+  std::mt19937_64 rng(9);
+  for (size_t esize : {1, 2, 4, 8}) {
+    const size_t count = 70;
+    std::vector<uint8_t> cur(count * esize), base(count * esize);
+    for (auto& b : cur) b = static_cast<uint8_t>(rng());
+    for (auto& b : base) b = static_cast<uint8_t>(rng());
+    std::copy_n(base.begin() + 3 * esize, esize, cur.begin() + 3 * esize);  // delta 0
+    for (size_t b = 0; b < esize; ++b) {  // cur - base = the most negative value
+      cur[5 * esize + b] = b + 1 == esize ? 0x80 : 0;
+      base[5 * esize + b] = 0;
+    }
+    const auto element = [&](const std::vector<uint8_t>& v, size_t i) {
+      uint64_t x = 0;
+      std::memcpy(&x, v.data() + i * esize, esize);
+      return x;
+    };
+    for (size_t first = 0; first <= 20; ++first) {
+      for (size_t len : {0, 1, 15, 16, 17, 33, 48}) {
+        const size_t last = std::min(count, first + len);
+        std::vector<uint8_t> planes(count * esize, 0xA5);
+        SplitPlanesDiff(cur.data(), base.data(), count, esize, first, last, planes.data());
+        std::vector<uint8_t> applied = base, undone = cur;
+        MergePlanesDiff(planes.data(), count, esize, first, last, /*undo=*/false, applied.data());
+        MergePlanesDiff(planes.data(), count, esize, first, last, /*undo=*/true, undone.data());
+        for (size_t i = 0; i < count; ++i) {
+          const bool in = i >= first && i < last;
+          const uint64_t c = element(cur, i), o = element(base, i);
+          const uint64_t z = esize == 1   ? ZigzagDelta<1>(c, o)
+                             : esize == 2 ? ZigzagDelta<2>(c, o)
+                             : esize == 4 ? ZigzagDelta<4>(c, o)
+                                          : ZigzagDelta<8>(c, o);
+          for (size_t b = 0; b < esize; ++b) {
+            ASSERT_EQ(planes[b * count + i], in ? static_cast<uint8_t>(z >> (8 * b)) : 0xA5)
+                << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+          }
+          ASSERT_EQ(element(applied, i), in ? element(cur, i) : element(base, i))
+              << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+          ASSERT_EQ(element(undone, i), in ? element(base, i) : element(cur, i))
+              << "esize " << esize << " [" << first << ", " << last << ") element " << i;
+        }
+      }
     }
   }
 }
