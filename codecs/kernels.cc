@@ -284,6 +284,37 @@ inline void FromPlanes(__m128i (&v)[E]) {
     for (size_t k = 0; k < E; ++k) v[k] = t[k];
   }
 }
+
+// The vector part of a split: runs of 16 elements from first, each run's E vectors made by
+// load(byte offset of the vector) and stored as planes. Returns where the runs end.
+template <size_t E, class Load>
+size_t SplitRuns(size_t count, size_t first, size_t last, uint8_t* planes, Load load) {
+  size_t i = first;
+  for (; i + 16 <= last; i += 16) {
+    __m128i v[E];
+    for (size_t k = 0; k < E; ++k) v[k] = load(i * E + 16 * k);
+    ToPlanes<E>(v);
+    for (size_t b = 0; b < E; ++b) Store16(planes + b * count + i, v[b]);
+  }
+  return i;
+}
+
+// The vector part of a merge: out's vectors become combine(out's, the planes' elements).
+template <size_t E, class Combine>
+size_t MergeRuns(const uint8_t* planes, size_t count, size_t first, size_t last, uint8_t* out,
+                 Combine combine) {
+  size_t i = first;
+  for (; i + 16 <= last; i += 16) {
+    __m128i v[E];
+    for (size_t b = 0; b < E; ++b) v[b] = Load16(planes + b * count + i);
+    FromPlanes<E>(v);
+    for (size_t k = 0; k < E; ++k) {
+      uint8_t* o = out + i * E + 16 * k;
+      Store16(o, combine(Load16(o), v[k]));
+    }
+  }
+  return i;
+}
 #endif
 
 #if defined(__SSE2__)
@@ -331,14 +362,9 @@ void SplitPlanesDiffT(const uint8_t* cur, const uint8_t* base, size_t count, siz
   size_t i = first;
 #if defined(__SSE2__)
   if constexpr (E > 1) {
-    for (; i + 16 <= last; i += 16) {
-      __m128i v[E];
-      for (size_t k = 0; k < E; ++k) {
-        v[k] = ZigzagDeltaV<E>(Load16(cur + i * E + 16 * k), Load16(base + i * E + 16 * k));
-      }
-      ToPlanes<E>(v);
-      for (size_t b = 0; b < E; ++b) Store16(planes + b * count + i, v[b]);
-    }
+    i = SplitRuns<E>(count, first, last, planes, [&](size_t at) {
+      return ZigzagDeltaV<E>(Load16(cur + at), Load16(base + at));
+    });
   }
 #endif
   for (; i < last; ++i) {
@@ -353,15 +379,8 @@ void MergePlanesDiffT(const uint8_t* planes, size_t count, size_t first, size_t 
   size_t i = first;
 #if defined(__SSE2__)
   if constexpr (E > 1) {
-    for (; i + 16 <= last; i += 16) {
-      __m128i v[E];
-      for (size_t b = 0; b < E; ++b) v[b] = Load16(planes + b * count + i);
-      FromPlanes<E>(v);
-      for (size_t k = 0; k < E; ++k) {
-        uint8_t* o = out + i * E + 16 * k;
-        Store16(o, ApplyZigzagV<E>(Load16(o), v[k], undo));
-      }
-    }
+    i = MergeRuns<E>(planes, count, first, last, out,
+                     [&](__m128i o, __m128i z) { return ApplyZigzagV<E>(o, z, undo); });
   }
 #endif
   for (; i < last; ++i) {
@@ -380,15 +399,10 @@ void SplitPlanesT(const uint8_t* cur, const uint8_t* base, size_t count, size_t 
   size_t i = first;
 #if defined(__SSE2__)
   if constexpr (E > 1) {
-    for (; i + 16 <= last; i += 16) {
-      __m128i v[E];
-      for (size_t k = 0; k < E; ++k) {
-        v[k] = Load16(cur + i * E + 16 * k);
-        if (base != nullptr) v[k] = _mm_xor_si128(v[k], Load16(base + i * E + 16 * k));
-      }
-      ToPlanes<E>(v);
-      for (size_t b = 0; b < E; ++b) Store16(planes + b * count + i, v[b]);
-    }
+    i = SplitRuns<E>(count, first, last, planes, [&](size_t at) {
+      return base != nullptr ? _mm_xor_si128(Load16(cur + at), Load16(base + at))
+                             : Load16(cur + at);
+    });
   }
 #endif
   for (size_t b = 0; b < E; ++b) {
@@ -409,15 +423,8 @@ void MergePlanesT(const uint8_t* planes, size_t count, size_t first, size_t last
   size_t i = first;
 #if defined(__SSE2__)
   if constexpr (E > 1) {
-    for (; i + 16 <= last; i += 16) {
-      __m128i v[E];
-      for (size_t b = 0; b < E; ++b) v[b] = Load16(planes + b * count + i);
-      FromPlanes<E>(v);
-      for (size_t k = 0; k < E; ++k) {
-        uint8_t* o = out + i * E + 16 * k;
-        Store16(o, kXor ? _mm_xor_si128(Load16(o), v[k]) : v[k]);
-      }
-    }
+    i = MergeRuns<E>(planes, count, first, last, out,
+                     [](__m128i o, __m128i p) { return kXor ? _mm_xor_si128(o, p) : p; });
   }
 #endif
   for (size_t b = 0; b < E; ++b) {
