@@ -246,8 +246,8 @@ R WithElementSize(size_t esize, F&& f) {
 
 #if defined(__SSE2__)
 // 16 elements of E bytes at a time, all planes in one pass (the byte loops below make E passes
-// with stride E, about a quarter of the speed). The E vectors of 16 elements are taken apart
-// by log2(E) rounds of Split2 (even and odd bytes of 32), which leave byte b of the 16
+// with stride E: several times slower, the merge most). The E vectors of 16 elements are taken
+// apart by log2(E) rounds of Split2 (even and odd bytes of 32), which leave byte b of the 16
 // elements in vector b; Interleave2, its inverse, puts them back together.
 inline void Split2(__m128i a, __m128i b, __m128i* even, __m128i* odd) {
   const __m128i low = _mm_set1_epi16(0x00ff);
@@ -315,44 +315,56 @@ size_t MergeRuns(const uint8_t* planes, size_t count, size_t first, size_t last,
   }
   return i;
 }
-#endif
 
-#if defined(__SSE2__)
-// ZigzagDelta and ApplyZigzag on the E-byte lanes of a vector (E = 2, 4, 8).
+// The lanes of a vector as E-byte integers (E = 2, 4, 8): the few operations ZigzagDelta and
+// ApplyZigzag need.
+template <size_t E>
+struct Lanes;
+template <>
+struct Lanes<2> {
+  static __m128i Add(__m128i a, __m128i b) { return _mm_add_epi16(a, b); }
+  static __m128i Sub(__m128i a, __m128i b) { return _mm_sub_epi16(a, b); }
+  static __m128i Shl1(__m128i a) { return _mm_slli_epi16(a, 1); }
+  static __m128i Shr1(__m128i a) { return _mm_srli_epi16(a, 1); }
+  static __m128i SignMask(__m128i a) { return _mm_srai_epi16(a, 15); }
+  static __m128i One() { return _mm_set1_epi16(1); }
+};
+template <>
+struct Lanes<4> {
+  static __m128i Add(__m128i a, __m128i b) { return _mm_add_epi32(a, b); }
+  static __m128i Sub(__m128i a, __m128i b) { return _mm_sub_epi32(a, b); }
+  static __m128i Shl1(__m128i a) { return _mm_slli_epi32(a, 1); }
+  static __m128i Shr1(__m128i a) { return _mm_srli_epi32(a, 1); }
+  static __m128i SignMask(__m128i a) { return _mm_srai_epi32(a, 31); }
+  static __m128i One() { return _mm_set1_epi32(1); }
+};
+template <>
+struct Lanes<8> {
+  static __m128i Add(__m128i a, __m128i b) { return _mm_add_epi64(a, b); }
+  static __m128i Sub(__m128i a, __m128i b) { return _mm_sub_epi64(a, b); }
+  static __m128i Shl1(__m128i a) { return _mm_slli_epi64(a, 1); }
+  static __m128i Shr1(__m128i a) { return _mm_srli_epi64(a, 1); }
+  // No 64-bit arithmetic shift in SSE2: the sign of each upper half, copied to both halves.
+  static __m128i SignMask(__m128i a) {
+    return _mm_shuffle_epi32(_mm_srai_epi32(a, 31), _MM_SHUFFLE(3, 3, 1, 1));
+  }
+  static __m128i One() { return _mm_set1_epi64x(1); }
+};
+
+// ZigzagDelta and ApplyZigzag (coding.h) on the lanes of a vector.
 template <size_t E>
 inline __m128i ZigzagDeltaV(__m128i cur, __m128i base) {
-  if constexpr (E == 2) {
-    const __m128i d = _mm_sub_epi16(cur, base);
-    return _mm_xor_si128(_mm_slli_epi16(d, 1), _mm_srai_epi16(d, 15));
-  } else if constexpr (E == 4) {
-    const __m128i d = _mm_sub_epi32(cur, base);
-    return _mm_xor_si128(_mm_slli_epi32(d, 1), _mm_srai_epi32(d, 31));
-  } else {
-    const __m128i d = _mm_sub_epi64(cur, base);
-    const __m128i sign = _mm_shuffle_epi32(_mm_srai_epi32(d, 31), _MM_SHUFFLE(3, 3, 1, 1));
-    return _mm_xor_si128(_mm_slli_epi64(d, 1), sign);
-  }
+  using L = Lanes<E>;
+  const __m128i d = L::Sub(cur, base);
+  return _mm_xor_si128(L::Shl1(d), L::SignMask(d));
 }
 
 template <size_t E>
 inline __m128i ApplyZigzagV(__m128i base, __m128i z, bool undo) {
-  const __m128i zero = _mm_setzero_si128();
-  if constexpr (E == 2) {
-    const __m128i one = _mm_set1_epi16(1);
-    const __m128i d =
-        _mm_xor_si128(_mm_srli_epi16(z, 1), _mm_sub_epi16(zero, _mm_and_si128(z, one)));
-    return undo ? _mm_sub_epi16(base, d) : _mm_add_epi16(base, d);
-  } else if constexpr (E == 4) {
-    const __m128i one = _mm_set1_epi32(1);
-    const __m128i d =
-        _mm_xor_si128(_mm_srli_epi32(z, 1), _mm_sub_epi32(zero, _mm_and_si128(z, one)));
-    return undo ? _mm_sub_epi32(base, d) : _mm_add_epi32(base, d);
-  } else {
-    const __m128i one = _mm_set1_epi64x(1);
-    const __m128i d =
-        _mm_xor_si128(_mm_srli_epi64(z, 1), _mm_sub_epi64(zero, _mm_and_si128(z, one)));
-    return undo ? _mm_sub_epi64(base, d) : _mm_add_epi64(base, d);
-  }
+  using L = Lanes<E>;
+  const __m128i d =
+      _mm_xor_si128(L::Shr1(z), L::Sub(_mm_setzero_si128(), _mm_and_si128(z, L::One())));
+  return undo ? L::Sub(base, d) : L::Add(base, d);
 }
 #endif
 

@@ -92,14 +92,10 @@ struct Big : SyncedObject {
   explicit Big(Client& c) : SyncedObject(c, "Big") {}
 };
 
-// Whether the file at path comes to contain text within timeout (polled every 10 ms).
+// Whether the file at path comes to contain text within timeout (read every 10 ms).
 bool FileComesToHave(const std::string& path, const std::string& text, milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (ReadFile(path).find(text) == std::string::npos) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
+  return WaitFor([&] { return ReadFile(path).find(text) != std::string::npos; }, timeout,
+                 milliseconds(10));
 }
 
 double Since(std::chrono::steady_clock::time_point t0) {

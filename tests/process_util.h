@@ -62,13 +62,14 @@ inline std::string UniqueCluster(const std::string& purpose) {
   return "t" + std::to_string(getpid()) + "_" + purpose;
 }
 
-// Polls pred until it holds or the deadline passes.
+// Polls pred (every `every`) until it holds or the deadline passes.
 template <class Pred>
-bool WaitFor(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+bool WaitFor(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(20),
+             std::chrono::microseconds every = std::chrono::microseconds(100)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!pred()) {
     if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    std::this_thread::sleep_for(every);
   }
   return true;
 }

@@ -521,27 +521,20 @@ void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
   delete ctx;
 }
 
-bool UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit) {
+void UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit) {
   if (!started_.load() || stop_.load() || !thread_.joinable() ||
       std::this_thread::get_id() == thread_.get_id()) {
-    return false;
+    return;
   }
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
-    bool ran = false;   // send_last ran and every flush began
-    bool sent = false;  // send_last sent something
-    size_t left = 0;    // flushes not done
+    bool ran = false;  // send_last ran and every flush began
+    size_t left = 0;   // flushes not done
   };
   auto w = std::make_shared<Wait>();
   Post([this, w, send_last = std::move(send_last)] {
-    if (!send_last()) {
-      std::lock_guard<std::mutex> lock(w->mu);
-      w->ran = true;
-      w->cv.notify_all();
-      return;
-    }
-    const std::vector<ucp_ep_h> eps = endpoints_;
+    const std::vector<ucp_ep_h> eps = send_last() ? endpoints_ : std::vector<ucp_ep_h>();
     {
       std::lock_guard<std::mutex> lock(w->mu);
       w->left = eps.size();
@@ -554,11 +547,10 @@ bool UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::m
     }
     std::lock_guard<std::mutex> lock(w->mu);
     w->ran = true;
-    w->sent = true;
     w->cv.notify_all();
   });
   std::unique_lock<std::mutex> lock(w->mu);
-  return w->cv.wait_for(lock, limit, [&] { return w->ran && w->left == 0; }) && w->sent;
+  w->cv.wait_for(lock, limit, [&] { return w->ran && w->left == 0; });
 }
 
 void UcxWorker::Close(ucp_ep_h ep) {

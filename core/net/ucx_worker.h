@@ -165,11 +165,10 @@ class UcxWorker {
   // deliver it).
   void Close(ucp_ep_h ep);
   // For a clean shutdown: runs send_last on the progress thread (it sends a last frame to
-  // the peers, a goodbye, and returns whether it sent anything), then waits until everything
-  // sent on every endpoint reached its peer, at most `limit`. Whether it all did (false when
-  // send_last sent nothing). Thread-safe; not on the progress thread, and before Stop()
-  // (false at once otherwise).
-  bool SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit);
+  // the peers, a goodbye, and returns whether it sent anything), then, if it did, waits until
+  // everything sent on every endpoint reached its peer, at most `limit`. Thread-safe; not on
+  // the progress thread, and before Stop() (it returns at once otherwise).
+  void SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit);
 
  private:
   UcxWorker(const UcxOptions& options, Handler* handler) : options_(options), handler_(handler) {}
