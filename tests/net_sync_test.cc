@@ -537,7 +537,9 @@ void ExpectSilenceNoticedWhile(const char* doing, const std::function<void(NetOp
   ASSERT_EQ(kill(hub.pid(), SIGCONT), 0);
   EXPECT_TRUE(WaitFor([&] { return ca->stats().reconnects >= 1; }, seconds(30)))
       << "the silent hub went unnoticed while " << doing;
-  EXPECT_EQ(hub.Stop(), 0);
+  // A hub that flushed the reconnected client for its goodbye aborted here in UCX's TCP
+  // transport (an assertion), in a third to a half of the runs under ASan.
+  EXPECT_EQ(hub.Stop(), 0) << "the hub did not exit cleanly on SIGTERM";
 }
 
 TEST(NetReconnect, AWaitingReaderDoesNotKeepASilentHubAlive) {

@@ -67,12 +67,12 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
 Hub::~Hub() {
   // Clients hear that the hub is going (they reconnect, with backoff), not an endpoint error.
   if (worker_) {
-    worker_->SendLastAndFlush(
-        [this] {
+    worker_->SendLast(
+        [this](const net::UcxWorker::SendDone& sent) {
           auto bye = std::make_shared<const net::Frame>(net::Encode(net::ErrorMsg{
               net::ErrorCode::kShuttingDown, /*fatal=*/true, 0, "the hub is shutting down"}));
-          for (const auto& [ep, peer] : peers_) worker_->Send(ep, bye);
-          return !peers_.empty();
+          for (const auto& [ep, peer] : peers_) worker_->Send(ep, bye, sent);
+          return peers_.size();
         },
         net::kGoodbyeLimit);
   }

@@ -80,12 +80,12 @@ Status NetClient::Connect() {
   return state_ == State::kReady ? Status::Ok() : failure_;
 }
 
-void NetClient::SendFrame(std::shared_ptr<const Frame> frame) {
+void NetClient::SendFrame(std::shared_ptr<const Frame> frame, UcxWorker::SendDone done) {
   if (ep_ == nullptr || !worker_) return;  // (no worker: posted work run as it goes)
   CounterShard& c = shard();
   Count(c.bytes_sent, frame->size());
   Count(c.packets_sent, 1);
-  worker_->Send(ep_, std::move(frame));
+  worker_->Send(ep_, std::move(frame), std::move(done));
 }
 
 void NetClient::SendSplitFrame(std::shared_ptr<const Frame> head, const SegmentTail& tail,
@@ -152,18 +152,20 @@ void NetClient::Fail(Status status) {
 
 void NetClient::SayGoodbye() {
   if (!worker_) return;
-  worker_->SendLastAndFlush(
-      [this] {
+  worker_->SendLast(
+      [this](const UcxWorker::SendDone& sent) -> size_t {
         {
           std::lock_guard<std::mutex> lock(mu_);
-          if (state_ != State::kReady && state_ != State::kResyncing) return false;
+          if (state_ != State::kReady && state_ != State::kResyncing) return 0;
           state_ = State::kFailed;
           failure_ = Status::Unavailable("the client is closed");
         }
-        if (ep_ == nullptr) return false;
-        SendFrame(std::make_shared<const Frame>(Encode(ErrorMsg{
-            ErrorCode::kShuttingDown, /*fatal=*/true, 0, "the client closed its connection"})));
-        return true;
+        if (ep_ == nullptr) return 0;
+        SendFrame(
+            std::make_shared<const Frame>(Encode(ErrorMsg{ErrorCode::kShuttingDown, /*fatal=*/true,
+                                                          0, "the client closed its connection"})),
+            sent);
+        return 1;
       },
       kGoodbyeLimit);
 }

@@ -240,7 +240,7 @@ class NetClient final : public Client, public UcxWorker::Handler {
   void TryReconnect();
   void StartResync();
   void FinishResync();
-  void SendFrame(std::shared_ptr<const Frame> frame);
+  void SendFrame(std::shared_ptr<const Frame> frame, UcxWorker::SendDone done = {});
   // Sends a request and waits for its answer. REQUIRES: not on the progress thread.
   // Pending::lost when the connection is down or went down before the answer. `more`
   // (optional) runs once the request is registered and `frame` on its way, on this thread, to

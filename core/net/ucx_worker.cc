@@ -521,7 +521,8 @@ void UcxWorker::Flush(ucp_ep_h ep, std::function<void(ucs_status_t)> done) {
   delete ctx;
 }
 
-void UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit) {
+void UcxWorker::SendLast(const std::function<size_t(const SendDone& sent)>& send_last,
+                         std::chrono::milliseconds limit) {
   if (!started_.load() || stop_.load() || !thread_.joinable() ||
       std::this_thread::get_id() == thread_.get_id()) {
     return;
@@ -529,28 +530,24 @@ void UcxWorker::SendLastAndFlush(std::function<bool()> send_last, std::chrono::m
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
-    bool ran = false;  // send_last ran and every flush began
-    size_t left = 0;   // flushes not done
+    bool ran = false;  // send_last ran
+    size_t sent = 0;   // the sends it made
+    size_t done = 0;   // those completed (some may complete inside send_last)
   };
   auto w = std::make_shared<Wait>();
-  Post([this, w, send_last = std::move(send_last)] {
-    const std::vector<ucp_ep_h> eps = send_last() ? endpoints_ : std::vector<ucp_ep_h>();
-    {
+  Post([w, send_last] {
+    const size_t sent = send_last([w](ucs_status_t) {
       std::lock_guard<std::mutex> lock(w->mu);
-      w->left = eps.size();
-    }
-    for (ucp_ep_h ep : eps) {
-      Flush(ep, [w](ucs_status_t) {
-        std::lock_guard<std::mutex> lock(w->mu);
-        if (--w->left == 0) w->cv.notify_all();
-      });
-    }
+      ++w->done;
+      w->cv.notify_all();
+    });
     std::lock_guard<std::mutex> lock(w->mu);
     w->ran = true;
+    w->sent = sent;
     w->cv.notify_all();
   });
   std::unique_lock<std::mutex> lock(w->mu);
-  w->cv.wait_for(lock, limit, [&] { return w->ran && w->left == 0; });
+  w->cv.wait_for(lock, limit, [&] { return w->ran && w->done >= w->sent; });
 }
 
 void UcxWorker::Close(ucp_ep_h ep) {

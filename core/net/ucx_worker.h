@@ -164,11 +164,15 @@ class UcxWorker {
   // Closes an endpoint by force: what is still in flight on it is dropped (Flush first to
   // deliver it).
   void Close(ucp_ep_h ep);
-  // For a clean shutdown: runs send_last on the progress thread (it sends a last frame to
-  // the peers, a goodbye, and returns whether it sent anything), then, if it did, waits until
-  // everything sent on every endpoint reached its peer, at most `limit`. Thread-safe; not on
-  // the progress thread, and before Stop() (it returns at once otherwise).
-  void SendLastAndFlush(std::function<bool()> send_last, std::chrono::milliseconds limit);
+  using SendDone = std::function<void(ucs_status_t)>;
+  // For a clean shutdown: runs send_last on the progress thread, which sends the peers a last
+  // frame (a goodbye), each with `sent` as its completion, and returns how many it sent; then
+  // waits until those sends completed (the frames were handed to the transport), at most
+  // `limit`. Thread-safe; not on the progress thread, and before Stop() (it returns at once
+  // otherwise). It does not flush the endpoints: UCX 1.13's TCP transport aborted a hub that
+  // flushed a client which had reconnected while the hub was stopped (SIGSTOP).
+  void SendLast(const std::function<size_t(const SendDone& sent)>& send_last,
+                std::chrono::milliseconds limit);
 
  private:
   UcxWorker(const UcxOptions& options, Handler* handler) : options_(options), handler_(handler) {}
