@@ -325,6 +325,34 @@ struct TensorReader {
   AttrId attr{};
 };
 
+// A large first value (decoded by the hub on its applier thread, after the relay) that does
+// not verify: the writer is refused (not fatal) once the hub found out, nobody installs it, the
+// hub keeps serving; the same value sent again right lands, with the same version.
+TEST(NetHostile, ALargeWholeValueThatDoesNotVerifyIsRefusedAfterItsRelay) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  const auto v1 = testing::RawFloatTensor(size_t{2} << 20, 0.5f);  // 8 MiB
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  TensorReader reader(hub.port());
+  Frame bad = CodecWrite(2, d.attr_id, v1, {}, 0);
+  bad[bad.size() / 2] ^= std::byte{0x40};
+  p.Send(bad);
+  auto refused = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(refused.code, net::ErrorCode::kStaleBase) << refused.text;
+  EXPECT_FALSE(refused.fatal);
+  EXPECT_EQ(refused.request_id, 2u);
+  EXPECT_NE(refused.text.find("does not verify"), std::string::npos) << refused.text;
+  ExpectServes(hub.port());
+  EXPECT_EQ(reader.client->LatestVersion(reader.attr), 0u);
+  p.Send(CodecWrite(3, d.attr_id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   // A writer's corrupt delta is relayed before the hub applies it (it names the hub's base):
   // a real client subscribed to the attribute must refuse it, ask for the whole value, and

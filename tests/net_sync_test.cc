@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -41,8 +42,9 @@ NetOptions Options(uint16_t port) {
   o.request_timeout = milliseconds(60000);
   o.reconnect_backoff_min = milliseconds(20);
   o.reconnect_backoff_max = milliseconds(200);
-  // The hub answers no PING while it takes a large value whole: under the sanitizers on a
-  // loaded 2-core machine, more than the default keep-alive timeout (a 256 MiB value took
+  // The hub answers no PING while it takes a large value whole against one of the same shape
+  // (to re-encode it as a delta for its subscribers): under the sanitizers on a loaded 2-core
+  // machine, more than the default keep-alive timeout (a 256 MiB value took
   // longer than 10 s, and the client reconnected and sent it again, over and over).
   o.keepalive_timeout = milliseconds(120000);
   return o;
@@ -425,6 +427,57 @@ Tensor Board(int64_t fill) {
   auto* p = reinterpret_cast<int64_t*>(t.mutable_data());
   for (int64_t i = 0; i < 64 * 64; ++i) p[i] = i == fill ? -1 : i;
   return t;
+}
+
+// The longest of a client's scalar writes, one after another, until `until` returns true.
+double LongestWriteMs(Game& g, const std::function<bool()>& until) {
+  double longest = 0;
+  do {
+    const auto t0 = std::chrono::steady_clock::now();
+    g.score = g.score.get() + 1;
+    longest = std::max(
+        longest,
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  } while (!until());
+  return longest;
+}
+
+// A large whole value (the first of its attribute) is relayed at once and decoded on the
+// hub's applier thread: meanwhile the hub answers everyone else. Decoded on its progress
+// thread, it held back every other client's write for the whole decode (here, 256 MiB of
+// float32 that compresses to kilobytes: decompressing, merging and hashing it).
+TEST(NetDelta, AHubTakingALargeWholeValueGoesOnServingTheOthers) {
+  HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  auto ca = connect(Options(hub.port()));
+  auto cb = connect(Options(hub.port()));
+  auto cc = connect(Options(hub.port()));
+  Model a(*ca), b(*cb);
+  Game c(*cc);
+  Tensor w(DType::kFloat32, {int64_t{1} << 26});
+  auto* f = w.mutable_data_as<float>();
+  for (size_t i = 0; i < w.numel(); ++i) f[i] = static_cast<float>(i & 7);
+  const double quiet_ms = LongestWriteMs(c, [n = 0]() mutable { return ++n == 20; });
+  std::atomic<bool> written{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread writer([&] {
+    a.w = w;  // returns with the hub's WRITTEN, once it decoded the value
+    written.store(true);
+  });
+  const double busy_ms = LongestWriteMs(c, [&] { return written.load(); });
+  const double whole_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  writer.join();
+  ASSERT_TRUE(cb->WaitUntil([&] { return b.w.version() >= 1; }, Clock::now() + seconds(120)));
+  EXPECT_TRUE(b.w.get() == w);
+  EXPECT_EQ(a.w.version(), b.w.version());
+  std::printf("quiet: longest write %.2f ms; during the whole write (%.0f ms): %.2f ms\n", quiet_ms,
+              whole_ms, busy_ms);
+  // The whole write includes the hub's decode; c's writes went through meanwhile.
+  EXPECT_LT(busy_ms, std::max(quiet_ms * 10, whole_ms / 4))
+      << "quiet " << quiet_ms << " ms; while the hub took the value: longest write " << busy_ms
+      << " ms of " << whole_ms << " ms";
+  EXPECT_EQ(hub.Stop(), 0);
 }
 
 TEST(NetReconnect, HubKilledAndRestartedClientsReconnectAndConverge) {

@@ -635,6 +635,10 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     pending_.push_back(std::move(p));
     return;
   }
+  if (!delta && info->raw_bytes >= kWholeInBackgroundBytes &&
+      !net::SameTensorHeader(m.value, a.value())) {
+    return RelayWholeThenApply(ep, a, m, stamp, *info, std::move(write));
+  }
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
   Status st = DecodeInto(a, m.value, *info, &holder, &offset);
@@ -650,13 +654,51 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash, m.value, ep);
 }
 
+void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const Stamp& stamp,
+                              const net::CodecValueInfo& info, std::shared_ptr<net::Frame> write) {
+  constexpr size_t H = detail::kTensorHeaderBytes;
+  net::SegmentInfo s;
+  s.index = 0;
+  s.count = 1;
+  s.segment_bytes = s.bytes = info.raw_bytes - H;
+  s.raw_bytes = info.raw_bytes;
+  s.tensor_header = m.value.first(H);
+  s.frame = m.value.subspan(H);
+  s.info = info.frame;
+  auto o = std::make_shared<OpenSegments>();
+  o->ep = ep;
+  o->request_id = m.request_id;
+  o->count = 1;
+  o->stamp = stamp;
+  o->whole = true;
+  o->segments.push_back(s);
+  o->writes.push_back(std::move(write));  // m.value points into it
+  net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
+                stamp.write_ns, m.value,       /*codec=*/true};
+  auto relay = std::make_shared<const net::Frame>(net::Encode(u));
+  for (ucp_ep_h sub : a.subscribers) {
+    // UDP subscribers get the value once it is applied (Publish, in ApplyRelayed).
+    if (sub == ep || ByUdp(sub, m.attr_id, info.raw_bytes)) continue;
+    o->relayed.insert(sub);
+    SendCounted(sub, relay, o->sends_left);
+  }
+  auto p = std::make_shared<PendingApply>();
+  p->id = m.attr_id;
+  p->stamp = stamp;
+  p->sends_left = o->sends_left;
+  p->deadline_ns = NowNanos() + kApplyDeadlineNs;
+  p->segments = std::move(o);
+  pending_.push_back(std::move(p));
+}
+
 void Hub::Settle(uint32_t id) {
   SettleWhere([id](const PendingApply& p) { return id == kAll || p.id == id; });
 }
 
 bool Hub::SegmentsMayChain(uint32_t id) const {
-  return std::all_of(pending_.begin(), pending_.end(),
-                     [id](const auto& p) { return p->id != id || p->segments != nullptr; });
+  return std::all_of(pending_.begin(), pending_.end(), [id](const auto& p) {
+    return p->id != id || (p->segments != nullptr && !p->segments->whole);
+  });
 }
 
 Hub::Stamp Hub::Head(uint32_t id, const Attr& a) const {
@@ -751,6 +793,20 @@ void Hub::ApplyRelayed(PendingApply& p) {
   } else {
     st = DecodeInto(a, p.value, p.info, &holder, &offset);
   }
+  if (!st.ok() && p.segments && p.segments->whole) {
+    // Nothing was relayed against it (SegmentsMayChain): the hub keeps its value and version,
+    // and the writer hears, as when the hub decoded a whole value at once.
+    const OpenSegments& o = *p.segments;
+    Log("a whole value of " + a.object + "." + a.name + " from client " +
+        std::to_string(p.stamp.writer) + " did not verify after it was relayed (" + st.message() +
+        ")");
+    if (peers_.count(o.ep) != 0) {
+      Refuse(o.ep, o.request_id, net::ErrorCode::kStaleBase,
+             "the value of " + a.object + "." + a.name +
+                 " does not verify against the hub's: " + st.message() + "; send the whole value");
+    }
+    return;
+  }
   if (!st.ok()) {
     // Already relayed: its receivers drop it (it does not verify for them either). Publish
     // the value the hub kept at a newer version, so that everyone, the writer too, converges.
@@ -777,13 +833,22 @@ void Hub::ApplyRelayed(PendingApply& p) {
   }
   // The delta was relayed already: Publish sends it to no one again (UDP subscribers aside).
   std::shared_ptr<net::Frame> old = p.segments ? a.holder : nullptr;
-  Publish(p.id, a, p.stamp, std::move(holder), offset,
-          p.segments ? std::nullopt : std::optional<uint64_t>(p.info.frame.result_hash), ByteSpan(),
-          kEveryone);
+  const bool one_frame = p.segments && p.segments->whole;
+  std::optional<uint64_t> hash;  // of the whole value's data, when one frame covers it
+  if (!p.segments) hash = p.info.frame.result_hash;
+  if (one_frame) hash = p.segments->segments.front().info.result_hash;
+  Publish(p.id, a, p.stamp, std::move(holder), offset, hash, ByteSpan(), kEveryone);
   if (!p.segments) return;
   a.segment_hashes.clear();
-  for (const net::SegmentInfo& s : p.segments->segments) {
-    a.segment_hashes.push_back(s.info.result_hash);
+  if (one_frame) {
+    const OpenSegments& o = *p.segments;
+    if (peers_.count(o.ep) != 0) {
+      Send(o.ep, net::Encode(net::Written{o.request_id, p.id, p.stamp.version, p.stamp.clock}));
+    }
+  } else {
+    for (const net::SegmentInfo& s : p.segments->segments) {
+      a.segment_hashes.push_back(s.info.result_hash);
+    }
   }
   if (old && old.use_count() == 1 && old != a.holder && !a.spare &&
       total_value_bytes_ + spare_bytes_ + old->size() <= options_.max_total_value_bytes) {
@@ -882,11 +947,14 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
   } else {
     // Into the buffer the value before this one used, when free.
     if (a.spare) spare_bytes_ -= a.spare->size();
+    // The segments' tensor header and size: the base's, except for a whole value (whose base
+    // may be another tensor, or none).
+    const net::SegmentInfo& first = o.segments.front();
     out = std::move(a.spare);
-    if (!out || out.use_count() != 1 || out->size() != base.size()) {
-      out = std::make_shared<net::Frame>(base.size());
+    if (!out || out.use_count() != 1 || out->size() != first.raw_bytes) {
+      out = std::make_shared<net::Frame>(first.raw_bytes);
     }
-    std::memcpy(out->data(), base.data(), H);
+    std::memcpy(out->data(), first.tensor_header.data(), H);
   }
   auto job = std::make_shared<ApplyJob>();
   const bool known_base = a.segment_hashes.size() == o.count;
@@ -896,7 +964,8 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
         {reinterpret_cast<const uint8_t*>(s.frame.data()), s.frame.size(), s.offset, s.bytes,
          known_base ? std::optional<uint64_t>(a.segment_hashes[i]) : std::nullopt});
   }
-  job->base = reinterpret_cast<const uint8_t*>(base.data()) + H;
+  // (A whole value has no base: full frames do not read it.)
+  job->base = base.size() >= H ? reinterpret_cast<const uint8_t*>(base.data()) + H : nullptr;
   job->out = reinterpret_cast<uint8_t*>(out->data()) + out_offset + H;
   job->in_place = in_place;
   // The frames, the value applied to (no one replaces it before the job ended: that takes
