@@ -315,6 +315,23 @@ TEST(NetProtocol, EveryMessageRoundTrips) {
   EXPECT_EQ(Str(ByteSpan(all[9]).subspan(kUpdateValueOffset)), kValue);
 }
 
+// A head and the value's remaining bytes, as SendSplit puts them together, are the frame.
+TEST(NetProtocol, AnUpdateHeadAndItsValueMakeTheUpdate) {
+  const std::string v = "a value sent from elsewhere";
+  const ByteSpan value(reinterpret_cast<const std::byte*>(v.data()), v.size());
+  Update m{4, 7, 8, 3, -2, value, /*codec=*/true};
+  const Frame whole = Encode(m);
+  for (size_t head_bytes : {size_t{0}, size_t{5}, v.size()}) {
+    Frame f = EncodeUpdateHead(m, v.size(), head_bytes);
+    ASSERT_EQ(f.size(), kUpdateValueOffset + head_bytes);
+    f.insert(f.end(), value.begin() + static_cast<ptrdiff_t>(head_bytes), value.end());
+    EXPECT_TRUE(std::equal(f.begin(), f.end(), whole.begin(), whole.end())) << head_bytes;
+    auto u = DecodeUpdate(Payload(f));
+    ASSERT_TRUE(u.ok());
+    EXPECT_EQ(Str(u->value), v);
+  }
+}
+
 TEST(NetProtocol, EveryTruncationIsCorruptionNotACrash) {
   for (const Frame& f : AllMessages()) {
     // Cut anywhere: the header no longer matches the frame.

@@ -446,7 +446,7 @@ double LongestWriteMs(Game& g, const std::function<bool()>& until) {
 // hub's applier thread: meanwhile the hub answers everyone else. Decoded on its progress
 // thread, it held back every other client's write for the whole decode (here, 256 MiB of
 // float32 that compresses to kilobytes: decompressing, merging and hashing it).
-TEST(NetDelta, AHubTakingALargeWholeValueGoesOnServingTheOthers) {
+TEST(NetDelta, AHubTakingA256MibWholeValueGoesOnServingTheOthers) {
   HubProcess hub;
   ASSERT_NE(hub.port(), 0);
   auto ca = connect(Options(hub.port()));

@@ -79,6 +79,7 @@ void BackgroundApply::Run() {
       job = job_;
     }
     Status status;
+    if (job->prepare && !job->stop.load()) std::exchange(job->prepare, nullptr)(*job);
     for (size_t i = job->first; i < job->segments.size() && !job->stop.load(); ++i) {
       status = ApplySegment(decoder, *job, i);
       if (!status.ok()) break;

@@ -49,6 +49,9 @@ struct ApplyJob {
   const uint8_t* base = nullptr;  // tensor data the segments apply to (read only, unless
                                   // in place)
   uint8_t* out = nullptr;         // tensor data they go into; no one else touches it meanwhile
+  // When set, makes out: run once, before the first segment, by whoever applies it (the
+  // applier thread, or the hub's progress thread doing what the applier did not get to).
+  std::function<void(ApplyJob&)> prepare;
   // out is base: each segment is applied in place (a segment that does not verify is left as
   // it was; RevertApplied undoes the ones before it). Every segment is then a delta.
   bool in_place = false;

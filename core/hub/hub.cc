@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace easysync::hub {
 namespace {
@@ -672,15 +673,25 @@ void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const S
   o->stamp = stamp;
   o->whole = true;
   o->segments.push_back(s);
-  o->writes.push_back(std::move(write));  // m.value points into it
+  o->writes.push_back(write);  // m.value points into it
   net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
                 stamp.write_ns, m.value,       /*codec=*/true};
-  auto relay = std::make_shared<const net::Frame>(net::Encode(u));
+  // The relay's value is sent from the WRITE frame (no copy of it on this thread); each send
+  // keeps that frame alive. (Where UCX takes no header that long, the frame whole.)
+  auto head = std::make_shared<const net::Frame>(net::EncodeUpdateHead(u, m.value.size(), 0));
+  const bool split = head->size() <= worker_->max_frame_head();
+  if (!split) head = std::make_shared<const net::Frame>(net::Encode(u));
   for (ucp_ep_h sub : a.subscribers) {
     // UDP subscribers get the value once it is applied (Publish, in ApplyRelayed).
     if (sub == ep || ByUdp(sub, m.attr_id, info.raw_bytes)) continue;
     o->relayed.insert(sub);
-    SendCounted(sub, relay, o->sends_left);
+    if (!split) {
+      SendCounted(sub, head, o->sends_left);
+      continue;
+    }
+    ++*o->sends_left;
+    worker_->SendSplit(sub, head, m.value.data(), m.value.size(), UCS_MEMORY_TYPE_HOST,
+                       [in_flight = o->sends_left, keep = write](ucs_status_t) { --*in_flight; });
   }
   auto p = std::make_shared<PendingApply>();
   p->id = m.attr_id;
@@ -772,6 +783,7 @@ void Hub::ApplyRelayed(PendingApply& p) {
     } else {
       job = MakeJob(a, p);
     }
+    if (job->prepare) std::exchange(job->prepare, nullptr)(*job);
     for (size_t i = job->applied.load(); st.ok() && i < job->segments.size(); ++i) {
       st = ApplySegment(decoder_, *job, i);
       if (st.ok()) job->applied.store(i + 1);
@@ -939,24 +951,31 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
                                                            [](const net::SegmentInfo& s) {
                                                              return s.info.is_full_value();
                                                            });
+  auto job = std::make_shared<ApplyJob>();
   std::shared_ptr<net::Frame> out;
   size_t out_offset = 0;
   if (in_place) {
     out = a.holder;
     out_offset = a.offset;
+  } else if (o.whole) {
+    // Its own tensor header and size (the base may be another tensor, or none). The buffer is
+    // made by whoever applies the job: the applier thread, off this one (in builds without
+    // optimization, sizing a vector of 1 GiB takes seconds).
+    out = std::make_shared<net::Frame>();
+    job->prepare = [frame = out.get(), s = o.segments.front()](ApplyJob& j) {
+      frame->resize(s.raw_bytes);
+      std::memcpy(frame->data(), s.tensor_header.data(), H);
+      j.out = reinterpret_cast<uint8_t*>(frame->data()) + H;
+    };
   } else {
     // Into the buffer the value before this one used, when free.
     if (a.spare) spare_bytes_ -= a.spare->size();
-    // The segments' tensor header and size: the base's, except for a whole value (whose base
-    // may be another tensor, or none).
-    const net::SegmentInfo& first = o.segments.front();
     out = std::move(a.spare);
-    if (!out || out.use_count() != 1 || out->size() != first.raw_bytes) {
-      out = std::make_shared<net::Frame>(first.raw_bytes);
+    if (!out || out.use_count() != 1 || out->size() != base.size()) {
+      out = std::make_shared<net::Frame>(base.size());
     }
-    std::memcpy(out->data(), first.tensor_header.data(), H);
+    std::memcpy(out->data(), base.data(), H);
   }
-  auto job = std::make_shared<ApplyJob>();
   const bool known_base = a.segment_hashes.size() == o.count;
   for (uint32_t i = 0; i < o.count; ++i) {
     const net::SegmentInfo& s = o.segments[i];
@@ -966,7 +985,7 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
   }
   // (A whole value has no base: full frames do not read it.)
   job->base = base.size() >= H ? reinterpret_cast<const uint8_t*>(base.data()) + H : nullptr;
-  job->out = reinterpret_cast<uint8_t*>(out->data()) + out_offset + H;
+  if (!job->prepare) job->out = reinterpret_cast<uint8_t*>(out->data()) + out_offset + H;
   job->in_place = in_place;
   // The frames, the value applied to (no one replaces it before the job ended: that takes
   // a Settle, which ends it first; no one reads it meanwhile either, in place) and the buffer

@@ -4,7 +4,9 @@
 #include <sodium.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -117,8 +119,10 @@ namespace {
 
 class Writer {
  public:
-  Writer(MsgType type, size_t payload_bytes, uint8_t flags = 0) {
-    out_.reserve(kHeaderBytes + payload_bytes);
+  // Room for at most reserve_bytes of the payload (a frame's head, whose value is sent from
+  // elsewhere: UcxWorker::SendSplit).
+  Writer(MsgType type, size_t payload_bytes, uint8_t flags = 0, size_t reserve_bytes = SIZE_MAX) {
+    out_.reserve(kHeaderBytes + std::min(payload_bytes, reserve_bytes));
     U32(kMagic);
     U16(kProtocolVersion);
     U8(static_cast<uint8_t>(type));
@@ -371,24 +375,27 @@ Frame Encode(const Written& m) {
   w.U64(m.clock);
   return w.Take();
 }
-Frame Encode(const Update& m) {
-  Writer w(MsgType::kUpdate, kUpdateValueOffset - kHeaderBytes + m.value.size(),
-           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)));
+Frame EncodeUpdateHead(const Update& m, size_t value_size, size_t head_bytes) {
+  Writer w(MsgType::kUpdate, kUpdateValueOffset - kHeaderBytes + value_size,
+           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)),
+           kUpdateValueOffset - kHeaderBytes + head_bytes);
   w.U32(m.attr_id);
   w.U32(m.writer);
   w.U64(m.version);
   w.U64(m.clock);
   w.U64(static_cast<uint64_t>(m.write_ns));
-  w.Raw(m.value.data(), m.value.size());
+  w.Raw(m.value.data(), head_bytes);
   return w.Take();
 }
+Frame Encode(const Update& m) { return EncodeUpdateHead(m, m.value.size(), m.value.size()); }
 Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*)> fill) {
   return EncodeWriteHead(m, value_size, value_size, fill);
 }
 Frame EncodeWriteHead(const Write& m, size_t value_size, size_t head_bytes,
                       FunctionRef<void(std::byte*)> fill) {
   Writer w(MsgType::kWrite, kWriteValueOffset - kHeaderBytes + value_size,
-           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)));
+           static_cast<uint8_t>((m.codec ? kFlagCodec : 0) | (m.segment ? kFlagSegment : 0)),
+           kWriteValueOffset - kHeaderBytes + head_bytes);
   w.U32(m.request_id);
   w.U32(m.attr_id);
   w.U64(m.clock);

@@ -246,6 +246,10 @@ Frame EncodeWrite(const Write& m, size_t value_size, FunctionRef<void(std::byte*
 // REQUIRES: head_bytes <= value_size.
 Frame EncodeWriteHead(const Write& m, size_t value_size, size_t head_bytes,
                       FunctionRef<void(std::byte*)> fill);
+// The first kUpdateValueOffset + head_bytes bytes of the UPDATE m with a value of value_size
+// bytes (m.value's first head_bytes go in): the head of a frame whose value is sent from
+// elsewhere (UcxWorker::SendSplit). REQUIRES: head_bytes <= m.value.size(), value_size.
+Frame EncodeUpdateHead(const Update& m, size_t value_size, size_t head_bytes);
 // Where the value starts in a WRITE, UPDATE or DECLARED frame.
 inline constexpr size_t kWriteValueOffset = kHeaderBytes + 24;
 inline constexpr size_t kUpdateValueOffset = kHeaderBytes + 32;
