@@ -46,6 +46,15 @@ class RawPeer : public net::UcxWorker::Handler {
       if (!closed_) worker_->Send(ep_, f);
     });
   }
+  // Two frames sent back to back, from one pass of the progress thread.
+  void SendBoth(Frame a, Frame b) {
+    worker_->Post([this, a = std::make_shared<const Frame>(std::move(a)),
+                   b = std::make_shared<const Frame>(std::move(b))] {
+      if (closed_) return;
+      worker_->Send(ep_, a);
+      worker_->Send(ep_, b);
+    });
+  }
   // The next frame the hub sent, or nullopt (connection gone, or the deadline passed).
   std::optional<Frame> Next(milliseconds timeout = milliseconds(20000)) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -299,6 +308,44 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   std::vector<std::byte> junk(300, std::byte{7});
   p.Send(net::Encode(net::Write{8, d.attr_id, 1, 0, junk, /*codec=*/true}));
   p.ExpectRejected(net::ErrorCode::kMalformed, "a WRITE with a bad codec value");
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// Two large first values sent back to back, where the hub may keep only one: the second
+// comes while the first is still being decoded (it is relayed at once, applied later), and
+// must count it.
+TEST(NetHostile, LargeWholeValuesBeingDecodedCountAgainstTheHubsBound) {
+  testing::HubProcess hub({"--max-total-value-bytes", std::to_string(12u << 20)});
+  ASSERT_NE(hub.port(), 0);
+  const auto v = testing::RawFloatTensor(size_t{2} << 20, 0.25f);  // 8 MiB
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const auto t = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  p.Send(net::Encode(net::Declare{2, ValueKind::kTensor, false, "H", "u", {}, false, 0, 0, false}));
+  const auto u = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  // The hub takes both before it applies the first.
+  p.SendBoth(CodecWrite(3, t.attr_id, v, {}, 0), CodecWrite(4, u.attr_id, v, {}, 0));
+  bool written = false, refused = false;
+  for (int i = 0; i < 2; ++i) {
+    auto f = p.Next();
+    ASSERT_TRUE(f.has_value());
+    auto h = net::DecodeHeader(*f, 1u << 30);
+    ASSERT_TRUE(h.ok());
+    if (h->type == net::MsgType::kWritten) {
+      written = true;
+      EXPECT_EQ(net::DecodeWritten(net::Payload(*f))->request_id, 3u);
+    } else {
+      ASSERT_EQ(h->type, net::MsgType::kError);
+      auto e = net::DecodeError(net::Payload(*f));
+      ASSERT_TRUE(e.ok());
+      EXPECT_EQ(e->code, net::ErrorCode::kHubFull) << e->text;
+      EXPECT_EQ(e->request_id, 4u);
+      refused = true;
+    }
+  }
+  EXPECT_TRUE(written && refused);
   ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }

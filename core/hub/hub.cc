@@ -351,7 +351,7 @@ void Hub::Refuse(ucp_ep_h ep, uint32_t request_id, net::ErrorCode code, std::str
 }
 
 bool Hub::Fits(ucp_ep_h ep, uint32_t request_id, const Attr& a, size_t bytes) {
-  const uint64_t after = total_value_bytes_ - a.value().size() + bytes;
+  const uint64_t after = total_value_bytes_ + pending_whole_bytes_ - a.value().size() + bytes;
   if (after <= options_.max_total_value_bytes) return true;
   Refuse(ep, request_id, net::ErrorCode::kHubFull,
          "the hub keeps at most " + std::to_string(options_.max_total_value_bytes) +
@@ -693,6 +693,7 @@ void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const S
     worker_->SendSplit(sub, head, m.value.data(), m.value.size(), UCS_MEMORY_TYPE_HOST,
                        [in_flight = o->sends_left, keep = write](ucs_status_t) { --*in_flight; });
   }
+  pending_whole_bytes_ += info.raw_bytes;
   auto p = std::make_shared<PendingApply>();
   p->id = m.attr_id;
   p->stamp = stamp;
@@ -802,6 +803,7 @@ void Hub::ApplyRelayed(PendingApply& p) {
     }
     holder = std::move(p.out);
     offset = p.out_offset;
+    if (p.segments->whole) pending_whole_bytes_ -= p.segments->segments.front().raw_bytes;
   } else {
     st = DecodeInto(a, p.value, p.info, &holder, &offset);
   }
@@ -1175,7 +1177,7 @@ void Hub::HandleDatagram(const net::UdpAddress& from, ByteSpan datagram) {
   } else {
     holder = std::make_shared<net::Frame>(done->value.begin(), done->value.end());
   }
-  if (total_value_bytes_ - a.value().size() + (holder->size() - offset) >
+  if (total_value_bytes_ + pending_whole_bytes_ - a.value().size() + (holder->size() - offset) >
       options_.max_total_value_bytes) {
     return;  // over the hub's bound: dropped (best effort); the writer sends it again
   }

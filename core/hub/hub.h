@@ -258,6 +258,9 @@ class Hub final : public net::UcxWorker::Handler {
   std::vector<Attr> attrs_;
   std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
   uint64_t total_value_bytes_ = 0;
+  // Of the whole values relayed and not yet applied (RelayWholeThenApply): counted against
+  // max_total_value_bytes already, so that two of them cannot both fit where one does.
+  uint64_t pending_whole_bytes_ = 0;
   // Of the attributes' spare buffers (Attr::spare), kept only while values and spares
   // together stay within max_total_value_bytes.
   uint64_t spare_bytes_ = 0;
