@@ -312,44 +312,6 @@ TEST(NetHostile, TensorDeltasAreVerifiedByTheHub) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
-// Two large first values sent back to back, where the hub may keep only one: the second
-// comes while the first is still being decoded (it is relayed at once, applied later), and
-// must count it.
-TEST(NetHostile, LargeWholeValuesBeingDecodedCountAgainstTheHubsBound) {
-  testing::HubProcess hub({"--max-total-value-bytes", std::to_string(12u << 20)});
-  ASSERT_NE(hub.port(), 0);
-  const auto v = testing::RawFloatTensor(size_t{2} << 20, 0.25f);  // 8 MiB
-  RawPeer p(hub.port());
-  Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const auto t = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
-  p.Send(net::Encode(net::Declare{2, ValueKind::kTensor, false, "H", "u", {}, false, 0, 0, false}));
-  const auto u = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
-  // The hub takes both before it applies the first.
-  p.SendBoth(CodecWrite(3, t.attr_id, v, {}, 0), CodecWrite(4, u.attr_id, v, {}, 0));
-  bool written = false, refused = false;
-  for (int i = 0; i < 2; ++i) {
-    auto f = p.Next();
-    ASSERT_TRUE(f.has_value());
-    auto h = net::DecodeHeader(*f, 1u << 30);
-    ASSERT_TRUE(h.ok());
-    if (h->type == net::MsgType::kWritten) {
-      written = true;
-      EXPECT_EQ(net::DecodeWritten(net::Payload(*f))->request_id, 3u);
-    } else {
-      ASSERT_EQ(h->type, net::MsgType::kError);
-      auto e = net::DecodeError(net::Payload(*f));
-      ASSERT_TRUE(e.ok());
-      EXPECT_EQ(e->code, net::ErrorCode::kHubFull) << e->text;
-      EXPECT_EQ(e->request_id, 4u);
-      refused = true;
-    }
-  }
-  EXPECT_TRUE(written && refused);
-  ExpectServes(hub.port());
-  EXPECT_EQ(hub.Stop(), 0);
-}
-
 // A real client reading attribute H.t (a tensor), and whether it holds exactly `want`.
 struct TensorReader {
   explicit TensorReader(uint16_t port, int decode_threads = -1) {
@@ -397,6 +359,82 @@ TEST(NetHostile, ALargeWholeValueThatDoesNotVerifyIsRefusedAfterItsRelay) {
   p.Send(CodecWrite(3, d.attr_id, v1, {}, 0));
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
   EXPECT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// A large whole value of the shape the subscribers hold: decoded on the applier thread, which
+// then encodes their UPDATE as a delta against the value it replaces.
+TEST(NetHostile, ALargeWholeValueOfAKnownShapeReachesTheSubscribersAsADelta) {
+  testing::HubProcess hub;
+  ASSERT_NE(hub.port(), 0);
+  const auto v1 = testing::RawFloatTensor(size_t{2} << 20, 0.5f);  // 8 MiB
+  auto v2 = v1;
+  reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[12345] = -1.0f;
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
+  TensorReader reader(hub.port());
+  ASSERT_TRUE(reader.Holds(v1));
+  const Stats before = reader.client->stats();
+  p.Send(CodecWrite(3, d.attr_id, v2, {}, 0));  // whole, though the hub holds v1
+  EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
+  EXPECT_TRUE(testing::WaitFor([&] { return reader.Holds(v2); }));
+  const Stats st = reader.client->stats();
+  EXPECT_EQ(st.deltas_recv, before.deltas_recv + 1);
+  EXPECT_LT(st.bytes_recv - before.bytes_recv, v1.size() / 100) << "the UPDATE was not a delta";
+  // A corrupt one: refused, and the reader never hears of it.
+  Frame bad = CodecWrite(4, d.attr_id, v1, {}, 0);
+  bad[bad.size() / 2] ^= std::byte{0x40};
+  p.Send(bad);
+  auto refused = Expect(p, net::MsgType::kError, &net::DecodeError);
+  EXPECT_EQ(refused.code, net::ErrorCode::kStaleBase) << refused.text;
+  EXPECT_EQ(refused.request_id, 4u);
+  EXPECT_EQ(reader.client->LatestVersion(reader.attr), 2u);
+  EXPECT_EQ(reader.client->stats().full_recv + reader.client->stats().deltas_recv,
+            st.full_recv + st.deltas_recv);
+  EXPECT_TRUE(reader.Holds(v2));
+  ExpectServes(hub.port());
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
+// Two large first values sent back to back, where the hub may keep only one: the second
+// comes while the first is still being decoded (it is relayed at once, applied later), and
+// must count it.
+TEST(NetHostile, LargeWholeValuesBeingDecodedCountAgainstTheHubsBound) {
+  testing::HubProcess hub({"--max-total-value-bytes", std::to_string(12u << 20)});
+  ASSERT_NE(hub.port(), 0);
+  const auto v = testing::RawFloatTensor(size_t{2} << 20, 0.25f);  // 8 MiB
+  RawPeer p(hub.port());
+  Login(p);
+  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
+  const auto t = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  p.Send(net::Encode(net::Declare{2, ValueKind::kTensor, false, "H", "u", {}, false, 0, 0, false}));
+  const auto u = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  // The hub takes both before it applies the first.
+  p.SendBoth(CodecWrite(3, t.attr_id, v, {}, 0), CodecWrite(4, u.attr_id, v, {}, 0));
+  bool written = false, refused = false;
+  for (int i = 0; i < 2; ++i) {
+    auto f = p.Next();
+    ASSERT_TRUE(f.has_value());
+    auto h = net::DecodeHeader(*f, 1u << 30);
+    ASSERT_TRUE(h.ok());
+    if (h->type == net::MsgType::kWritten) {
+      written = true;
+      EXPECT_EQ(net::DecodeWritten(net::Payload(*f))->request_id, 3u);
+    } else {
+      ASSERT_EQ(h->type, net::MsgType::kError);
+      auto e = net::DecodeError(net::Payload(*f));
+      ASSERT_TRUE(e.ok());
+      EXPECT_EQ(e->code, net::ErrorCode::kHubFull) << e->text;
+      EXPECT_EQ(e->request_id, 4u);
+      refused = true;
+    }
+  }
+  EXPECT_TRUE(written && refused);
+  ExpectServes(hub.port());
   EXPECT_EQ(hub.Stop(), 0);
 }
 

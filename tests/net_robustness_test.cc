@@ -40,9 +40,9 @@ NetOptions Options(uint16_t port, uint64_t max_message_bytes = 256ull << 20) {
   // Large values: leave room for the UCX transfers on a loaded machine (under ASan on a
   // 2-core machine beside the 256 MiB test, a DECLARE once waited more than 60 s).
   o.request_timeout = milliseconds(180000);
-  // The hub answers no PING while it decodes a 1 GiB whole value against one of the same
-  // shape (to re-encode it as a delta for its subscribers): seconds under the sanitizers,
-  // more than the default keep-alive timeout.
+  // The hub answers no PING while a message waits for a 1 GiB value it is still decoding
+  // (a DECLARE, another write of it): seconds under the sanitizers, more than the default
+  // keep-alive timeout.
   o.keepalive_timeout = milliseconds(120000);
   return o;
 }

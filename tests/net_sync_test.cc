@@ -42,10 +42,10 @@ NetOptions Options(uint16_t port) {
   o.request_timeout = milliseconds(60000);
   o.reconnect_backoff_min = milliseconds(20);
   o.reconnect_backoff_max = milliseconds(200);
-  // The hub answers no PING while it takes a large value whole against one of the same shape
-  // (to re-encode it as a delta for its subscribers): under the sanitizers on a loaded 2-core
-  // machine, more than the default keep-alive timeout (a 256 MiB value took
-  // longer than 10 s, and the client reconnected and sent it again, over and over).
+  // The hub answers no PING while a message waits for a large value it is still decoding (a
+  // DECLARE, another write of it): under the sanitizers on a loaded 2-core machine, more than the
+  // default keep-alive timeout (a 256 MiB value took longer than 10 s, and the client reconnected
+  // and sent it again, over and over).
   o.keepalive_timeout = milliseconds(120000);
   return o;
 }

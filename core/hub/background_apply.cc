@@ -85,6 +85,10 @@ void BackgroundApply::Run() {
       if (!status.ok()) break;
       job->applied.store(i + 1);
     }
+    if (status.ok() && job->finish && !job->stop.load() &&
+        job->applied.load() == job->segments.size()) {
+      std::exchange(job->finish, nullptr)(*job);
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       job->status = std::move(status);

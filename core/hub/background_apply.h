@@ -52,6 +52,8 @@ struct ApplyJob {
   // When set, makes out: run once, before the first segment, by whoever applies it (the
   // applier thread, or the hub's progress thread doing what the applier did not get to).
   std::function<void(ApplyJob&)> prepare;
+  // When set, run once after every segment applied, by whoever applied the last one.
+  std::function<void(ApplyJob&)> finish;
   // out is base: each segment is applied in place (a segment that does not verify is left as
   // it was; RevertApplied undoes the ones before it). Every segment is then a delta.
   bool in_place = false;

@@ -636,9 +636,8 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
     pending_.push_back(std::move(p));
     return;
   }
-  if (!delta && info->raw_bytes >= kWholeInBackgroundBytes &&
-      !net::SameTensorHeader(m.value, a.value())) {
-    return RelayWholeThenApply(ep, a, m, stamp, *info, std::move(write));
+  if (!delta && info->raw_bytes >= kWholeInBackgroundBytes) {
+    return TakeWholeInBackground(ep, a, m, stamp, *info, std::move(write));
   }
   std::shared_ptr<net::Frame> holder;
   size_t offset = 0;
@@ -655,8 +654,9 @@ void Hub::HandleWrite(ucp_ep_h ep, Peer& peer, const net::Write& m, net::Frame&&
   Publish(m.attr_id, a, stamp, std::move(holder), offset, info->frame.result_hash, m.value, ep);
 }
 
-void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const Stamp& stamp,
-                              const net::CodecValueInfo& info, std::shared_ptr<net::Frame> write) {
+void Hub::TakeWholeInBackground(ucp_ep_h ep, Attr& a, const net::Write& m, const Stamp& stamp,
+                                const net::CodecValueInfo& info,
+                                std::shared_ptr<net::Frame> write) {
   constexpr size_t H = detail::kTensorHeaderBytes;
   net::SegmentInfo s;
   s.index = 0;
@@ -674,24 +674,20 @@ void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const S
   o->whole = true;
   o->segments.push_back(s);
   o->writes.push_back(write);  // m.value points into it
-  net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
-                stamp.write_ns, m.value,       /*codec=*/true};
-  // The relay's value is sent from the WRITE frame (no copy of it on this thread); each send
-  // keeps that frame alive. (Where UCX takes no header that long, the frame whole.)
-  auto head = std::make_shared<const net::Frame>(net::EncodeUpdateHead(u, m.value.size(), 0));
-  const bool split = head->size() <= worker_->max_frame_head();
-  if (!split) head = std::make_shared<const net::Frame>(net::Encode(u));
-  for (ucp_ep_h sub : a.subscribers) {
-    // UDP subscribers get the value once it is applied (Publish, in ApplyRelayed).
-    if (sub == ep || ByUdp(sub, m.attr_id, info.raw_bytes)) continue;
-    o->relayed.insert(sub);
-    if (!split) {
-      SendCounted(sub, head, o->sends_left);
-      continue;
+  // Publish's rule: a delta for the subscribers when they hold the value this one replaces
+  // and it is of the same tensor header.
+  const bool others = a.subscribers.size() > (a.subscribers.count(ep) != 0 ? 1u : 0u);
+  o->relay_after = others && a.version + 1 == stamp.version &&
+                   net::SameTensorHeader(m.value, a.value()) && a.value().size() == info.raw_bytes;
+  const net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
+                      stamp.write_ns, m.value,       /*codec=*/true};
+  if (!o->relay_after) {
+    for (ucp_ep_h sub : a.subscribers) {
+      // UDP subscribers get the value once it is applied (Publish, in ApplyRelayed).
+      if (sub == ep || ByUdp(sub, m.attr_id, info.raw_bytes)) continue;
+      o->relayed.insert(sub);
+      RelayAsItCame(sub, u, write, o->sends_left);
     }
-    ++*o->sends_left;
-    worker_->SendSplit(sub, head, m.value.data(), m.value.size(), UCS_MEMORY_TYPE_HOST,
-                       [in_flight = o->sends_left, keep = write](ucs_status_t) { --*in_flight; });
   }
   pending_whole_bytes_ += info.raw_bytes;
   auto p = std::make_shared<PendingApply>();
@@ -701,6 +697,19 @@ void Hub::RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const S
   p->deadline_ns = NowNanos() + kApplyDeadlineNs;
   p->segments = std::move(o);
   pending_.push_back(std::move(p));
+}
+
+void Hub::RelayAsItCame(ucp_ep_h ep, const net::Update& u, std::shared_ptr<net::Frame> write,
+                        const std::shared_ptr<int>& in_flight) {
+  // The value is sent from the WRITE frame (no copy of it on this thread); the send keeps
+  // that frame alive. (Where UCX takes no header that long, the frame whole.)
+  auto head = std::make_shared<const net::Frame>(net::EncodeUpdateHead(u, u.value.size(), 0));
+  if (head->size() > worker_->max_frame_head()) {
+    return SendCounted(ep, std::make_shared<const net::Frame>(net::Encode(u)), in_flight);
+  }
+  ++*in_flight;
+  worker_->SendSplit(ep, std::move(head), u.value.data(), u.value.size(), UCS_MEMORY_TYPE_HOST,
+                     [in_flight, keep = std::move(write)](ucs_status_t) { --*in_flight; });
 }
 
 void Hub::Settle(uint32_t id) {
@@ -789,6 +798,7 @@ void Hub::ApplyRelayed(PendingApply& p) {
       st = ApplySegment(decoder_, *job, i);
       if (st.ok()) job->applied.store(i + 1);
     }
+    if (st.ok() && job->finish) std::exchange(job->finish, nullptr)(*job);
     if (!st.ok() && job->in_place) {
       // The failed segment was left as it was; those before it go back to the base.
       const Status reverted = RevertApplied(decoder_, *job);
@@ -812,8 +822,8 @@ void Hub::ApplyRelayed(PendingApply& p) {
     // and the writer hears, as when the hub decoded a whole value at once.
     const OpenSegments& o = *p.segments;
     Log("a whole value of " + a.object + "." + a.name + " from client " +
-        std::to_string(p.stamp.writer) + " did not verify after it was relayed (" + st.message() +
-        ")");
+        std::to_string(p.stamp.writer) + " did not verify (" + st.message() + ")" +
+        (o.relay_after ? "" : "; its receivers drop it too"));
     if (peers_.count(o.ep) != 0) {
       Refuse(o.ep, o.request_id, net::ErrorCode::kStaleBase,
              "the value of " + a.object + "." + a.name +
@@ -855,9 +865,28 @@ void Hub::ApplyRelayed(PendingApply& p) {
   if (!p.segments) return;
   a.segment_hashes.clear();
   if (one_frame) {
-    const OpenSegments& o = *p.segments;
+    OpenSegments& o = *p.segments;
     if (peers_.count(o.ep) != 0) {
       Send(o.ep, net::Encode(net::Written{o.request_id, p.id, p.stamp.version, p.stamp.clock}));
+    }
+    if (o.relay_after) {
+      const net::SegmentInfo& s = o.segments.front();
+      const net::Update u{p.id,
+                          p.stamp.version,
+                          p.stamp.clock,
+                          p.stamp.writer,
+                          p.stamp.write_ns,
+                          ByteSpan(s.tensor_header.data(), s.tensor_header.size() + s.frame.size()),
+                          /*codec=*/true};
+      for (ucp_ep_h sub : a.subscribers) {
+        if (sub == o.ep || ByUdp(sub, p.id, a.value().size())) continue;
+        o.relayed.insert(sub);
+        if (o.relay) {
+          worker_->Send(sub, o.relay);
+        } else {
+          RelayAsItCame(sub, u, o.writes.front(), o.sends_left);
+        }
+      }
     }
   } else {
     for (const net::SegmentInfo& s : p.segments->segments) {
@@ -969,6 +998,24 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
       std::memcpy(frame->data(), s.tensor_header.data(), H);
       j.out = reinterpret_cast<uint8_t*>(frame->data()) + H;
     };
+    if (o.relay_after) {
+      // The subscribers' UPDATE: a delta against the value they hold (base, kept alive by the
+      // job), made here rather than on the progress thread. Not made: the value as it came.
+      job->finish = [segments = p.segments.get(), id = p.id, frame = out.get(), base,
+                     base_version = a.version, base_hash = a.data_hash](ApplyJob&) {
+        const Stamp& st = segments->stamp;
+        net::Frame f = net::Encode(
+            net::Update{id, st.version, st.clock, st.writer, st.write_ns, {}, /*codec=*/true});
+        const ByteSpan value(*frame);
+        f.resize(net::kUpdateValueOffset + net::CodecValueBound(value));
+        codec::Encoder encoder;
+        auto enc = net::EncodeCodecValue(encoder, value, base, base_version, base_hash, st.version,
+                                         std::span<std::byte>(f).subspan(net::kUpdateValueOffset));
+        if (!enc.ok()) return;
+        net::ShrinkFrame(&f, net::kUpdateValueOffset + enc->bytes);
+        segments->relay = std::make_shared<const net::Frame>(std::move(f));
+      };
+    }
   } else {
     // Into the buffer the value before this one used, when free.
     if (a.spare) spare_bytes_ -= a.spare->size();

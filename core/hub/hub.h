@@ -169,16 +169,24 @@ class Hub final : public net::UcxWorker::Handler {
     std::set<ucp_ep_h> relayed;                       // subscribers that got every segment so far
     std::shared_ptr<int> sends_left = std::make_shared<int>(0);
     // A large whole value in one WRITE, taken as one segment covering the tensor
-    // (RelayWholeThenApply): the writer's WRITTEN waits until the hub applied it.
+    // (TakeWholeInBackground): the writer's WRITTEN waits until the hub applied it.
     bool whole = false;
+    // ... relayed only once applied, as the UPDATE made then (a delta against the value it
+    // replaces, else the value as it came).
+    bool relay_after = false;
+    std::shared_ptr<const net::Frame> relay;
   };
-  // A codec WRITE of a whole value of at least kWholeInBackgroundBytes, when the hub holds no
-  // value of the same tensor header (no delta of it for the subscribers to be made): relayed
-  // as it came at once, and decoded like a segmented write (on the applier thread), so the
-  // progress thread goes on serving everyone else meanwhile (a 1 GiB value takes seconds).
+  // A codec WRITE of a whole value of at least kWholeInBackgroundBytes is decoded like a
+  // segmented write (on the applier thread), so the progress thread goes on serving everyone
+  // else meanwhile (a 1 GiB value takes seconds). When the subscribers hold a value of the
+  // same tensor header, the same thread then encodes the UPDATE they get as a delta against
+  // it (Publish's rule), sent once that is done; else the value is relayed as it came, at once.
   static constexpr size_t kWholeInBackgroundBytes = size_t{4} << 20;
-  void RelayWholeThenApply(ucp_ep_h ep, Attr& a, const net::Write& m, const Stamp& stamp,
-                           const net::CodecValueInfo& info, std::shared_ptr<net::Frame> write);
+  void TakeWholeInBackground(ucp_ep_h ep, Attr& a, const net::Write& m, const Stamp& stamp,
+                             const net::CodecValueInfo& info, std::shared_ptr<net::Frame> write);
+  // Sends u, whose value points into the WRITE frame `write`, without copying the value.
+  void RelayAsItCame(ucp_ep_h ep, const net::Update& u, std::shared_ptr<net::Frame> write,
+                     const std::shared_ptr<int>& in_flight);
   void HandleSegment(ucp_ep_h ep, Peer& peer, Attr& a, const net::Write& m, net::Frame&& frame);
 
   // A delta relayed before the hub applied it (cut-through): applied once the relay has
