@@ -334,6 +334,13 @@ struct TensorReader {
   AttrId attr{};
 };
 
+// Declares H.<name>, a tensor with no value yet, from p; its attribute id.
+uint32_t DeclareTensor(RawPeer& p, uint32_t request, const std::string& name) {
+  p.Send(net::Encode(
+      net::Declare{request, ValueKind::kTensor, false, "H", name, {}, false, 0, 0, false}));
+  return Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared).attr_id;
+}
+
 // A large first value (decoded by the hub on its applier thread, after the relay) that does
 // not verify: the writer is refused (not fatal) once the hub found out, nobody installs it, the
 // hub keeps serving; the same value sent again right lands, with the same version.
@@ -343,10 +350,9 @@ TEST(NetHostile, ALargeWholeValueThatDoesNotVerifyIsRefusedAfterItsRelay) {
   const auto v1 = testing::RawFloatTensor(size_t{2} << 20, 0.5f);  // 8 MiB
   RawPeer p(hub.port());
   Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  const uint32_t t = DeclareTensor(p, 1, "t");
   TensorReader reader(hub.port());
-  Frame bad = CodecWrite(2, d.attr_id, v1, {}, 0);
+  Frame bad = CodecWrite(2, t, v1, {}, 0);
   bad[bad.size() / 2] ^= std::byte{0x40};
   p.Send(bad);
   auto refused = Expect(p, net::MsgType::kError, &net::DecodeError);
@@ -356,7 +362,7 @@ TEST(NetHostile, ALargeWholeValueThatDoesNotVerifyIsRefusedAfterItsRelay) {
   EXPECT_NE(refused.text.find("does not verify"), std::string::npos) << refused.text;
   ExpectServes(hub.port());
   EXPECT_EQ(reader.client->LatestVersion(reader.attr), 0u);
-  p.Send(CodecWrite(3, d.attr_id, v1, {}, 0));
+  p.Send(CodecWrite(3, t, v1, {}, 0));
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
   EXPECT_TRUE(testing::WaitFor([&] { return reader.Holds(v1); }));
   EXPECT_EQ(hub.Stop(), 0);
@@ -372,21 +378,20 @@ TEST(NetHostile, ALargeWholeValueOfAKnownShapeReachesTheSubscribersAsADelta) {
   reinterpret_cast<float*>(v2.data() + detail::kTensorHeaderBytes)[12345] = -1.0f;
   RawPeer p(hub.port());
   Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
-  p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
+  const uint32_t t = DeclareTensor(p, 1, "t");
+  p.Send(CodecWrite(2, t, v1, {}, 0));
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
   TensorReader reader(hub.port());
   ASSERT_TRUE(reader.Holds(v1));
   const Stats before = reader.client->stats();
-  p.Send(CodecWrite(3, d.attr_id, v2, {}, 0));  // whole, though the hub holds v1
+  p.Send(CodecWrite(3, t, v2, {}, 0));  // whole, though the hub holds v1
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
   EXPECT_TRUE(testing::WaitFor([&] { return reader.Holds(v2); }));
   const Stats st = reader.client->stats();
   EXPECT_EQ(st.deltas_recv, before.deltas_recv + 1);
   EXPECT_LT(st.bytes_recv - before.bytes_recv, v1.size() / 100) << "the UPDATE was not a delta";
   // A corrupt one: refused, and the reader never hears of it.
-  Frame bad = CodecWrite(4, d.attr_id, v1, {}, 0);
+  Frame bad = CodecWrite(4, t, v1, {}, 0);
   bad[bad.size() / 2] ^= std::byte{0x40};
   p.Send(bad);
   auto refused = Expect(p, net::MsgType::kError, &net::DecodeError);
@@ -409,12 +414,10 @@ TEST(NetHostile, LargeWholeValuesBeingDecodedCountAgainstTheHubsBound) {
   const auto v = testing::RawFloatTensor(size_t{2} << 20, 0.25f);  // 8 MiB
   RawPeer p(hub.port());
   Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const auto t = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
-  p.Send(net::Encode(net::Declare{2, ValueKind::kTensor, false, "H", "u", {}, false, 0, 0, false}));
-  const auto u = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
+  const uint32_t t = DeclareTensor(p, 1, "t");
+  const uint32_t u = DeclareTensor(p, 2, "u");
   // The hub takes both before it applies the first.
-  p.SendBoth(CodecWrite(3, t.attr_id, v, {}, 0), CodecWrite(4, u.attr_id, v, {}, 0));
+  p.SendBoth(CodecWrite(3, t, v, {}, 0), CodecWrite(4, u, v, {}, 0));
   bool written = false, refused = false;
   for (int i = 0; i < 2; ++i) {
     auto f = p.Next();
@@ -451,13 +454,12 @@ TEST(NetHostile, AClientDropsADeltaThatDoesNotVerifyAndResyncs) {
   TensorReader reader(hub.port());
   RawPeer p(hub.port());
   Login(p);
-  p.Send(net::Encode(net::Declare{1, ValueKind::kTensor, false, "H", "t", {}, false, 0, 0, false}));
-  const auto d = Expect(p, net::MsgType::kDeclared, &net::DecodeDeclared);
-  p.Send(CodecWrite(2, d.attr_id, v1, {}, 0));
+  const uint32_t t = DeclareTensor(p, 1, "t");
+  p.Send(CodecWrite(2, t, v1, {}, 0));
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 1u);
   const auto value_is = [&](const std::vector<std::byte>& want) { return reader.Holds(want); };
   ASSERT_TRUE(testing::WaitFor([&] { return value_is(v1); }));
-  Frame bad = CodecWrite(3, d.attr_id, v2, v1, 1);
+  Frame bad = CodecWrite(3, t, v2, v1, 1);
   bad.back() ^= std::byte{0x40};
   p.Send(bad);
   EXPECT_EQ(Expect(p, net::MsgType::kWritten, &net::DecodeWritten).version, 2u);
