@@ -39,6 +39,25 @@ int64_t ResendFloorNs(size_t value_bytes) {
   return std::max<int64_t>(kUdpResendNs, static_cast<int64_t>(value_bytes) * kNsPerByte);
 }
 
+// The UPDATE u (its value ignored) carrying `value` encoded against `base` (EncodeCodecValue:
+// a delta where that is smaller, for receivers that hold base at base_version). Sets
+// *result_hash to the hash of value's data.
+Result<net::Frame> EncodeUpdateAgainst(codec::Encoder& encoder, net::Update u, ByteSpan value,
+                                       ByteSpan base, uint64_t base_version,
+                                       std::optional<uint64_t> base_hash, uint64_t* result_hash) {
+  u.codec = true;
+  u.value = {};
+  net::Frame f = net::Encode(u);
+  f.resize(net::kUpdateValueOffset + net::CodecValueBound(value));
+  EASYSYNC_ASSIGN_OR_RETURN(
+      const net::EncodedValue enc,
+      net::EncodeCodecValue(encoder, value, base, base_version, base_hash, u.version,
+                            std::span<std::byte>(f).subspan(net::kUpdateValueOffset)));
+  net::ShrinkFrame(&f, net::kUpdateValueOffset + enc.bytes);
+  *result_hash = enc.result_hash;
+  return f;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
@@ -467,21 +486,15 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
              net::SameTensorHeader(a.value(), prev_value) &&
              prev_value.size() == a.value().size()) {
     // A whole value, but every subscriber holds the previous one: send them a delta.
-    u.codec = true;
-    u.value = {};
-    net::Frame f = net::Encode(u);
-    const size_t bound = net::CodecValueBound(a.value());
-    f.resize(net::kUpdateValueOffset + bound);
-    auto enc =
-        net::EncodeCodecValue(encoder_, a.value(), prev_value, prev_version, prev_hash, a.version,
-                              std::span<std::byte>(f).subspan(net::kUpdateValueOffset));
-    if (enc.ok()) {
-      net::ShrinkFrame(&f, net::kUpdateValueOffset + enc->bytes);
-      a.data_hash = enc->result_hash;
-      relay = std::make_shared<const net::Frame>(std::move(f));
+    uint64_t hash_of_value = 0;
+    auto f = EncodeUpdateAgainst(encoder_, u, a.value(), prev_value, prev_version, prev_hash,
+                                 &hash_of_value);
+    if (f.ok()) {
+      a.data_hash = hash_of_value;
+      relay = std::make_shared<const net::Frame>(std::move(f).value());
     } else {
-      Log("could not encode a delta of " + a.object + "." + a.name + ": " +
-          enc.status().ToString() + "; sending it whole");
+      Log("could not encode a delta of " + a.object + "." + a.name + ": " + f.status().ToString() +
+          "; sending it whole");
       u.codec = !codec_value.empty();
       u.value = u.codec ? codec_value : a.value();
     }
@@ -672,6 +685,7 @@ void Hub::TakeWholeInBackground(ucp_ep_h ep, Attr& a, const net::Write& m, const
   o->count = 1;
   o->stamp = stamp;
   o->whole = true;
+  o->whole_value = m.value;
   o->segments.push_back(s);
   o->writes.push_back(write);  // m.value points into it
   // Publish's rule: a delta for the subscribers when they hold the value this one replaces
@@ -870,13 +884,8 @@ void Hub::ApplyRelayed(PendingApply& p) {
       Send(o.ep, net::Encode(net::Written{o.request_id, p.id, p.stamp.version, p.stamp.clock}));
     }
     if (o.relay_after) {
-      const net::SegmentInfo& s = o.segments.front();
-      const net::Update u{p.id,
-                          p.stamp.version,
-                          p.stamp.clock,
-                          p.stamp.writer,
-                          p.stamp.write_ns,
-                          ByteSpan(s.tensor_header.data(), s.tensor_header.size() + s.frame.size()),
+      const net::Update u{p.id,           p.stamp.version,  p.stamp.clock,
+                          p.stamp.writer, p.stamp.write_ns, o.whole_value,
                           /*codec=*/true};
       for (ucp_ep_h sub : a.subscribers) {
         if (sub == o.ep || ByUdp(sub, p.id, a.value().size())) continue;
@@ -1004,16 +1013,12 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
       job->finish = [segments = p.segments.get(), id = p.id, frame = out.get(), base,
                      base_version = a.version, base_hash = a.data_hash](ApplyJob&) {
         const Stamp& st = segments->stamp;
-        net::Frame f = net::Encode(
-            net::Update{id, st.version, st.clock, st.writer, st.write_ns, {}, /*codec=*/true});
-        const ByteSpan value(*frame);
-        f.resize(net::kUpdateValueOffset + net::CodecValueBound(value));
         codec::Encoder encoder;
-        auto enc = net::EncodeCodecValue(encoder, value, base, base_version, base_hash, st.version,
-                                         std::span<std::byte>(f).subspan(net::kUpdateValueOffset));
-        if (!enc.ok()) return;
-        net::ShrinkFrame(&f, net::kUpdateValueOffset + enc->bytes);
-        segments->relay = std::make_shared<const net::Frame>(std::move(f));
+        uint64_t hash_of_value = 0;
+        auto f = EncodeUpdateAgainst(
+            encoder, net::Update{id, st.version, st.clock, st.writer, st.write_ns, {}, true},
+            ByteSpan(*frame), base, base_version, base_hash, &hash_of_value);
+        if (f.ok()) segments->relay = std::make_shared<const net::Frame>(std::move(f).value());
       };
     }
   } else {

@@ -171,6 +171,7 @@ class Hub final : public net::UcxWorker::Handler {
     // A large whole value in one WRITE, taken as one segment covering the tensor
     // (TakeWholeInBackground): the writer's WRITTEN waits until the hub applied it.
     bool whole = false;
+    ByteSpan whole_value;  // its codec value (in writes)
     // ... relayed only once applied, as the UPDATE made then (a delta against the value it
     // replaces, else the value as it came).
     bool relay_after = false;
@@ -266,7 +267,7 @@ class Hub final : public net::UcxWorker::Handler {
   std::vector<Attr> attrs_;
   std::map<std::pair<std::string, std::string>, uint32_t> attr_index_;
   uint64_t total_value_bytes_ = 0;
-  // Of the whole values relayed and not yet applied (RelayWholeThenApply): counted against
+  // Of the whole values taken and not yet applied (TakeWholeInBackground): counted against
   // max_total_value_bytes already, so that two of them cannot both fit where one does.
   uint64_t pending_whole_bytes_ = 0;
   // Of the attributes' spare buffers (Attr::spare), kept only while values and spares
