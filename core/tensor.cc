@@ -88,7 +88,7 @@ Result<Tensor> Tensor::Borrow(DType dtype, std::vector<int64_t> shape,
 }
 
 std::byte* Tensor::mutable_data() {
-  if (storage_ && storage_.use_count() > 1) {
+  if (!unique()) {
     std::shared_ptr<std::byte> old = storage_;
     Allocate();
     std::memcpy(data_, old.get(), nbytes());

@@ -5,9 +5,13 @@
 #include "encode_util.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <iterator>
 #include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
 
 #include "easysync/value_traits.h"
 
@@ -70,6 +74,43 @@ TEST(Tensor, BorrowedBytesAreSharedAndCopiedOnWriteWhileTheOwnerIsHeld) {
           .status()
           .code(),
       StatusCode::kInvalidArgument);  // not 64-byte aligned
+}
+
+// A holder on another thread reads the bytes, then drops its reference; the owner, seeing it is
+// the only one left, writes. Nothing else orders the two threads, so the write must be ordered
+// after that read by the sole-owner check itself (else ThreadSanitizer reports a race: these
+// run under it).
+TEST(SoleOwner, OrdersAnotherThreadsLastReadBeforeTheWrite) {
+  auto buf = std::make_shared<std::vector<int>>(4096, 1);
+  std::atomic<long> sum{0};
+  std::thread reader([copy = buf, &sum]() mutable {
+    sum.store(std::accumulate(copy->begin(), copy->end(), 0L), std::memory_order_relaxed);
+    copy.reset();
+  });
+  while (!detail::SoleOwner(buf)) std::this_thread::yield();
+  std::fill(buf->begin(), buf->end(), 2);
+  reader.join();
+  EXPECT_EQ(sum.load(), 4096);
+  EXPECT_FALSE(detail::SoleOwner(std::shared_ptr<int>()));
+  auto second = buf;
+  EXPECT_FALSE(detail::SoleOwner(buf));
+}
+
+TEST(SoleOwner, ATensorWritesInPlaceOnceAnotherThreadDroppedItsCopy) {
+  Tensor t(DType::kInt32, {4096});
+  std::fill_n(t.mutable_data_as<int32_t>(), t.numel(), 1);
+  const std::byte* bytes = t.data();
+  std::atomic<long> sum{0};
+  std::thread reader([copy = t, &sum]() mutable {
+    const int32_t* v = copy.data_as<int32_t>();
+    sum.store(std::accumulate(v, v + copy.numel(), 0L), std::memory_order_relaxed);
+    copy = Tensor();
+  });
+  while (!t.unique()) std::this_thread::yield();
+  std::fill_n(t.mutable_data_as<int32_t>(), t.numel(), 2);
+  reader.join();
+  EXPECT_EQ(t.data(), bytes);  // in place: no copy on write
+  EXPECT_EQ(sum.load(), 4096);
 }
 
 TEST(Tensor, RejectsBadShapes) {

@@ -902,7 +902,7 @@ void Hub::ApplyRelayed(PendingApply& p) {
       a.segment_hashes.push_back(s.info.result_hash);
     }
   }
-  if (old && old.use_count() == 1 && old != a.holder && !a.spare &&
+  if (detail::SoleOwner(old) && old != a.holder && !a.spare &&
       total_value_bytes_ + spare_bytes_ + old->size() <= options_.max_total_value_bytes) {
     spare_bytes_ += old->size();
     a.spare = std::move(old);
@@ -1025,7 +1025,7 @@ std::shared_ptr<ApplyJob> Hub::MakeJob(Attr& a, PendingApply& p) {
     // Into the buffer the value before this one used, when free.
     if (a.spare) spare_bytes_ -= a.spare->size();
     out = std::move(a.spare);
-    if (!out || out.use_count() != 1 || out->size() != base.size()) {
+    if (!detail::SoleOwner(out) || out->size() != base.size()) {
       out = std::make_shared<net::Frame>(base.size());
     }
     std::memcpy(out->data(), base.data(), H);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "easysync/codec.h"
+#include "easysync/sole_owner.h"
 #include "hub/background_apply.h"
 #include "net/protocol.h"
 #include "net/ucx_worker.h"
@@ -233,7 +234,7 @@ class Hub final : public net::UcxWorker::Handler {
   // Whether a delta may be applied to a's value in place: nothing else holds it (no send in
   // flight reads it) and no UDP subscriber keeps it as the base of its deltas.
   static bool MayApplyInPlace(const Attr& a) {
-    return a.holder.use_count() == 1 && a.udp_subscribers == 0;
+    return detail::SoleOwner(a.holder) && a.udp_subscribers == 0;
   }
   // Moves the first pending write that may be applied now on (OnIdle): applies it (or, for
   // a segmented write, hands it to the applier, or collects it from there). True when

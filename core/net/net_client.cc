@@ -329,7 +329,7 @@ std::shared_ptr<Frame> NetClient::Buffer(Replica& r, size_t bytes) {
     std::lock_guard<std::mutex> lock(r.mu);
     b = std::move(r.spare);
   }
-  if (b && b.use_count() == 1 && b->size() == bytes) return b;
+  if (detail::SoleOwner(b) && b->size() == bytes) return b;
   b = std::make_shared<Frame>();
   b->resize(bytes);
   return b;
@@ -413,7 +413,7 @@ void NetClient::OnSegment(Replica& r, const Update& m, const UpdateInfo& info,
     in.base_offset = r.offset;
     if (r.segment_hashes.size() == s->count) in.base_hashes = r.segment_hashes;
     in.hashes.assign(s->count, 0);
-    if (r.spare && r.spare.use_count() == 1 && r.spare->size() == s->raw_bytes) {
+    if (detail::SoleOwner(r.spare) && r.spare->size() == s->raw_bytes) {
       in.out = std::move(r.spare);
     } else {
       r.spare.reset();
@@ -532,7 +532,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     return RequestResync(r);
   }
   Status st;
-  if (r.holder.use_count() == 1) {
+  if (detail::SoleOwner(r.holder)) {
     // No reader holds the value: apply in place (on failure it is left as it was).
     const auto v = std::span<std::byte>(*r.holder).subspan(r.offset);
     st = DecodeCodecValue(decoder_, m.value, v, r.data_hash, v);
@@ -543,7 +543,7 @@ void NetClient::OnUpdate(const Update& m, std::shared_ptr<Frame> frame) {
     const std::optional<uint64_t> base_hash = r.data_hash;
     std::shared_ptr<Frame> out = std::move(r.spare);
     lock.unlock();
-    if (!out || out.use_count() != 1 || out->size() != peek->raw_bytes) {
+    if (!detail::SoleOwner(out) || out->size() != peek->raw_bytes) {
       out = std::make_shared<Frame>();
       out->resize(peek->raw_bytes);
     }
@@ -1169,8 +1169,8 @@ std::shared_ptr<Frame> NetClient::TakeHolderInPlace(Replica& r, size_t size,
   std::lock_guard<std::mutex> lock(r.mu);
   // Only the replica holds it (no reader shares its bytes, no send or decode reads them), and
   // a write of these bytes goes in segments against it.
-  if (!r.holder || r.offset != 0 || r.holder.use_count() != 1 || r.in_flux != nullptr ||
-      r.incoming || r.resync_requested || r.holder->size() != size ||
+  if (!detail::SoleOwner(r.holder) || r.offset != 0 || r.in_flux != nullptr || r.incoming ||
+      r.resync_requested || r.holder->size() != size ||
       !SameTensorHeader(r.value(), ByteSpan(header.data(), header.size())) ||
       !SegmentableLocked(r, r.value())) {
     return nullptr;

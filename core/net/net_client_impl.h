@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 #include "easysync/device_codec.h"
+#include "easysync/sole_owner.h"
 #include "net/ordered_pool.h"
 #include "net/protocol.h"
 #include "net/task_queue.h"

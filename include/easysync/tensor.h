@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "easysync/dtype.h"
+#include "easysync/sole_owner.h"
 #include "easysync/status.h"
 
 namespace easysync {
@@ -70,7 +71,7 @@ class Tensor {
 
   TensorView view() const;
   // True when no other Tensor shares this storage.
-  bool unique() const { return storage_.use_count() <= 1; }
+  bool unique() const { return !storage_ || detail::SoleOwner(storage_); }
 
   // Same dtype, shape and bytes.
   friend bool operator==(const Tensor& a, const Tensor& b);

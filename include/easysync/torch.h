@@ -24,6 +24,7 @@
 
 #include <torch/types.h>
 
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -157,7 +158,13 @@ struct ValueTraits<at::Tensor> {
         out->defined() && out->use_count() == 1 && out->is_cpu() && !out->requires_grad() &&
         out->is_contiguous() && out->storage_offset() == 0 && out->storage().use_count() == 1 &&
         out->storage().resizable() && out->scalar_type() == type && out->sizes() == shape;
-    if (!reuse) *out = at::empty(shape, at::TensorOptions().dtype(type));
+    if (!reuse) {
+      *out = at::empty(shape, at::TensorOptions().dtype(type));
+    } else {
+      // use_count() is a relaxed load: this orders the reads of a holder on another thread
+      // that dropped its reference before the write (see easysync/sole_owner.h).
+      std::atomic_thread_fence(std::memory_order_acquire);
+    }
     if (!tb.data.empty()) std::memcpy(out->mutable_data_ptr(), tb.data.data(), tb.data.size());
     return Status::Ok();
   }
