@@ -36,10 +36,11 @@ python_tests
 [ "${1:-}" = "--quick" ] && exit 0
 run_preset asan
 # The network layer under ThreadSanitizer (callers and the progress thread share the UCX
-# worker), with the hub the tests start built the same way. The preset turns UCX's memory
-# hooks off: ThreadSanitizer intercepts the same calls (mmap, malloc), and the process
-# crashes with both.
-run_preset tsan "easysync-hub ucx_worker_test ordered_pool_test background_apply_test
+# worker), with the hub the tests start built the same way, and the sole-owner checks that
+# decide when a shared buffer is written in place (core_test's SoleOwner cases). The preset
+# turns UCX's memory hooks off: ThreadSanitizer intercepts the same calls (mmap, malloc), and
+# the process crashes with both.
+run_preset tsan "easysync-hub core_test ucx_worker_test ordered_pool_test background_apply_test
   net_protocol_test net_test net_sync_test net_robustness_test net_device_test net_udp_test
   net_udp_netns_test"
 run_preset fuzz "fuzz_frame_decoder fuzz_sparse_decoder fuzz_roundtrip"
