@@ -58,6 +58,21 @@ Result<net::Frame> EncodeUpdateAgainst(codec::Encoder& encoder, net::Update u, B
   return f;
 }
 
+// Whether anyone but `except` subscribes.
+bool OthersSubscribe(const std::set<ucp_ep_h>& subscribers, ucp_ep_h except) {
+  return subscribers.size() > (subscribers.count(except) != 0 ? 1u : 0u);
+}
+
+// Whether the subscribers get a whole tensor value as a delta against the one it replaces
+// (Publish's rule): they hold that one, it is the version just before, and of the same tensor
+// header and size. `head` begins with the value's tensor header (the value, or its codec
+// value); value_bytes is the value's size.
+bool DeltaForSubscribers(ByteSpan head, size_t value_bytes, uint64_t version, ByteSpan prev,
+                         uint64_t prev_version) {
+  return prev_version + 1 == version && prev.size() == value_bytes &&
+         net::SameTensorHeader(head, prev);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
@@ -471,8 +486,7 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
     }
     return;
   }
-  const bool others = a.subscribers.size() > (a.subscribers.count(except) != 0 ? 1u : 0u);
-  if (!others) return;
+  if (!OthersSubscribe(a.subscribers, except)) return;
   net::Update u{id, a.version, a.clock, a.writer, a.write_ns, a.value(), false};
   std::shared_ptr<const net::Frame> relay;
   // A delta goes on as it came: every subscriber holds its base. A whole value is sent as a
@@ -482,9 +496,9 @@ void Hub::Publish(uint32_t id, Attr& a, const Stamp& stamp, std::shared_ptr<net:
   if (came_as_delta) {
     u.codec = true;
     u.value = codec_value;
-  } else if (net::UseCodec(a.kind, a.value().size()) && prev_version + 1 == a.version &&
-             net::SameTensorHeader(a.value(), prev_value) &&
-             prev_value.size() == a.value().size()) {
+  } else if (net::UseCodec(a.kind, a.value().size()) &&
+             DeltaForSubscribers(a.value(), a.value().size(), a.version, prev_value,
+                                 prev_version)) {
     // A whole value, but every subscriber holds the previous one: send them a delta.
     uint64_t hash_of_value = 0;
     auto f = EncodeUpdateAgainst(encoder_, u, a.value(), prev_value, prev_version, prev_hash,
@@ -688,11 +702,10 @@ void Hub::TakeWholeInBackground(ucp_ep_h ep, Attr& a, const net::Write& m, const
   o->whole_value = m.value;
   o->segments.push_back(s);
   o->writes.push_back(write);  // m.value points into it
-  // Publish's rule: a delta for the subscribers when they hold the value this one replaces
-  // and it is of the same tensor header.
-  const bool others = a.subscribers.size() > (a.subscribers.count(ep) != 0 ? 1u : 0u);
-  o->relay_after = others && a.version + 1 == stamp.version &&
-                   net::SameTensorHeader(m.value, a.value()) && a.value().size() == info.raw_bytes;
+  // Relayed as a delta once decoded when Publish would send one.
+  o->relay_after =
+      OthersSubscribe(a.subscribers, ep) &&
+      DeltaForSubscribers(m.value, info.raw_bytes, stamp.version, a.value(), a.version);
   const net::Update u{m.attr_id,      stamp.version, stamp.clock,   stamp.writer,
                       stamp.write_ns, m.value,       /*codec=*/true};
   if (!o->relay_after) {
