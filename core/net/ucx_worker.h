@@ -195,6 +195,9 @@ class UcxWorker {
   void DeliverInOrder(ucp_ep_h ep);
   static void OnConn(ucp_conn_request_h request, void* arg);
   void Drain(std::chrono::milliseconds limit);
+  // Before the listener is destroyed: nothing more reaches it or the connections it accepted,
+  // and what had arrived is handled (at most `limit`). REQUIRES: the progress thread stopped.
+  void QuietListener(std::chrono::milliseconds limit);
   // ucp_ep_create with peer error handling added to `ep`; the endpoint is tracked.
   Result<ucp_ep_h> CreateEndpoint(ucp_ep_params_t* ep);
 
