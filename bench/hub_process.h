@@ -44,10 +44,11 @@ inline std::string WorkloadScript(const char* env_var, const std::string& file) 
   return std::string(EASYSYNC_BENCH_WORKLOADS_DIR) + "/" + file;
 }
 
-// EASYSYNC_HUB if set, else easysync-hub next to the bench's build or install location:
+// EASYSYNC_HUB_BINARY if set, else easysync-hub next to the bench's build or install location:
 // <bench dir>/../core/easysync-hub (build tree), then <bench dir>/easysync-hub (installed).
 inline std::string FindHubBinary() {
-  if (const char* env = std::getenv("EASYSYNC_HUB"); env != nullptr && *env != '\0') return env;
+  if (const char* env = std::getenv("EASYSYNC_HUB_BINARY"); env != nullptr && *env != '\0')
+    return env;
   const std::string dir = BenchBinaryDir();
   if (dir.empty()) return "easysync-hub";
   for (const std::string& c : {dir + "/../core/easysync-hub", dir + "/easysync-hub"}) {
@@ -95,7 +96,8 @@ class HubProcess {
       pin();
       dup2(out[1], STDOUT_FILENO);
       ExecArgs(args);
-      std::fprintf(stderr, "easysync-bench: cannot run %s (set EASYSYNC_HUB)\n", binary.c_str());
+      std::fprintf(stderr, "easysync-bench: cannot run %s (set EASYSYNC_HUB_BINARY)\n",
+                   binary.c_str());
       _exit(127);
     }
     close(out[1]);
