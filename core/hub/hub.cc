@@ -91,6 +91,9 @@ Result<std::unique_ptr<Hub>> Hub::Start(const HubOptions& options) {
   hub->udp_.emplace(std::move(udp));
   Hub* h = hub.get();
   hub->worker_->WatchFd(hub->udp_->fd(), [h] { return h->OnUdp(); });
+  if (options.admission != HubOptions::Admission::kOff) {
+    EASYSYNC_RETURN_IF_ERROR(hub->FilterListeners());
+  }
   // A job that ended wakes the progress thread, which collects it (StepPending).
   if (options.apply_thread) {
     hub->applier_ = std::make_unique<BackgroundApply>([h] { h->worker_->Post([] {}); });
@@ -1088,9 +1091,77 @@ bool Hub::OnUdp() {
     const auto n = udp_->Receive(buf, &from);
     if (!n) break;
     any = true;
-    HandleDatagram(from, ByteSpan(buf.data(), *n));
+    const ByteSpan datagram(buf.data(), *n);
+    if (net::admission::IsAdmission(datagram)) {
+      HandleAdmission(from, datagram);
+    } else {
+      HandleDatagram(from, datagram);
+    }
   }
   return any;
+}
+
+void Hub::HandleAdmission(const net::UdpAddress& from, ByteSpan datagram) {
+  namespace adm = net::admission;
+  auto in = adm::Decode(datagram);
+  const auto address = net::AddressOf(from.addr);
+  if (!in.ok() || !address || (in->type != adm::Type::kKnock && in->type != adm::Type::kProof)) {
+    return DroppedBadDatagram(from);
+  }
+  const auto now = std::chrono::steady_clock::now();
+  adm::Message out;
+  out.nonce = in->nonce;
+  if (in->type == adm::Type::kProof && cookies_.Valid(from.addr, in->nonce, in->cookie, now)) {
+    if (net::ProofMatches(in->proof, adm::Prove(options_.token, in->nonce, in->cookie))) {
+      out.type = adm::Type::kAdmitted;
+      if (options_.admission != HubOptions::Admission::kOff) {
+        if (Status s = Admit(*address); !s.ok()) {
+          Log("could not admit " + address->ToString() + ": " + s.ToString());
+          return;
+        }
+      }
+    } else {
+      out.type = adm::Type::kDenied;
+      Log("refused admission to " + address->ToString() + ": wrong token");
+    }
+  } else {
+    // A KNOCK, or a PROOF whose cookie is not (or no longer) this hub's: a new challenge.
+    out.type = adm::Type::kChallenge;
+    out.cookie = cookies_.Make(from.addr, in->nonce, now);
+  }
+  const std::vector<std::byte> reply = adm::Encode(out);
+  udp_->Send(ByteSpan(reply.data(), reply.size()), &from);
+}
+
+Status Hub::Admit(const net::IpAddress& a) {
+  auto it = std::find(admitted_.begin(), admitted_.end(), a);
+  const bool known = it != admitted_.end();
+  if (known) admitted_.erase(it);
+  admitted_.push_back(a);  // the most recent last
+  if (known) return Status::Ok();
+  if (admitted_.size() > net::kMaxAllowed - 2) admitted_.erase(admitted_.begin());
+  Log("admitted " + a.ToString());
+  return FilterListeners();
+}
+
+Status Hub::FilterListeners() {
+  std::vector<net::IpAddress> allowed = admitted_;
+  if (options_.admission == HubOptions::Admission::kOn) {
+    net::IpAddress v4, v6;
+    v4.bytes = {127, 0, 0, 1};
+    v6.v6 = true;
+    v6.bytes[15] = 1;
+    allowed.push_back(v4);
+    allowed.push_back(v6);
+  }
+  const std::vector<sock_filter> program = net::AllowOnly(allowed);
+  // UCX's connection manager's listener, on the hub's port (the connections it accepts
+  // inherit the filter). Not the TCP transport's listeners: a client's transport connects
+  // from each of its interfaces' addresses, of which a knock proves only one.
+  for (int fd : net::TcpSocketsOnPort(port())) {
+    if (net::IsListening(fd)) EASYSYNC_RETURN_IF_ERROR(net::AttachFilter(fd, program));
+  }
+  return Status::Ok();
 }
 
 void Hub::SendDatagram(Peer& peer, net::udp::Datagram& d) {

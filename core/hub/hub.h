@@ -20,7 +20,9 @@
 #include "easysync/codec.h"
 #include "easysync/sole_owner.h"
 #include "hub/background_apply.h"
+#include "net/admission.h"
 #include "net/protocol.h"
+#include "net/tcp_filter.h"
 #include "net/ucx_worker.h"
 #include "net/udp_socket.h"
 #include "net/udp_wire.h"
@@ -46,6 +48,11 @@ struct HubOptions {
   // Segmented writes are applied to the hub's copy on a thread of its own (BackgroundApply);
   // false: on the progress thread, once a write's relay has left (a hub kept to one CPU).
   bool apply_thread = true;
+  // Who may open a TCP connection to the hub (UCX's connection setup, then the handshake):
+  // kOn, addresses that proved the token over UDP (net/admission.h) and the loopback
+  // addresses 127.0.0.1 and ::1; kStrict, only the former; kOff, any address.
+  enum class Admission { kOff, kOn, kStrict };
+  Admission admission = Admission::kOn;
 };
 
 class Hub final : public net::UcxWorker::Handler {
@@ -120,6 +127,12 @@ class Hub final : public net::UcxWorker::Handler {
   // Drains the UDP socket.
   bool OnUdp();
   void HandleDatagram(const net::UdpAddress& from, ByteSpan datagram);
+  // A KNOCK or PROOF (net/admission.h): answered, and the sender admitted after a PROOF.
+  void HandleAdmission(const net::UdpAddress& from, ByteSpan datagram);
+  // Lets `a` open connections to the hub's port from now on.
+  Status Admit(const net::IpAddress& a);
+  // The filter for the addresses admitted, on the listener of the hub's port.
+  Status FilterListeners();
   // A subscriber says which version of an attribute it holds.
   void OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack);
   // Seals and sends one datagram to the peer's registered address.
@@ -275,6 +288,9 @@ class Hub final : public net::UcxWorker::Handler {
   // together stay within max_total_value_bytes.
   uint64_t spare_bytes_ = 0;
   std::optional<net::UdpSocket> udp_;
+  net::admission::Cookies cookies_;
+  // Addresses admitted, the least recently admitted first (dropped first past the bound).
+  std::vector<net::IpAddress> admitted_;
   std::unordered_map<uint32_t, ucp_ep_h> by_id_;  // authenticated peers by client id
   net::udp::Reassembler reassembler_{64u << 20};
   // (peer, attribute) behind the latest version: sent again at `next`, backing off (the

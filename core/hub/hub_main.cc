@@ -15,6 +15,7 @@ constexpr char kUsage[] =
     "usage: easysync-hub [--port P] [--bind ADDR] [--token SECRET] [--max-message-bytes N]\n"
     "                    [--ucx-transports LIST] [--max-total-value-bytes N]\n"
     "                    [--max-attributes N] [--apply-thread on|off]\n"
+    "                    [--admission on|strict|off]\n"
     "  --port P               port to listen on: UCX (TCP), and UDP for best-effort\n"
     "                         attributes (default 5000; 0: any free port)\n"
     "  --bind ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
@@ -31,7 +32,10 @@ constexpr char kUsage[] =
     "                         yielding the CPU between polls (default: 50)\n"
     "  --apply-thread on|off  apply large (segmented) writes to the hub's copy on a thread\n"
     "                         of its own, at low priority (default on; or\n"
-    "                         EASYSYNC_HUB_APPLY_THREAD); off: on the thread that relays\n";
+    "                         EASYSYNC_HUB_APPLY_THREAD); off: on the thread that relays\n"
+    "  --admission on|strict|off  who may open a TCP connection: on (default), addresses\n"
+    "                         that proved the token over UDP first (clients do) and\n"
+    "                         127.0.0.1, ::1; strict: only the former; off: any address\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   char* end = nullptr;
@@ -89,6 +93,12 @@ int main(int argc, char** argv) {
     } else if (flag == "--max-attributes" && ParseU64(value, &n) && n >= 1 && n <= (1u << 31)) {
       options.max_attributes = static_cast<uint32_t>(n);
     } else if (flag == "--apply-thread" && ParseOnOff(value, &options.apply_thread)) {
+    } else if (flag == "--admission" && std::strcmp(value, "on") == 0) {
+      options.admission = easysync::hub::HubOptions::Admission::kOn;
+    } else if (flag == "--admission" && std::strcmp(value, "strict") == 0) {
+      options.admission = easysync::hub::HubOptions::Admission::kStrict;
+    } else if (flag == "--admission" && std::strcmp(value, "off") == 0) {
+      options.admission = easysync::hub::HubOptions::Admission::kOff;
     } else if (flag == "--ucx-transports") {
       options.ucx_transports = value;
     } else {

@@ -7,6 +7,7 @@
 #include <span>
 #include <tuple>
 
+#include "net/admission.h"
 #include "net/net_client_impl.h"
 
 namespace easysync::net {
@@ -43,6 +44,11 @@ Status CheckOptions(const NetOptions& o) {
   return Status::Ok();
 }
 
+// How long a client waits for admission (net/admission.h) before it connects anyway: when
+// it connects, and when it reconnects (on the progress thread).
+constexpr std::chrono::milliseconds kKnockLimit{2000};
+constexpr std::chrono::milliseconds kReconnectKnockLimit{300};
+
 }  // namespace
 
 Status NetClient::Connect() {
@@ -65,6 +71,12 @@ Status NetClient::Connect() {
   std::call_once(logged, [&] {
     std::fprintf(stderr, "easysync: network mode, %s\n", worker_->description().c_str());
   });
+  // A hub takes TCP connections only from addresses that proved the token over UDP first
+  // (net/admission.h). Without an answer the client tries anyway: the hub may admit every
+  // address (--admission off, or this is a loopback address) and UDP be what is blocked.
+  const Status admitted = admission::Knock(options_.host, options_.port, options_.token,
+                                           std::min(options_.connect_timeout, kKnockLimit));
+  if (admitted.code() == StatusCode::kPermissionDenied) return admitted;
   EASYSYNC_ASSIGN_OR_RETURN(ep_, worker_->Connect(options_.host, options_.port));
   worker_->Start();
   worker_->Post([this] {
@@ -75,7 +87,8 @@ Status NetClient::Connect() {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, options_.connect_timeout, [&] { return state_ != State::kConnecting; })) {
     return Status::Timeout("no answer from the hub at " + cluster_ + " within " +
-                           std::to_string(options_.connect_timeout.count()) + " ms");
+                           std::to_string(options_.connect_timeout.count()) + " ms" +
+                           (admitted.ok() ? "" : " (" + admitted.message() + ")"));
   }
   return state_ == State::kReady ? Status::Ok() : failure_;
 }
@@ -242,6 +255,10 @@ void NetClient::ScheduleReconnect() {
 
 void NetClient::TryReconnect() {
   next_attempt_ns_ = 0;
+  // Admission first, as in Connect, briefly: this thread waits meanwhile.
+  const Status admitted =
+      admission::Knock(options_.host, options_.port, options_.token, kReconnectKnockLimit);
+  if (admitted.code() == StatusCode::kPermissionDenied) return Fail(admitted);
   auto ep = worker_->Connect(options_.host, options_.port);
   if (!ep.ok()) return ScheduleReconnect();
   ep_ = *ep;

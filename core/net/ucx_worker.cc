@@ -4,18 +4,11 @@
 #include <uct/api/uct.h>
 
 #include <arpa/inet.h>
-#include <dirent.h>
-#include <linux/filter.h>
-#include <linux/sockios.h>
 #include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,70 +21,12 @@
 #include <map>
 #include <set>
 
+#include "net/tcp_filter.h"
+
 namespace easysync::net {
 namespace {
 
 constexpr auto kSeqCst = std::memory_order_seq_cst;
-
-// The TCP sockets of this process bound to local port `port`: a listener there and the
-// connections it accepted (a connection this process opened to that port has an ephemeral
-// local port). UCX does not hand out its listener's sockets, so they are found by address.
-std::vector<int> TcpSocketsOnPort(uint16_t port) {
-  std::vector<int> fds;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return fds;
-  while (const dirent* e = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == dirfd(dir)) continue;
-    int protocol = 0;
-    socklen_t len = sizeof(protocol);
-    if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 ||
-        protocol != IPPROTO_TCP) {
-      continue;
-    }
-    sockaddr_storage ss{};
-    len = sizeof(ss);
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len) != 0) continue;
-    uint16_t local = 0;
-    if (ss.ss_family == AF_INET) {
-      local = ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      local = ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
-    }
-    if (local == port) fds.push_back(static_cast<int>(fd));
-  }
-  closedir(dir);
-  return fds;
-}
-
-bool IsListening(int fd) {
-  int on = 0;
-  socklen_t len = sizeof(on);
-  return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on != 0;
-}
-
-// From now on the kernel drops every packet that reaches fd (a socket filter that accepts
-// nothing): a listener completes no new connection, a connection gets no more bytes. What
-// already sits in its queues stays there to be read.
-void DropWhatArrives(int fd) {
-  static sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
-  const sock_fprog program{1, drop_all};
-  (void)setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program));
-}
-
-// Bytes received on fd that nobody has read yet; for a listener, connections not yet accepted.
-int Unread(int fd) {
-  if (IsListening(fd)) {
-    tcp_info info{};
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
-    return static_cast<int>(info.tcpi_unacked);  // a listener's accept queue
-  }
-  int bytes = 0;
-  if (ioctl(fd, SIOCINQ, &bytes) != 0) return 0;
-  return bytes;
-}
 
 // The value UCX resolved for UCX_TLS (the transports it may use).
 std::string ResolvedTransports(ucp_config_t* config) {
