@@ -1114,7 +1114,7 @@ void Hub::HandleAdmission(const net::UdpAddress& from, ByteSpan datagram) {
   if (in->type == adm::Type::kProof && cookies_.Valid(from.addr, in->nonce, in->cookie, now)) {
     if (net::ProofMatches(in->proof, adm::Prove(options_.token, in->nonce, in->cookie))) {
       out.type = adm::Type::kAdmitted;
-      if (options_.admission != HubOptions::Admission::kOff) {
+      if (options_.admission != HubOptions::Admission::kOff && !LetInUnasked(*address)) {
         if (Status s = Admit(*address); !s.ok()) {
           Log("could not admit " + address->ToString() + ": " + s.ToString());
           return;
@@ -1144,22 +1144,37 @@ Status Hub::Admit(const net::IpAddress& a) {
   return FilterListeners();
 }
 
+std::vector<net::IpAddress> Hub::Unasked() const {
+  if (options_.admission != HubOptions::Admission::kOn) return {};
+  net::IpAddress v4, v6;
+  v4.bytes = {127, 0, 0, 1};
+  v6.v6 = true;
+  v6.bytes[15] = 1;
+  return {v4, v6};
+}
+
+bool Hub::LetInUnasked(const net::IpAddress& a) const {
+  const auto unasked = Unasked();
+  return std::find(unasked.begin(), unasked.end(), a) != unasked.end();
+}
+
 Status Hub::FilterListeners() {
   std::vector<net::IpAddress> allowed = admitted_;
-  if (options_.admission == HubOptions::Admission::kOn) {
-    net::IpAddress v4, v6;
-    v4.bytes = {127, 0, 0, 1};
-    v6.v6 = true;
-    v6.bytes[15] = 1;
-    allowed.push_back(v4);
-    allowed.push_back(v6);
-  }
+  for (const net::IpAddress& a : Unasked()) allowed.push_back(a);
   const std::vector<sock_filter> program = net::AllowOnly(allowed);
   // UCX's connection manager's listener, on the hub's port (the connections it accepts
   // inherit the filter). Not the TCP transport's listeners: a client's transport connects
   // from each of its interfaces' addresses, of which a knock proves only one.
+  size_t filtered = 0;
   for (int fd : net::TcpSocketsOnPort(port())) {
-    if (net::IsListening(fd)) EASYSYNC_RETURN_IF_ERROR(net::AttachFilter(fd, program));
+    if (!net::IsListening(fd)) continue;
+    EASYSYNC_RETURN_IF_ERROR(net::AttachFilter(fd, program));
+    ++filtered;
+  }
+  if (filtered == 0) {  // closed, not open, when it cannot filter
+    return Status::IoError("admission: no listening TCP socket found on port " +
+                           std::to_string(port()) +
+                           " in /proc/self/fd to filter (--admission off runs without it)");
   }
   return Status::Ok();
 }

@@ -133,6 +133,9 @@ class Hub final : public net::UcxWorker::Handler {
   Status Admit(const net::IpAddress& a);
   // The filter for the addresses admitted, on the listener of the hub's port.
   Status FilterListeners();
+  // The addresses let in without a proof (--admission on: 127.0.0.1 and ::1).
+  std::vector<net::IpAddress> Unasked() const;
+  bool LetInUnasked(const net::IpAddress& a) const;
   // A subscriber says which version of an attribute it holds.
   void OnUdpAck(ucp_ep_h ep, Peer& peer, const net::udp::Ack& ack);
   // Seals and sends one datagram to the peer's registered address.
