@@ -45,7 +45,8 @@ Status CheckOptions(const NetOptions& o) {
 }
 
 // How long a client waits for admission (net/admission.h) before it connects anyway: when
-// it connects, and when it reconnects (on the progress thread).
+// it connects (at most half its connect_timeout), and when it reconnects (on the progress
+// thread).
 constexpr std::chrono::milliseconds kKnockLimit{2000};
 constexpr std::chrono::milliseconds kReconnectKnockLimit{300};
 
@@ -74,8 +75,9 @@ Status NetClient::Connect() {
   // A hub takes TCP connections only from addresses that proved the token over UDP first
   // (net/admission.h). Without an answer the client tries anyway: the hub may admit every
   // address (--admission off, or this is a loopback address) and UDP be what is blocked.
+  const auto deadline = std::chrono::steady_clock::now() + options_.connect_timeout;
   const Status admitted = admission::Knock(options_.host, options_.port, options_.token,
-                                           std::min(options_.connect_timeout, kKnockLimit));
+                                           std::min(options_.connect_timeout / 2, kKnockLimit));
   if (admitted.code() == StatusCode::kPermissionDenied) return admitted;
   EASYSYNC_ASSIGN_OR_RETURN(ep_, worker_->Connect(options_.host, options_.port));
   worker_->Start();
@@ -85,7 +87,7 @@ Status NetClient::Connect() {
     SendFrame(std::make_shared<const Frame>(Encode(Hello{version_, nonce_})));
   });
   std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_for(lock, options_.connect_timeout, [&] { return state_ != State::kConnecting; })) {
+  if (!cv_.wait_until(lock, deadline, [&] { return state_ != State::kConnecting; })) {
     return Status::Timeout("no answer from the hub at " + cluster_ + " within " +
                            std::to_string(options_.connect_timeout.count()) + " ms" +
                            (admitted.ok() ? "" : " (" + admitted.message() + ")"));
