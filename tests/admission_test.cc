@@ -12,6 +12,7 @@
 
 #include "net/admission.h"
 #include "net/tcp_filter.h"
+#include "tcp_probe.h"
 
 namespace easysync::net {
 namespace {
@@ -28,14 +29,7 @@ admission::Message Sample(admission::Type t) {
   return m;
 }
 
-sockaddr_storage V4(const char* ip, uint16_t port = 0) {
-  sockaddr_storage ss{};
-  auto* in = reinterpret_cast<sockaddr_in*>(&ss);
-  in->sin_family = AF_INET;
-  in->sin_port = htons(port);
-  inet_pton(AF_INET, ip, &in->sin_addr);
-  return ss;
-}
+using testing::Address;
 
 TEST(Admission, EveryMessageRoundTrips) {
   for (auto t : {admission::Type::kKnock, admission::Type::kChallenge, admission::Type::kProof,
@@ -89,13 +83,13 @@ TEST(Admission, ACookieIsGoodForOneAddressAndNonceForTwoEpochs) {
   const admission::Cookies hub;
   const auto now = std::chrono::steady_clock::now();
   const Nonce nonce = Sample(admission::Type::kKnock).nonce;
-  const sockaddr_storage from = V4("10.1.2.3", 40000);
+  const sockaddr_storage from = Address("10.1.2.3", 40000);
   const Nonce cookie = hub.Make(from, nonce, now);
   EXPECT_TRUE(hub.Valid(from, nonce, cookie, now));
-  EXPECT_TRUE(hub.Valid(V4("10.1.2.3", 40001), nonce, cookie, now)) << "the port is not in it";
+  EXPECT_TRUE(hub.Valid(Address("10.1.2.3", 40001), nonce, cookie, now)) << "the port is not in it";
   EXPECT_TRUE(hub.Valid(from, nonce, cookie, now + 30s)) << "the next epoch still takes it";
   EXPECT_FALSE(hub.Valid(from, nonce, cookie, now + 61s));
-  EXPECT_FALSE(hub.Valid(V4("10.1.2.4", 40000), nonce, cookie, now));
+  EXPECT_FALSE(hub.Valid(Address("10.1.2.4", 40000), nonce, cookie, now));
   Nonce other = nonce;
   other[0] ^= 1;
   EXPECT_FALSE(hub.Valid(from, other, cookie, now));
@@ -123,7 +117,7 @@ int Listener(int family, uint16_t* port) {
   sockaddr_storage ss{};
   socklen_t len = 0;
   if (family == AF_INET) {
-    ss = V4("0.0.0.0");
+    ss = Address("0.0.0.0");
     len = sizeof(sockaddr_in);
   } else {
     auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
@@ -142,48 +136,23 @@ int Listener(int family, uint16_t* port) {
   return fd;
 }
 
-// Whether a connection from `source` to `dest` completes within `wait`.
-bool Connects(const sockaddr_storage& source, sockaddr_storage dest, uint16_t port,
-              std::chrono::milliseconds wait = 300ms) {
-  const int fd = socket(dest.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  const socklen_t len = dest.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&source), len) != 0) {
-    close(fd);
-    return false;
-  }
+// Whether a connection from `source` reaches `dest`:port.
+bool Connects(const sockaddr_storage& source, sockaddr_storage dest, uint16_t port) {
   if (dest.ss_family == AF_INET) {
     reinterpret_cast<sockaddr_in*>(&dest)->sin_port = htons(port);
   } else {
     reinterpret_cast<sockaddr_in6*>(&dest)->sin6_port = htons(port);
   }
-  (void)::connect(fd, reinterpret_cast<const sockaddr*>(&dest), len);
-  pollfd p{fd, POLLOUT, 0};
-  int error = 1;
-  if (poll(&p, 1, static_cast<int>(wait.count())) == 1) {
-    socklen_t elen = sizeof(error);
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &elen);
-  }
-  close(fd);
-  return error == 0;
+  return testing::TcpConnects(source, dest, 300ms);
 }
 
-IpAddress Ip(const char* text) {
-  sockaddr_storage ss{};
-  if (inet_pton(AF_INET, text, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr) == 1) {
-    ss.ss_family = AF_INET;
-  } else {
-    ss.ss_family = AF_INET6;
-    inet_pton(AF_INET6, text, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr);
-  }
-  return *AddressOf(ss);
-}
+IpAddress Ip(const char* text) { return *AddressOf(Address(text)); }
 
 TEST(TcpFilter, AListenerTakesConnectionsOnlyFromTheAddressesAllowed) {
   uint16_t port = 0;
   const int fd = Listener(AF_INET, &port);
   ASSERT_GE(fd, 0);
-  const sockaddr_storage one = V4("127.0.0.1"), two = V4("127.0.0.2");
+  const sockaddr_storage one = Address("127.0.0.1"), two = Address("127.0.0.2");
   EXPECT_TRUE(Connects(two, one, port)) << "unfiltered, 127.0.0.2 reaches it";
   ASSERT_TRUE(AttachFilter(fd, AllowOnly({Ip("127.0.0.1")})).ok());
   EXPECT_TRUE(Connects(one, one, port));
@@ -205,7 +174,7 @@ TEST(TcpFilter, ADualStackListenerTellsIpv4FromIpv6Sources) {
   loop6.ss_family = AF_INET6;
   reinterpret_cast<sockaddr_in6*>(&loop6)->sin6_addr = in6addr_loopback;
   if (!Connects(loop6, loop6, port)) GTEST_SKIP() << "::1 does not connect here";
-  const sockaddr_storage one = V4("127.0.0.1"), two = V4("127.0.0.2");
+  const sockaddr_storage one = Address("127.0.0.1"), two = Address("127.0.0.2");
   ASSERT_TRUE(AttachFilter(fd, AllowOnly({Ip("::1"), Ip("127.0.0.2")})).ok());
   EXPECT_TRUE(Connects(loop6, loop6, port));
   EXPECT_TRUE(Connects(two, one, port)) << "an IPv4 source on a dual-stack listener";
@@ -232,7 +201,7 @@ TEST(TcpFilter, AProgramForTheMostAddressesFitsTheKernel) {
   ASSERT_GE(fd, 0);
   const Status s = AttachFilter(fd, AllowOnly(many));
   ASSERT_TRUE(s.ok()) << s.ToString();
-  const sockaddr_storage one = V4("127.0.0.1"), two = V4("127.0.0.2");
+  const sockaddr_storage one = Address("127.0.0.1"), two = Address("127.0.0.2");
   EXPECT_TRUE(Connects(one, one, port)) << "the last address of the longest program";
   EXPECT_FALSE(Connects(two, one, port));
   close(fd);

@@ -16,6 +16,7 @@
 #include "easysync/net.h"
 #include "net/admission.h"
 #include "net_test_util.h"
+#include "tcp_probe.h"
 
 namespace easysync {
 namespace {
@@ -23,39 +24,18 @@ namespace {
 using namespace std::chrono_literals;
 namespace adm = net::admission;
 
-sockaddr_in V4(const char* ip, uint16_t port) {
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &in.sin_addr);
-  return in;
-}
-
-// Whether a TCP connection from `source` to the hub's port completes within `wait`.
-bool ConnectsFrom(const char* source, uint16_t port, std::chrono::milliseconds wait = 500ms) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  const sockaddr_in from = V4(source, 0), to = V4("127.0.0.1", port);
-  int error = 1;
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&from), sizeof(from)) == 0) {
-    (void)::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to));
-    pollfd p{fd, POLLOUT, 0};
-    if (poll(&p, 1, static_cast<int>(wait.count())) == 1) {
-      socklen_t len = sizeof(error);
-      getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
-    }
-  }
-  close(fd);
-  return error == 0;
+// Whether a TCP connection from `source` to the hub's port completes.
+bool ConnectsFrom(const char* source, uint16_t port) {
+  return testing::TcpConnects(testing::Address(source), testing::Address("127.0.0.1", port));
 }
 
 // The admission exchange from `source` (what a client does, from an address of the test's
 // choosing): the hub's last answer, nullopt if none came.
 std::optional<adm::Type> KnockFrom(const char* source, uint16_t port, const std::string& token) {
   const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  const sockaddr_in from = V4(source, 0), to = V4("127.0.0.1", port);
-  if (fd < 0 || bind(fd, reinterpret_cast<const sockaddr*>(&from), sizeof(from)) != 0 ||
-      ::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) != 0) {
+  const sockaddr_storage from = testing::Address(source), to = testing::Address("127.0.0.1", port);
+  if (fd < 0 || bind(fd, reinterpret_cast<const sockaddr*>(&from), testing::LengthOf(from)) != 0 ||
+      ::connect(fd, reinterpret_cast<const sockaddr*>(&to), testing::LengthOf(to)) != 0) {
     if (fd >= 0) close(fd);
     return std::nullopt;
   }
