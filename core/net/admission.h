@@ -1,6 +1,6 @@
 // Admission: a client proves it knows the token over UDP before its TCP connection reaches
 // UCX, whose connection setup parses what a peer sends before EasySync's handshake does (and
-// UCX 1.13 aborts on some malformed connection requests). The hub's TCP listeners take
+// UCX 1.13 aborts on some malformed connection requests). The hub's listener takes
 // connections only from the addresses admitted this way (net/tcp_filter.h).
 //
 // Datagrams, on the hub's UDP port (all integers little-endian; docs/net_protocol.md,
@@ -17,7 +17,7 @@
 // cookie), the handshake's construction (net/protocol.h) under a label of its own.
 //
 // Decode never trusts its input: a bad datagram is Status::Corruption, never a crash.
-// Thread-safety: free functions; AdmissionCookies is immutable after construction.
+// Thread-safety: free functions; Cookies is immutable after construction.
 #pragma once
 
 #include <sys/socket.h>
