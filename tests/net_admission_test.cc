@@ -112,6 +112,20 @@ TEST(NetAdmission, AClientProvesItselfToAStrictHub) {
   EXPECT_EQ(hub.Stop(), 0);
 }
 
+TEST(NetAdmission, AKnockAtAnotherOfTheHubsAddressesIsAnswered) {
+  // A hub on all addresses answers from the one the kernel picks (127.0.0.1 here, asked at
+  // 127.0.0.2): the client's knock still takes the answer.
+  testing::HubProcess hub({"--admission", "strict", "--bind", "0.0.0.0"});
+  ASSERT_NE(hub.port(), 0);
+  EXPECT_FALSE(ConnectsFrom("127.0.0.1", hub.port()));
+  const Status s = adm::Knock("127.0.0.2", hub.port(), testing::kTestToken, 2000ms);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(ConnectsFrom("127.0.0.1", hub.port()));
+  EXPECT_EQ(adm::Knock("127.0.0.2", hub.port(), "not-the-token", 2000ms).code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(hub.Stop(), 0);
+}
+
 TEST(NetAdmission, AClientReconnectsToARestartedStrictHub) {
   // The new hub admits nobody yet: the client's reconnect proves itself again.
   testing::HubProcess hub({"--admission", "strict"});

@@ -133,7 +133,10 @@ bool Cookies::Valid(const sockaddr_storage& from, const Nonce& nonce, const Nonc
 
 Status Knock(const std::string& host, uint16_t port, std::string_view token,
              std::chrono::milliseconds limit) {
-  EASYSYNC_ASSIGN_OR_RETURN(UdpSocket socket, UdpSocket::Connect(host, port));
+  // Answers are taken from any address (the nonce tells this knock's): a hub bound to all
+  // its addresses answers from the one the kernel picks.
+  UdpAddress hub;
+  EASYSYNC_ASSIGN_OR_RETURN(UdpSocket socket, UdpSocket::Open(host, port, &hub));
   Message out;
   out.type = Type::kKnock;
   out.nonce = RandomNonce();
@@ -142,7 +145,7 @@ Status Knock(const std::string& host, uint16_t port, std::string_view token,
   std::vector<std::byte> sent = Encode(out);
   std::byte buf[kMaxDatagram + 1];
   for (;;) {
-    socket.Send(ByteSpan(sent.data(), sent.size()));
+    socket.Send(ByteSpan(sent.data(), sent.size()), &hub);
     const auto resend = std::min(deadline, std::chrono::steady_clock::now() + wait);
     wait *= 2;
     for (;;) {

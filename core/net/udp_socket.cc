@@ -134,6 +134,20 @@ Result<UdpSocket> UdpSocket::Connect(const std::string& host, uint16_t port) {
   return s;
 }
 
+Result<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t port, UdpAddress* to) {
+  EASYSYNC_ASSIGN_OR_RETURN(*to, Resolve(host, port, false));
+  const int fd = socket(to->addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno("socket(UDP)", errno);
+  UdpSocket s(fd);
+  const int one = 1;
+  if (to->addr.ss_family == AF_INET6) {
+    setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
+  } else {
+    setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
+  }
+  return s;
+}
+
 uint16_t UdpSocket::local_port() const {
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);

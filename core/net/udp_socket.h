@@ -35,6 +35,10 @@ class UdpSocket {
   static Result<UdpSocket> Bind(const std::string& bind, uint16_t port);
   // A socket that sends to and receives from host:port only (a client).
   static Result<UdpSocket> Connect(const std::string& host, uint16_t port);
+  // A socket for datagrams to host:port (*to, for Send) that takes answers from any address:
+  // a server bound to all its addresses answers from the one the kernel picks, which need
+  // not be the one asked. ICMP errors still show (POLLERR, SO_ERROR), as on a connected one.
+  static Result<UdpSocket> Open(const std::string& host, uint16_t port, UdpAddress* to);
   UdpSocket(UdpSocket&& o) noexcept;
   UdpSocket& operator=(UdpSocket&& o) noexcept;
   UdpSocket(const UdpSocket&) = delete;
