@@ -155,13 +155,13 @@ Status Knock(const std::string& host, uint16_t port, std::string_view token,
       const auto ms = std::chrono::ceil<std::chrono::milliseconds>(resend - now).count();
       if (poll(&p, 1, static_cast<int>(ms)) <= 0) continue;
       if ((p.revents & POLLERR) != 0) {
+        // An ICMP error (port, host or network unreachable): nothing will answer. The error
+        // stays queued (IP_RECVERR), so waiting on would only find it again at once.
         int error = 0;
         socklen_t len = sizeof(error);
         getsockopt(socket.fd(), SOL_SOCKET, SO_ERROR, &error, &len);
-        if (error == ECONNREFUSED) {  // ICMP port unreachable: nothing listens there
-          return Status::Unavailable("nothing answers on UDP port " + std::to_string(port) +
-                                     " of " + host);
-        }
+        return Status::Unavailable("nothing answers on UDP port " + std::to_string(port) +
+                                   " of " + host + ": " + std::strerror(error ? error : EIO));
       }
       UdpAddress from;
       const auto n = socket.Receive(std::span<std::byte>(buf, sizeof(buf)), &from);
