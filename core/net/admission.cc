@@ -1,13 +1,13 @@
 // Admission over UDP (see admission.h).
 #include "net/admission.h"
 
-#include <netinet/in.h>
 #include <poll.h>
 #include <sodium.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "net/tcp_filter.h"
 #include "net/udp_socket.h"
 
 namespace easysync::net::admission {
@@ -95,14 +95,10 @@ Cookies::Cookies() {
 Nonce Cookies::MakeIn(const sockaddr_storage& from, const Nonce& nonce, int64_t epoch) const {
   // The address without its port: a client's KNOCK and PROOF may leave from different
   // sockets, and admission is per address anyway.
+  const IpAddress a = AddressOf(from).value_or(IpAddress{});
   uint8_t addr[17] = {};
-  if (from.ss_family == AF_INET) {
-    addr[0] = 4;
-    std::memcpy(addr + 1, &reinterpret_cast<const sockaddr_in*>(&from)->sin_addr, 4);
-  } else if (from.ss_family == AF_INET6) {
-    addr[0] = 6;
-    std::memcpy(addr + 1, &reinterpret_cast<const sockaddr_in6*>(&from)->sin6_addr, 16);
-  }
+  addr[0] = a.v6 ? 6 : 4;
+  std::memcpy(addr + 1, a.bytes.data(), a.bytes.size());
   uint8_t e[8];
   for (size_t i = 0; i < 8; ++i) e[i] = uint8_t(uint64_t(epoch) >> (8 * i));
   crypto_generichash_state st;
@@ -160,8 +156,8 @@ Status Knock(const std::string& host, uint16_t port, std::string_view token,
         int error = 0;
         socklen_t len = sizeof(error);
         getsockopt(socket.fd(), SOL_SOCKET, SO_ERROR, &error, &len);
-        return Status::Unavailable("nothing answers on UDP port " + std::to_string(port) +
-                                   " of " + host + ": " + std::strerror(error ? error : EIO));
+        return Status::Unavailable("nothing answers on UDP port " + std::to_string(port) + " of " +
+                                   host + ": " + std::strerror(error ? error : EIO));
       }
       UdpAddress from;
       const auto n = socket.Receive(std::span<std::byte>(buf, sizeof(buf)), &from);
