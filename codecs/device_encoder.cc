@@ -272,8 +272,8 @@ Result<DeviceEncoder::Staged> DeviceEncoder::Stage(DType dtype, size_t element_c
 }
 
 Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_t bytes,
-                                          std::optional<uint64_t> base_hash,
-                                          std::span<uint8_t> out) {
+                                          std::optional<uint64_t> base_hash, std::span<uint8_t> out,
+                                          uint8_t* copy_to) {
   const size_t esize = DTypeSize(dtype_);
   if (!staged_ || in_place_) return Status::InvalidArgument("DeviceEncoder: no staged update");
   const size_t end = offset + bytes;
@@ -287,18 +287,21 @@ Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_
   }
   EASYSYNC_RETURN_IF_ERROR(ClaimRange(offset, end));
   Result<size_t> size = size_t{0};
+  EncodeHints hints;
+  hints.copy_to = copy_to;
   if (kind_ == Staged::kFull) {
-    size = encoder.EncodeFull(TensorBytes{dtype_, count, staging_ + offset}, new_version_, out);
+    size = encoder.Encode(TensorBytes{dtype_, count, staging_ + offset}, nullptr, 0, new_version_,
+                          out, hints);
   } else if (kind_ == Staged::kDense) {
     // The shadow keeps the base until Commit (staging then becomes the shadow).
     const TensorBytes now{dtype_, count, staging_ + offset};
     const TensorBytes base{dtype_, count, shadow_ + offset};
-    EncodeHints hints;
     hints.known_base_hash = base_hash;
     size = encoder.Encode(now, &base, base_version_, new_version_, out, hints);
   } else {
     size = EncodeBlocksRange(encoder, offset, bytes,
-                             base_hash ? *base_hash : HashBytes({shadow_ + offset, bytes}), out);
+                             base_hash ? *base_hash : HashBytes({shadow_ + offset, bytes}), out,
+                             copy_to);
   }
   if (size.ok() && bytes == n_) {
     // One frame for the whole tensor: its result is the next shadow's hash.
@@ -310,7 +313,8 @@ Result<size_t> DeviceEncoder::EncodeRange(Encoder& encoder, size_t offset, size_
 }
 
 Result<size_t> DeviceEncoder::EncodeBlocksRange(Encoder& encoder, size_t offset, size_t bytes,
-                                                uint64_t base_hash, std::span<uint8_t> out) {
+                                                uint64_t base_hash, std::span<uint8_t> out,
+                                                uint8_t* copy_to) {
   const size_t esize = DTypeSize(dtype_);
   // The range's blocks (ids increase), numbered from its start.
   const uint32_t* ids = ids_host_.data();
@@ -331,8 +335,8 @@ Result<size_t> DeviceEncoder::EncodeBlocksRange(Encoder& encoder, size_t offset,
   // The shadow's range becomes the new value as the blocks are scanned.
   const std::span<uint8_t> shadow(shadow_ + offset, bytes);
   EASYSYNC_ASSIGN_OR_RETURN(
-      const size_t size,
-      encoder.ApplyAndEncodeXorBlocks(blocks, shadow, base_version_, base_hash, new_version_, out));
+      const size_t size, encoder.ApplyAndEncodeXorBlocks(blocks, shadow, base_version_, base_hash,
+                                                         new_version_, out, copy_to));
   if (size != 0) return size;
   // Too dense for a sparse frame after all: the range's base is its new value with the blocks
   // applied once more (XOR undoes itself); encode from the two.

@@ -125,7 +125,7 @@ struct Encoder::Impl {
   // EncodeXorBlocks, and with a base ApplyAndEncodeXorBlocks (result_hash then unused).
   Result<size_t> EncodeBlocks(const XorBlocks& blocks, uint8_t* base, uint64_t base_version,
                               uint64_t base_digest, uint64_t new_version, uint64_t result_digest,
-                              std::span<uint8_t> out);
+                              std::span<uint8_t> out, uint8_t* copy_to = nullptr);
   // Turns a finished sparse scan into the best sparse frame payload; 0 when none beats raw n.
   // diff: the sink holds ZigzagDelta values (kDiff) rather than XOR bits.
   Result<size_t> FinishSparse(const internal::SparseSink& sink, size_t esize, size_t n, bool diff,
@@ -445,17 +445,27 @@ Result<size_t> Encoder::EncodeXorBlocks(const XorBlocks& blocks, uint64_t base_v
 
 Result<size_t> Encoder::ApplyAndEncodeXorBlocks(const XorBlocks& blocks, std::span<uint8_t> base,
                                                 uint64_t base_version, uint64_t base_hash,
-                                                uint64_t new_version, std::span<uint8_t> out) {
-  if (base.size() != blocks.element_count * DTypeSize(blocks.dtype)) {
+                                                uint64_t new_version, std::span<uint8_t> out,
+                                                uint8_t* copy_to) {
+  const size_t n = blocks.element_count * DTypeSize(blocks.dtype);
+  if (base.size() != n) {
     return Status::InvalidArgument("ApplyAndEncodeXorBlocks: base is not the tensor's size");
   }
-  return impl_->EncodeBlocks(blocks, base.data(), base_version, base_hash, new_version, 0, out);
+  if (copy_to != nullptr &&
+      (Overlaps(copy_to, n, base.data(), n) || Overlaps(copy_to, n, out.data(), out.size()) ||
+       (blocks.bytes != nullptr &&
+        Overlaps(copy_to, n, blocks.bytes, blocks.count * blocks.block_bytes)))) {
+    return Status::InvalidArgument(
+        "ApplyAndEncodeXorBlocks: copy_to overlaps the base, the blocks or the output");
+  }
+  return impl_->EncodeBlocks(blocks, base.data(), base_version, base_hash, new_version, 0, out,
+                             copy_to);
 }
 
 Result<size_t> Encoder::Impl::EncodeBlocks(const XorBlocks& blocks, uint8_t* base,
                                            uint64_t base_version, uint64_t base_digest,
                                            uint64_t new_version, uint64_t result_digest,
-                                           std::span<uint8_t> out) {
+                                           std::span<uint8_t> out, uint8_t* copy_to) {
   const size_t esize = DTypeSize(blocks.dtype);
   if (esize == 0) return Status::InvalidArgument("EncodeXorBlocks: invalid dtype");
   const size_t bound = EncodeBound(blocks.dtype, blocks.element_count);
@@ -495,22 +505,38 @@ Result<size_t> Encoder::Impl::EncodeBlocks(const XorBlocks& blocks, uint8_t* bas
   bool sparse = options.allow_delta && options.allow_sparse && n != 0;
   internal::SparseSink sink;
   if (sparse) EASYSYNC_RETURN_IF_ERROR(StartSparse(n, &sink));
-  for (size_t j = 0; j < blocks.count; ++j) {
-    const size_t at = size_t{blocks.ids[j]} * b;
-    const size_t len = std::min<size_t>(b, n - at);
-    const uint8_t* x = blocks.bytes + j * b;
-    sink.origin = at;
-    if (base == nullptr) {
-      if (!sparse) break;
-      sparse = internal::SparseScan(x, zeros.data(), 0, len, esize, &sink);
-      continue;
+  if (base == nullptr) {
+    for (size_t j = 0; j < blocks.count && sparse; ++j) {
+      const size_t at = size_t{blocks.ids[j]} * b;
+      sink.origin = at;
+      sparse = internal::SparseScan(blocks.bytes + j * b, zeros.data(), 0,
+                                    std::min<size_t>(b, n - at), esize, &sink);
     }
-    uint8_t* was = base + at;
-    for (size_t k = 0; k < len; ++k) scratch[k] = static_cast<uint8_t>(was[k] ^ x[k]);
-    if (sparse) sparse = internal::SparseScan(scratch, was, 0, len, esize, &sink, diff);
-    std::memcpy(was, scratch, len);
+  } else {
+    if (!cur_hash.ok())
+      return Status::ResourceExhausted("EncodeXorBlocks: hash state allocation failed");
+    // Chunk by chunk (whole blocks): the chunk's blocks are applied, then the chunk is hashed
+    // and copied to copy_to while it is in cache, so the result is read from memory once.
+    const size_t chunk = std::max<size_t>(b, kBlock / b * b);
+    cur_hash.Reset();
+    size_t j = 0;
+    for (size_t c = 0; c < n; c += chunk) {
+      const size_t end = std::min(n, c + chunk);
+      for (; j < blocks.count && size_t{blocks.ids[j]} * b < end; ++j) {
+        const size_t at = size_t{blocks.ids[j]} * b;
+        const size_t len = std::min<size_t>(b, n - at);
+        const uint8_t* x = blocks.bytes + j * b;
+        uint8_t* was = base + at;
+        sink.origin = at;
+        for (size_t k = 0; k < len; ++k) scratch[k] = static_cast<uint8_t>(was[k] ^ x[k]);
+        if (sparse) sparse = internal::SparseScan(scratch, was, 0, len, esize, &sink, diff);
+        std::memcpy(was, scratch, len);
+      }
+      cur_hash.Update(base + c, end - c);
+      if (copy_to != nullptr) std::memcpy(copy_to + c, base + c, end - c);
+    }
+    result_digest = cur_hash.Digest();
   }
-  if (base != nullptr) result_digest = HashBytes({base, n});
   if (!sparse) return size_t{0};  // too dense for a sparse frame
   FrameInfo info;
   info.dtype = blocks.dtype;

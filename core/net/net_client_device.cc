@@ -123,10 +123,10 @@ Result<uint64_t> NetClient::WriteTensor(AttrId attr, const TensorView& view) {
               *tail = SegmentTail{payload, len, dev.device_memory()};
               return codec::kFrameHeaderBytes;
             }
-            EASYSYNC_ASSIGN_OR_RETURN(size_t n, dev.EncodeRange(encoder, off, len, base_hash, out));
-            std::memcpy(holder->data() + detail::kTensorHeaderBytes + off,
-                        dev.RangeValue(off, len).data(), len);
-            return n;
+            // The replica's range is filled within the encoder's pass over the new bytes.
+            return dev.EncodeRange(
+                encoder, off, len, base_hash, out,
+                reinterpret_cast<uint8_t*>(holder->data()) + detail::kTensorHeaderBytes + off);
           },
           &segment_hashes);
     } else {

@@ -163,9 +163,12 @@ class Encoder {
   // blocks are applied to it as they are scanned (it holds the result afterwards, whatever
   // is returned), the result is hashed here, and values go as differences from the base
   // where the options allow (small numeric steps then cost less than their XOR bits).
+  // copy_to, when set, also gets the result (the tensor's bytes, whatever is returned),
+  // within the pass that hashes it; it must not overlap the base, the blocks or the output.
   Result<size_t> ApplyAndEncodeXorBlocks(const XorBlocks& blocks, std::span<uint8_t> base,
                                          uint64_t base_version, uint64_t base_hash,
-                                         uint64_t new_version, std::span<uint8_t> out);
+                                         uint64_t new_version, std::span<uint8_t> out,
+                                         uint8_t* copy_to = nullptr);
 
   const EncoderOptions& options() const;
 

@@ -105,13 +105,16 @@ class DeviceEncoder {
   // end one too or the tensor's end, ranges that do not overlap (InvalidArgument otherwise);
   // out.size() >= EncodeBound for the range. Several threads may encode different ranges of
   // one update at once, each with an encoder of its own (the overload without one uses the
-  // DeviceEncoder's).
+  // DeviceEncoder's). copy_to, when set, gets the range's new bytes (what RangeValue gives)
+  // within the encoder's pass over them, where the caller keeps a copy of the value: that
+  // saves a pass over memory. It must not overlap the encoder's buffers or `out`.
   Result<size_t> EncodeRange(size_t offset, size_t bytes, std::optional<uint64_t> base_hash,
                              std::span<uint8_t> out) {
     return EncodeRange(encoder_, offset, bytes, base_hash, out);
   }
   Result<size_t> EncodeRange(Encoder& encoder, size_t offset, size_t bytes,
-                             std::optional<uint64_t> base_hash, std::span<uint8_t> out);
+                             std::optional<uint64_t> base_hash, std::span<uint8_t> out,
+                             uint8_t* copy_to = nullptr);
   // The staged update's new bytes of a range that EncodeRange has encoded (host memory;
   // valid until Commit or the next Stage). REQUIRES: offset + bytes <= the tensor's bytes.
   std::span<const uint8_t> RangeValue(size_t offset, size_t bytes) const {
@@ -164,7 +167,7 @@ class DeviceEncoder {
   Status ClaimRange(size_t begin, size_t end);
   void FreeAll();
   Result<size_t> EncodeBlocksRange(Encoder& encoder, size_t offset, size_t bytes,
-                                   uint64_t base_hash, std::span<uint8_t> out);
+                                   uint64_t base_hash, std::span<uint8_t> out, uint8_t* copy_to);
 
   std::unique_ptr<DeltaBackend> backend_;
   Encoder encoder_;

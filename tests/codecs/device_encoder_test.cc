@@ -124,6 +124,9 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
     std::vector<Result<size_t>> sizes(ranges, size_t{0});
     std::vector<Encoder> encoders(ranges);
     std::vector<std::thread> workers;
+    // Most ranges also copy their new bytes out (copy_to), the others leave it to RangeValue.
+    const auto copies_out = [](size_t r) { return r % 3 != 1; };
+    std::vector<uint8_t> copies(cur.size(), 0xa5);
     for (size_t r = 0; r < ranges; ++r) {
       const size_t off = r * range_bytes;
       const size_t bytes = std::min(range_bytes, cur.size() - off);
@@ -134,7 +137,8 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
       frames[r].resize(EncodeBound(dtype, bytes / esize));
       const auto encode = [&, r, off, bytes, base_hash] {
         if (!in_place) {
-          sizes[r] = enc.EncodeRange(encoders[r], off, bytes, base_hash, frames[r]);
+          sizes[r] = enc.EncodeRange(encoders[r], off, bytes, base_hash, frames[r],
+                                     copies_out(r) ? copies.data() + off : nullptr);
           return;
         }
         frames[r].resize(kHeaderBytes + bytes);
@@ -177,6 +181,10 @@ void RunRangeSequence(DeviceEncoder& enc, DType dtype, size_t count, size_t rang
       const std::span<const uint8_t> value = enc.RangeValue(off, bytes);
       ASSERT_TRUE(std::equal(value.begin(), value.end(), cur.begin() + off))
           << "step " << s << " range at " << off;
+      if (copies_out(r)) {
+        ASSERT_TRUE(std::equal(cur.begin() + off, cur.begin() + off + bytes, copies.begin() + off))
+            << "step " << s << ": copy_to of the range at " << off;
+      }
     }
     ASSERT_TRUE(enc.Commit(upload(cur)).ok());
     ASSERT_EQ(receiver, cur) << "step " << s;
@@ -482,6 +490,66 @@ TEST(EncodeXorBlocks, WithTheBaseAppliesTheBlocksAndSendsSmallStepsAsDifferences
   std::vector<uint8_t> small(10);
   EXPECT_EQ(enc.ApplyAndEncodeXorBlocks(blocks, small, 1, 0, 2, frame).status().code(),
             StatusCode::kInvalidArgument);
+}
+
+// copy_to gets the result in the pass that hashes it, over many of the scan's chunks (blocks
+// of 192 bytes do not divide them evenly; the last block is short), sparse or not.
+TEST(EncodeXorBlocks, CopyToGetsTheResultAcrossChunks) {
+  const size_t count = 1300003;  // bfloat16: ~2.6 MB
+  std::mt19937_64 rng(11);
+  std::vector<uint8_t> base(count * 2);
+  for (auto& v : base) v = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> cur = base;
+  auto* w = reinterpret_cast<uint16_t*>(cur.data());
+  for (size_t k = 0; k < count / 200; ++k) w[rng() % count] += 1;
+  w[0] += 1;
+  w[count - 1] -= 1;
+  std::vector<uint32_t> ids;
+  std::vector<uint8_t> bytes;
+  BlocksOf(cur, base, 192, &ids, &bytes);
+  const XorBlocks blocks{DType::kBFloat16, count, 192, ids.data(), ids.size(), bytes.data()};
+  Encoder enc;
+  std::vector<uint8_t> shadow = base, copy(cur.size(), 0x5a);
+  std::vector<uint8_t> frame(EncodeBound(DType::kBFloat16, count));
+  auto size =
+      enc.ApplyAndEncodeXorBlocks(blocks, shadow, 1, HashBytes(base), 2, frame, copy.data());
+  ASSERT_TRUE(size.ok() && *size > 0) << size.status().ToString();
+  EXPECT_EQ(shadow, cur);
+  EXPECT_EQ(copy, cur);
+  auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->result_hash, HashBytes(cur));  // hashed chunk by chunk: the same XXH3-64
+  std::vector<uint8_t> out(cur.size());
+  ASSERT_TRUE(
+      Decoder()
+          .Decode(std::span<const uint8_t>(frame.data(), *size), base.data(), base.size(), out)
+          .ok());
+  EXPECT_EQ(out, cur);
+
+  // Too dense for a sparse frame: copy_to gets the result all the same.
+  for (auto& v : cur) v = static_cast<uint8_t>(rng());
+  BlocksOf(cur, shadow, 192, &ids, &bytes);
+  const XorBlocks dense{DType::kBFloat16, count, 192, ids.data(), ids.size(), bytes.data()};
+  std::fill(copy.begin(), copy.end(), 0x5a);
+  auto none =
+      enc.ApplyAndEncodeXorBlocks(dense, shadow, 2, HashBytes(shadow), 3, frame, copy.data());
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0u);
+  EXPECT_EQ(shadow, cur);
+  EXPECT_EQ(copy, cur);
+
+  // A copy_to that overlaps the base or the output is refused before anything is written.
+  const std::vector<uint8_t> before = shadow;
+  EXPECT_EQ(
+      enc.ApplyAndEncodeXorBlocks(dense, shadow, 3, HashBytes(shadow), 4, frame, shadow.data() + 2)
+          .status()
+          .code(),
+      StatusCode::kInvalidArgument);
+  EXPECT_EQ(enc.ApplyAndEncodeXorBlocks(dense, shadow, 3, HashBytes(shadow), 4, frame, frame.data())
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(shadow, before);
 }
 
 TEST(DeviceEncoderCuda, MatchesTheHostPipeline) {
