@@ -2,6 +2,8 @@
 // the replay window, and fragmentation/reassembly under loss, duplication and reordering.
 #include "net/udp_wire.h"
 
+#include <poll.h>
+
 #include <gtest/gtest.h>
 #include <sodium.h>
 
@@ -9,6 +11,9 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
+
+#include "net/udp_socket.h"
 
 namespace easysync::net::udp {
 namespace {
@@ -818,6 +823,67 @@ TEST(Reassembler, FourMiBThroughSealAndOpenShuffled) {
   EXPECT_EQ(done[0].header.seq, 3u);
   EXPECT_EQ(r.bytes_held(), 0u);
   EXPECT_EQ(r.stale(), 1u);  // the replayed fragment, after the value was complete
+}
+
+// ---- UdpSocket
+
+// One datagram on `s` within a second; nullopt if none came.
+std::optional<std::string> ReceiveWithin(UdpSocket& s, UdpAddress* from) {
+  pollfd p{s.fd(), POLLIN, 0};
+  if (poll(&p, 1, 1000) != 1) return std::nullopt;
+  std::byte buf[256];
+  const auto n = s.Receive(buf, from);
+  if (!n) return std::nullopt;
+  return std::string(reinterpret_cast<const char*>(buf), *n);
+}
+
+ByteSpan Text(const std::string& t) {
+  return {reinterpret_cast<const std::byte*>(t.data()), t.size()};
+}
+
+// A hub bound to all its addresses answers a client from the address the client sent to:
+// a client's connected socket takes datagrams from that address only (127.0.0.2 stands for
+// a second address of the host, or a VIP). The kernel alone picks 127.0.0.1.
+void AnswersFromTheAddressAsked(const std::string& bind) {
+  auto server = UdpSocket::Bind(bind, 0);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  for (const char* asked : {"127.0.0.2", "127.0.0.1"}) {
+    auto client = UdpSocket::Connect(asked, server->local_port());
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client->Send(Text(std::string("hello via ") + asked));
+    UdpAddress from;
+    auto got = ReceiveWithin(*server, &from);
+    ASSERT_TRUE(got.has_value()) << bind << ": nothing arrived at " << asked;
+    EXPECT_EQ(*got, std::string("hello via ") + asked);
+    ASSERT_TRUE(from.local.has_value()) << "the datagram's destination was not recorded";
+    server->Send(Text("answer"), &from);
+    auto answer = ReceiveWithin(*client, nullptr);
+    EXPECT_EQ(answer.value_or("(none)"), "answer")
+        << bind << ": the answer to a datagram sent to " << asked << " did not come from there";
+  }
+}
+
+TEST(UdpSocket, AServerBoundToAllIpv4AddressesAnswersFromTheOneAsked) {
+  AnswersFromTheAddressAsked("0.0.0.0");
+}
+
+TEST(UdpSocket, ADualStackServerAnswersIpv4ClientsFromTheAddressAsked) {
+  auto probe = UdpSocket::Bind("::", 0);
+  if (!probe.ok()) GTEST_SKIP() << "no IPv6 here: " << probe.status().ToString();
+  AnswersFromTheAddressAsked("::");
+}
+
+TEST(UdpSocket, AnIpv6ServerAnswersFromTheAddressAsked) {
+  auto server = UdpSocket::Bind("::", 0);
+  if (!server.ok()) GTEST_SKIP() << "no IPv6 here: " << server.status().ToString();
+  auto client = UdpSocket::Connect("::1", server->local_port());
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  client->Send(Text("hello"));
+  UdpAddress from;
+  ASSERT_EQ(ReceiveWithin(*server, &from).value_or("(none)"), "hello");
+  ASSERT_TRUE(from.local.has_value());
+  server->Send(Text("answer"), &from);
+  EXPECT_EQ(ReceiveWithin(*client, nullptr).value_or("(none)"), "answer");
 }
 
 }  // namespace

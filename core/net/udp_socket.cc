@@ -119,6 +119,16 @@ Result<UdpSocket> UdpSocket::Bind(const std::string& bind, uint16_t port) {
     return Status::Unavailable("cannot bind UDP " + bind + ":" + std::to_string(port) + ": " +
                                std::strerror(errno));
   }
+  // Where each datagram was sent: IPv4 ones (IPv4-mapped on a dual-stack socket too) report
+  // IP_PKTINFO, IPv6 ones IPV6_PKTINFO.
+  if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) != 0 &&
+      a.addr.ss_family == AF_INET) {
+    return Status::FromErrno("setsockopt(IP_PKTINFO)", errno);
+  }
+  if (a.addr.ss_family == AF_INET6 &&
+      setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) != 0) {
+    return Status::FromErrno("setsockopt(IPV6_RECVPKTINFO)", errno);
+  }
   return s;
 }
 
@@ -159,7 +169,36 @@ uint16_t UdpSocket::local_port() const {
 void UdpSocket::SendNow(ByteSpan d, const UdpAddress* to) {
   // Best effort by design: EAGAIN (a full buffer), ECONNREFUSED (no one there yet) and the
   // like drop the datagram; the protocol resends what matters.
-  if (to != nullptr) {
+  if (to != nullptr && to->local) {
+    // From the address the peer sent to (see UdpAddress::local).
+    iovec iov{const_cast<std::byte*>(d.data()), d.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))] = {};
+    msghdr msg{};
+    msg.msg_name = const_cast<sockaddr_storage*>(&to->addr);
+    msg.msg_namelen = to->len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+    c->cmsg_level = to->local->level;
+    if (to->local->level == IPPROTO_IP) {
+      in_pktinfo info{};
+      std::memcpy(&info.ipi_spec_dst, &to->local->addr, sizeof(info.ipi_spec_dst));
+      c->cmsg_type = IP_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof(info));
+      std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+      msg.msg_controllen = CMSG_SPACE(sizeof(info));
+    } else {
+      in6_pktinfo info{};
+      info.ipi6_addr = to->local->addr;
+      info.ipi6_ifindex = to->local->ifindex;
+      c->cmsg_type = IPV6_PKTINFO;
+      c->cmsg_len = CMSG_LEN(sizeof(info));
+      std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+      msg.msg_controllen = CMSG_SPACE(sizeof(info));
+    }
+    (void)!sendmsg(fd_, &msg, MSG_NOSIGNAL);
+  } else if (to != nullptr) {
     (void)!sendto(fd_, d.data(), d.size(), MSG_NOSIGNAL,
                   reinterpret_cast<const sockaddr*>(&to->addr), to->len);
   } else {
@@ -187,10 +226,37 @@ void UdpSocket::Send(ByteSpan d, const UdpAddress* to) {
 
 std::optional<size_t> UdpSocket::Receive(std::span<std::byte> buf, UdpAddress* from) {
   UdpAddress a;
-  a.len = sizeof(a.addr);
-  const ssize_t n = recvfrom(fd_, buf.data(), buf.size(), MSG_TRUNC,
-                             reinterpret_cast<sockaddr*>(&a.addr), &a.len);
+  iovec iov{buf.data(), buf.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo))];
+  msghdr msg{};
+  msg.msg_name = &a.addr;
+  msg.msg_namelen = sizeof(a.addr);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  const ssize_t n = recvmsg(fd_, &msg, MSG_TRUNC);
   if (n < 0) return std::nullopt;  // EAGAIN: none waiting (or an ICMP error: nothing to read)
+  a.len = msg.msg_namelen;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      in_pktinfo info;
+      std::memcpy(&info, CMSG_DATA(c), sizeof(info));
+      a.local.emplace();
+      a.local->level = IPPROTO_IP;
+      std::memcpy(&a.local->addr, &info.ipi_addr, sizeof(info.ipi_addr));
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+               !(a.local && a.local->level == IPPROTO_IP)) {
+      // (An IPv4 datagram on a dual-stack socket reports both; IP_PKTINFO is the one to
+      // answer with.)
+      in6_pktinfo info;
+      std::memcpy(&info, CMSG_DATA(c), sizeof(info));
+      a.local.emplace();
+      a.local->level = IPPROTO_IPV6;
+      a.local->addr = info.ipi6_addr;
+      a.local->ifindex = info.ipi6_ifindex;
+    }
+  }
   if (from != nullptr) *from = a;
   return static_cast<size_t>(n) > buf.size() ? size_t{0} : static_cast<size_t>(n);
 }

@@ -7,6 +7,7 @@
 // Thread-safety: one thread at a time (the UCX progress thread).
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstddef>
@@ -25,13 +26,25 @@ namespace easysync::net {
 struct UdpAddress {
   sockaddr_storage addr{};
   socklen_t len = 0;
+  // The local address a received datagram was sent to (a socket made by Bind records it):
+  // an answer sent to this address goes from there, so a host with several addresses (or
+  // bound to all of them) answers from the one it was asked at, which is the only one a
+  // client's connected socket takes datagrams from. Not part of the comparison.
+  struct Local {
+    int level = 0;    // IPPROTO_IP (an IPv4 destination, IPv4-mapped too) or IPPROTO_IPV6
+    in6_addr addr{};  // IPv4: the first 4 bytes
+    unsigned ifindex = 0;
+  };
+  std::optional<Local> local;
   bool operator==(const UdpAddress& o) const;
   std::string ToString() const;
 };
 
 class UdpSocket {
  public:
-  // A socket bound to bind:port (the hub: the same port number as its UCX listener).
+  // A socket bound to bind:port (the hub: the same port number as its UCX listener). Its
+  // Receive records where each datagram was sent (UdpAddress::local), and Send answers from
+  // there.
   static Result<UdpSocket> Bind(const std::string& bind, uint16_t port);
   // A socket that sends to and receives from host:port only (a client).
   static Result<UdpSocket> Connect(const std::string& host, uint16_t port);
