@@ -162,6 +162,59 @@ TEST(ShmRobustness, AWaiterKilledInItsSleepStopsCounting) {
   EXPECT_EQ(header.waiters(), 0u);
 }
 
+// A dead waiter's pid taken by another process: the entry records when its process started,
+// so a live process of that pid that started at another time does not keep the dead one's
+// count (the sweep used to take any live pid for the client's).
+TEST(ShmRobustness, AWaiterWhosePidWasReusedStopsCounting) {
+  const std::string cluster = UniqueCluster("reusedpid");
+  auto client = shm_connect(cluster);
+  Torture t(*client);
+  HeaderView header(cluster);
+  ASSERT_TRUE(header.ok());
+  const pid_t victim = Spawn([&] {
+    auto c = shm_connect(cluster);
+    Torture r(*c);
+    const uint64_t seen = r.stop.version();
+    while (r.stop.version() == seen) (void)r.stop.wait_for_change(seconds(3600));
+    return 0;
+  });
+  ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
+  kill(victim, SIGKILL);
+  ASSERT_EQ(WaitChild(victim), 128 + SIGKILL);
+  // Another process gets the victim's pid (the test writes it into the entry: waiting for
+  // the kernel to hand the same pid out again would take ~4 million forks). It starts later
+  // than the victim did (a tick of /proc's clock is 10 ms).
+  usleep(30'000);
+  const pid_t impostor = Spawn([] {
+    pause();
+    return 0;
+  });
+  ASSERT_GT(impostor, 0);
+  {
+    const int fd = open(("/dev/shm/easysync." + cluster).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    void* p = mmap(nullptr, sizeof(shm::SegmentHeader), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    ASSERT_NE(p, MAP_FAILED);
+    auto* h = static_cast<shm::SegmentHeader*>(p);
+    int found = 0;
+    for (shm::WaiterSlot& w : h->waiter_slots) {
+      if (w.pid.load() != victim) continue;
+      ASSERT_NE(w.start_time.load(), 0u) << "the entry did not record when its process started";
+      w.pid.store(impostor);
+      ++found;
+    }
+    munmap(p, sizeof(shm::SegmentHeader));
+    ASSERT_EQ(found, 1) << "no entry of the victim's";
+  }
+  int64_t writes = 0;
+  EXPECT_TRUE(WaitUntilTrue([&] { return header.waiters() == 0; }, [&] { t.reads = ++writes; }))
+      << "the dead waiter still counts after " << writes << " writes (its pid is alive)";
+  EXPECT_EQ(kill(impostor, 0), 0) << "the impostor is left alone";
+  kill(impostor, SIGKILL);
+  EXPECT_EQ(WaitChild(impostor), 128 + SIGKILL);
+}
+
 // Forks a process that joins the cluster and stays until killed, so the segment lives.
 pid_t Holder(const std::string& cluster, const std::function<void(SyncedObject&)>& setup = {}) {
   int fds[2];

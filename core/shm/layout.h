@@ -18,7 +18,7 @@
 namespace easysync::shm {
 
 inline constexpr uint64_t kSegmentMagic = 0x314d48534e595345ull;  // "ESYNSHM1"
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 inline constexpr size_t kMaxClusterName = 64;
 inline constexpr size_t kMaxObjectName = 96;         // including the NUL
 inline constexpr size_t kMaxAttributeName = 96;      // including the NUL
@@ -47,6 +47,9 @@ struct WaiterSlot {
   std::atomic<int32_t> pid;      // 0: free; -1: being reclaimed
   std::atomic<uint32_t> count;   // threads of that client in WaitUntil's sleep
   std::atomic<uint64_t> pid_ns;  // inode of the process's PID namespace (its pids mean that)
+  // When the process started (/proc/PID/stat's starttime, clock ticks since boot; 0:
+  // unknown): a live process of that pid that started at another time took a dead one's pid.
+  std::atomic<uint64_t> start_time;
 };
 
 struct alignas(kAlign) SegmentHeader {

@@ -5,6 +5,7 @@
 // names, and accept the copy only if the buffer's seq did not move meanwhile. A writer
 // killed at any point leaves the published buffer untouched, and its lock passes to the
 // next writer (EOWNERDEAD), so it blocks nobody.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,6 +14,8 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -47,14 +50,44 @@ uint64_t OwnPidNamespace() {
   return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
 }
 
+// When process `pid` started (field 22 of /proc/PID/stat, clock ticks since boot), or 0 when
+// that cannot be read (no such process, no /proc).
+uint64_t ProcessStartTime(pid_t pid) {
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  // The command name (field 2) is in parentheses and may hold spaces and ')': the fields
+  // after it start at the last ')'.
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  // Fields 3 (state) to 22 (starttime): 20 fields, separated by single spaces.
+  for (int field = 2; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
+  if (p == nullptr) return 0;
+  return std::strtoull(p + 1, nullptr, 10);
+}
+
+// Whether the client of entry `w` (its pid read as `pid`) is gone: no process has that pid,
+// or the one that has it started at another time than the client's (the pid was reused).
+bool WaiterGone(const WaiterSlot& w, int32_t pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  const uint64_t recorded = w.start_time.load(kRelaxed);
+  if (recorded == 0) return false;
+  const uint64_t now = ProcessStartTime(pid);
+  return now != 0 && now != recorded;
+}
+
 // Frees the entries of clients whose process is gone and takes their sleepers off `waiters`.
 void SweepWaiters(SegmentHeader& h, uint64_t pid_ns) {
   if (pid_ns == 0) return;
   for (WaiterSlot& w : h.waiter_slots) {
     int32_t pid = w.pid.load(kAcquire);
-    if (pid <= 0 || w.pid_ns.load(kRelaxed) != pid_ns || kill(pid, 0) == 0 || errno != ESRCH) {
-      continue;
-    }
+    if (pid <= 0 || w.pid_ns.load(kRelaxed) != pid_ns || !WaiterGone(w, pid)) continue;
     if (!w.pid.compare_exchange_strong(pid, -1, kAcquire)) continue;  // someone else's now
     const uint32_t sleepers = w.count.exchange(0, kRelaxed);
     // Each of them was counted in `waiters` before its entry (WaitUntil), so this never
@@ -72,6 +105,8 @@ WaiterSlot* ClaimWaiterSlot(SegmentHeader& h, uint64_t pid_ns) {
       if (w.pid.load(kRelaxed) == 0 && w.pid.compare_exchange_strong(free, -1, kAcquire)) {
         w.count.store(0, kRelaxed);
         w.pid_ns.store(pid_ns, kRelaxed);
+        // Read at each claim (once per client), not cached: a fork() child is another process.
+        w.start_time.store(ProcessStartTime(getpid()), kRelaxed);
         w.pid.store(static_cast<int32_t>(getpid()), kRelease);
         return &w;
       }
