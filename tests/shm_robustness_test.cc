@@ -125,6 +125,17 @@ bool WaitUntilTrue(const std::function<bool()>& done, const std::function<void()
   return true;
 }
 
+// A process that joins the cluster and sleeps in wait_for_change until `stop` changes.
+pid_t SpawnSleeper(const std::string& cluster) {
+  return Spawn([&] {
+    auto c = shm_connect(cluster);
+    Torture r(*c);
+    const uint64_t seen = r.stop.version();
+    while (r.stop.version() == seen) (void)r.stop.wait_for_change(seconds(3600));
+    return 0;
+  });
+}
+
 // A reader killed in its sleep (wait_for_change) would stay counted as a waiter, and every
 // write would wake the bell from then on (a system call each). A write that wakes nobody
 // finds the dead client's entry and takes it off; a live waiter in another process is still
@@ -135,15 +146,7 @@ TEST(ShmRobustness, AWaiterKilledInItsSleepStopsCounting) {
   Torture t(*client);
   HeaderView header(cluster);
   ASSERT_TRUE(header.ok());
-  auto sleeper = [&] {
-    return Spawn([&] {
-      auto c = shm_connect(cluster);
-      Torture r(*c);
-      const uint64_t seen = r.stop.version();
-      while (r.stop.version() == seen) (void)r.stop.wait_for_change(seconds(3600));
-      return 0;
-    });
-  };
+  const auto sleeper = [&] { return SpawnSleeper(cluster); };
   const pid_t victim = sleeper();
   ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
   kill(victim, SIGKILL);
@@ -171,13 +174,7 @@ TEST(ShmRobustness, AWaiterWhosePidWasReusedStopsCounting) {
   Torture t(*client);
   HeaderView header(cluster);
   ASSERT_TRUE(header.ok());
-  const pid_t victim = Spawn([&] {
-    auto c = shm_connect(cluster);
-    Torture r(*c);
-    const uint64_t seen = r.stop.version();
-    while (r.stop.version() == seen) (void)r.stop.wait_for_change(seconds(3600));
-    return 0;
-  });
+  const pid_t victim = SpawnSleeper(cluster);
   ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
   kill(victim, SIGKILL);
   ASSERT_EQ(WaitChild(victim), 128 + SIGKILL);

@@ -446,6 +446,17 @@ void BlocksOf(const std::vector<uint8_t>& cur, const std::vector<uint8_t>& base,
   }
 }
 
+// The frame names cur's hash as its result and decodes against base to cur.
+void ExpectTakesBaseTo(std::span<const uint8_t> frame, const std::vector<uint8_t>& base,
+                       const std::vector<uint8_t>& cur) {
+  auto info = PeekFrame(frame);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->result_hash, HashBytes(cur));
+  std::vector<uint8_t> out(cur.size());
+  ASSERT_TRUE(Decoder().Decode(frame, base.data(), base.size(), out).ok());
+  EXPECT_EQ(out, cur);
+}
+
 TEST(EncodeXorBlocks, WithTheBaseAppliesTheBlocksAndSendsSmallStepsAsDifferences) {
   const size_t count = 100003;  // bfloat16; the last block is short
   std::mt19937_64 rng(7);
@@ -468,15 +479,7 @@ TEST(EncodeXorBlocks, WithTheBaseAppliesTheBlocksAndSendsSmallStepsAsDifferences
   ASSERT_TRUE(size.ok() && *size > 0) << size.status().ToString();
   EXPECT_EQ(shadow, cur);    // the base took the blocks
   EXPECT_LT(*size, *plain);  // +-1 steps: differences beat XOR bits
-  auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
-  ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->result_hash, HashBytes(cur));
-  std::vector<uint8_t> out(cur.size());
-  ASSERT_TRUE(
-      Decoder()
-          .Decode(std::span<const uint8_t>(frame.data(), *size), base.data(), base.size(), out)
-          .ok());
-  EXPECT_EQ(out, cur);
+  ExpectTakesBaseTo({frame.data(), *size}, base, cur);
 
   // Too dense for a sparse frame: 0, and the base holds the result all the same.
   for (auto& v : cur) v = static_cast<uint8_t>(rng());
@@ -516,15 +519,7 @@ TEST(EncodeXorBlocks, CopyToGetsTheResultAcrossChunks) {
   ASSERT_TRUE(size.ok() && *size > 0) << size.status().ToString();
   EXPECT_EQ(shadow, cur);
   EXPECT_EQ(copy, cur);
-  auto info = PeekFrame(std::span<const uint8_t>(frame.data(), *size));
-  ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->result_hash, HashBytes(cur));  // hashed chunk by chunk: the same XXH3-64
-  std::vector<uint8_t> out(cur.size());
-  ASSERT_TRUE(
-      Decoder()
-          .Decode(std::span<const uint8_t>(frame.data(), *size), base.data(), base.size(), out)
-          .ok());
-  EXPECT_EQ(out, cur);
+  ExpectTakesBaseTo({frame.data(), *size}, base, cur);  // hashed chunk by chunk
 
   // Too dense for a sparse frame: copy_to gets the result all the same.
   for (auto& v : cur) v = static_cast<uint8_t>(rng());
