@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   libzstd-dev libxxhash-dev libucx-dev libsodium-dev libmsgpack-cxx-dev libeigen3-dev
   python3 python3-venv python3-dev
   nftables  # tests/net_udp_netns_test.cc: real packet loss in a network namespace
+  iproute2  # ip, tc: tests/net_hosts_test.cc (a veth pair), net-tensor's shaped links
 )
 
 missing=()

@@ -42,5 +42,5 @@ run_preset asan
 # the process crashes with both.
 run_preset tsan "easysync-hub core_test ucx_worker_test ordered_pool_test background_apply_test
   net_protocol_test net_test net_sync_test net_robustness_test net_device_test net_udp_test
-  net_udp_netns_test"
+  net_udp_netns_test net_hosts_test"
 run_preset fuzz "fuzz_frame_decoder fuzz_sparse_decoder fuzz_roundtrip"
