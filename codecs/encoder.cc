@@ -513,8 +513,9 @@ Result<size_t> Encoder::Impl::EncodeBlocks(const XorBlocks& blocks, uint8_t* bas
                                     std::min<size_t>(b, n - at), esize, &sink);
     }
   } else {
-    if (!cur_hash.ok())
+    if (!cur_hash.ok()) {
       return Status::ResourceExhausted("EncodeXorBlocks: hash state allocation failed");
+    }
     // Chunk by chunk (whole blocks): the chunk's blocks are applied, then the chunk is hashed
     // and copied to copy_to while it is in cache, so the result is read from memory once.
     const size_t chunk = std::max<size_t>(b, kBlock / b * b);

@@ -42,6 +42,7 @@ namespace {
 
 using std::chrono::seconds;
 using testing::FindTool;
+using testing::Gate;
 using testing::HubProcess;
 using testing::kTestToken;
 using testing::LoopbackUp;
@@ -68,16 +69,16 @@ enum Outcome : int {
 constexpr char kHubAddress[] = "10.211.0.1";
 constexpr char kClientAddress[] = "10.211.0.2";
 
-// One byte (or a port) through a pipe, with a deadline.
+// n bytes through a pipe, with a deadline.
 bool ReadExactly(int fd, void* out, size_t n, std::chrono::milliseconds timeout) {
   pollfd p{fd, POLLIN, 0};
   if (poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
   return read(fd, out, n) == static_cast<ssize_t>(n);
 }
 
-// In a child: a namespace of its own with lo up, then "ready" on `up`, then waits for the
+// In a child: a namespace of its own with lo up, then opens `up`, then waits for the
 // parent's go (the veth end is there) and gives the end its address.
-Outcome EnterHost(const std::string& ip, int up, int go, const std::string& dev,
+Outcome EnterHost(const std::string& ip, Gate& up, Gate& go, const std::string& dev,
                   const std::string& address) {
   // A mount namespace too, with /sys mounted afresh (what `ip netns exec` does): sysfs shows
   // the interfaces of the namespace that mounts it, and UCX looks its devices up there (with
@@ -89,10 +90,8 @@ Outcome EnterHost(const std::string& ip, int up, int go, const std::string& dev,
     std::fprintf(stderr, "entering network and mount namespaces: %s\n", std::strerror(errno));
     return kNoNamespace;
   }
-  const char ready = 'r';
-  (void)!write(up, &ready, 1);
-  char c = 0;
-  if (!ReadExactly(go, &c, 1, seconds(30)) || c != 'g') return kNoGo;
+  up.Open();
+  if (!go.Wait(seconds(30))) return kNoGo;
   if (Run({ip, "addr", "add", address + "/24", "dev", dev}) != 0 ||
       Run({ip, "link", "set", dev, "up"}) != 0) {
     std::fprintf(stderr, "configuring %s as %s failed\n", dev.c_str(), address.c_str());
@@ -183,22 +182,20 @@ TEST(NetHosts, ClientsOnAnotherHostSyncThroughAHubListeningOnAllAddresses) {
   const std::string ip = FindTool("ip");
   if (ip.empty()) GTEST_SKIP() << "no ip (iproute2)";
   if (geteuid() != 0) GTEST_SKIP() << "needs root for network namespaces and a veth pair";
-  int hub_up[2], hub_go[2], hub_port[2], hub_stop[2], cl_up[2], cl_go[2];
-  for (int* p : {hub_up, hub_go, hub_port, hub_stop, cl_up, cl_go}) {
-    ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
-  }
+  Gate hub_up, hub_go, hub_stop, cl_up, cl_go;
+  int hub_port[2];  // the hub's port, from the hub's side to the clients'
+  ASSERT_EQ(pipe2(hub_port, O_CLOEXEC), 0);
   const std::string log = ::testing::TempDir() + "easysync-net-hosts-hub.log";
 
   const pid_t hub = Spawn([&] {
-    if (const Outcome o = EnterHost(ip, hub_up[1], hub_go[0], "esh0", kHubAddress); o != kOk) {
+    if (const Outcome o = EnterHost(ip, hub_up, hub_go, "esh0", kHubAddress); o != kOk) {
       return static_cast<int>(o);
     }
     HubProcess h({"--bind", "0.0.0.0", "--admission", "on"}, log);
     const uint16_t port = h.port();
     (void)!write(hub_port[1], &port, sizeof(port));
     if (port == 0) return static_cast<int>(kHubDown);
-    char c = 0;
-    (void)ReadExactly(hub_stop[0], &c, 1, seconds(120));
+    (void)hub_stop.Wait(seconds(120));
     if (h.Stop() != 0) return static_cast<int>(kHubExit);
     std::ifstream in(log);
     std::stringstream text;
@@ -210,7 +207,7 @@ TEST(NetHosts, ClientsOnAnotherHostSyncThroughAHubListeningOnAllAddresses) {
     return static_cast<int>(kOk);
   });
   const pid_t clients = Spawn([&] {
-    if (const Outcome o = EnterHost(ip, cl_up[1], cl_go[0], "esc0", kClientAddress); o != kOk) {
+    if (const Outcome o = EnterHost(ip, cl_up, cl_go, "esc0", kClientAddress); o != kOk) {
       return static_cast<int>(o);
     }
     uint16_t port = 0;
@@ -219,25 +216,21 @@ TEST(NetHosts, ClientsOnAnotherHostSyncThroughAHubListeningOnAllAddresses) {
     }
     return RunClients(port);
   });
-  char c = 0;
-  const bool up =
-      ReadExactly(hub_up[0], &c, 1, seconds(30)) && ReadExactly(cl_up[0], &c, 1, seconds(30));
+  const bool up = hub_up.Wait(seconds(30)) && cl_up.Wait(seconds(30));
   // The pair, one end in each namespace (named by a process in it).
   const int made =
       up ? testing::Run({ip, "link", "add", "esh0", "netns", std::to_string(hub), "type", "veth",
                          "peer", "name", "esc0", "netns", std::to_string(clients)})
          : -1;
   if (made == 0) {
-    (void)!write(hub_go[1], "g", 1);
-    (void)!write(cl_go[1], "g", 1);
+    hub_go.Open();
+    cl_go.Open();
   }
   const int clients_rc = WaitChild(clients, seconds(180));
-  (void)!write(hub_stop[1], "s", 1);
+  hub_stop.Open();
   const int hub_rc = WaitChild(hub, seconds(60));
-  for (int* p : {hub_up, hub_go, hub_port, hub_stop, cl_up, cl_go}) {
-    close(p[0]);
-    close(p[1]);
-  }
+  close(hub_port[0]);
+  close(hub_port[1]);
   if (hub_rc == kNoNamespace || clients_rc == kNoNamespace) {
     GTEST_SKIP() << "no network namespaces here";
   }
