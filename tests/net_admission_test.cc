@@ -113,8 +113,8 @@ TEST(NetAdmission, AClientProvesItselfToAStrictHub) {
 }
 
 TEST(NetAdmission, AKnockAtAnotherOfTheHubsAddressesIsAnswered) {
-  // A hub on all addresses answers from the one the kernel picks (127.0.0.1 here, asked at
-  // 127.0.0.2): the client's knock still takes the answer.
+  // A knock at 127.0.0.2 of a hub on all addresses is answered, and admits the address the
+  // knock left from (127.0.0.1).
   testing::HubProcess hub({"--admission", "strict", "--bind", "0.0.0.0"});
   ASSERT_NE(hub.port(), 0);
   EXPECT_FALSE(ConnectsFrom("127.0.0.1", hub.port()));

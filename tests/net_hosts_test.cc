@@ -12,12 +12,9 @@
 // went wrong to stderr and exits with one of the Outcome codes below.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,6 +41,7 @@ using std::chrono::seconds;
 using testing::FindTool;
 using testing::Gate;
 using testing::HubProcess;
+using testing::InterfaceRunning;
 using testing::kTestToken;
 using testing::LoopbackUp;
 using testing::Player;
@@ -99,16 +97,7 @@ Outcome EnterHost(const std::string& ip, Gate& up, Gate& go, const std::string& 
   }
   // UCX takes only a running interface (carrier up: both ends up, which the kernel reports
   // after a moment) for its TCP transport.
-  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  const bool running = WaitFor(
-      [&] {
-        ifreq ifr{};
-        std::strncpy(ifr.ifr_name, dev.c_str(), IFNAMSIZ - 1);
-        return ioctl(fd, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_RUNNING) != 0;
-      },
-      seconds(10));
-  close(fd);
-  if (!running) {
+  if (!WaitFor([&] { return InterfaceRunning(dev); }, seconds(10))) {
     std::fprintf(stderr, "%s never came up\n", dev.c_str());
     return kNoAddress;
   }
@@ -185,7 +174,8 @@ TEST(NetHosts, ClientsOnAnotherHostSyncThroughAHubListeningOnAllAddresses) {
   Gate hub_up, hub_go, hub_stop, cl_up, cl_go;
   int hub_port[2];  // the hub's port, from the hub's side to the clients'
   ASSERT_EQ(pipe2(hub_port, O_CLOEXEC), 0);
-  const std::string log = ::testing::TempDir() + "easysync-net-hosts-hub.log";
+  const std::string log =
+      ::testing::TempDir() + "easysync-net-hosts-hub." + std::to_string(getpid()) + ".log";
 
   const pid_t hub = Spawn([&] {
     if (const Outcome o = EnterHost(ip, hub_up, hub_go, "esh0", kHubAddress); o != kOk) {

@@ -77,4 +77,15 @@ inline bool LoopbackUp() {
   return ok;
 }
 
+// Whether interface `dev` is running (up, with its carrier: a veth end whose peer is up too).
+inline bool InterfaceRunning(const std::string& dev) {
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, dev.c_str(), IFNAMSIZ - 1);
+  const bool running = ioctl(fd, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_RUNNING) != 0;
+  close(fd);
+  return running;
+}
+
 }  // namespace easysync::testing

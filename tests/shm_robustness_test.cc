@@ -95,24 +95,27 @@ TEST(ShmRobustness, WriterKilledMidWrite200TimesLeavesWholeValuesAndBlocksNobody
   EXPECT_GT(t.reads.get(), 0);
 }
 
-// The segment's header, mapped read-only to watch its waiter count.
+// The segment's header, mapped to watch its waiter count (read-only unless `writable`, for a
+// test that plays another process's part in it).
 class HeaderView {
  public:
-  explicit HeaderView(const std::string& cluster) {
-    const int fd = open(("/dev/shm/easysync." + cluster).c_str(), O_RDONLY);
+  explicit HeaderView(const std::string& cluster, bool writable = false) {
+    const int fd = open(("/dev/shm/easysync." + cluster).c_str(), writable ? O_RDWR : O_RDONLY);
     if (fd < 0) return;
-    void* p = mmap(nullptr, sizeof(shm::SegmentHeader), PROT_READ, MAP_SHARED, fd, 0);
+    void* p = mmap(nullptr, sizeof(shm::SegmentHeader), PROT_READ | (writable ? PROT_WRITE : 0),
+                   MAP_SHARED, fd, 0);
     close(fd);
-    if (p != MAP_FAILED) h_ = static_cast<const shm::SegmentHeader*>(p);
+    if (p != MAP_FAILED) h_ = static_cast<shm::SegmentHeader*>(p);
   }
   ~HeaderView() {
-    if (h_ != nullptr) munmap(const_cast<shm::SegmentHeader*>(h_), sizeof(shm::SegmentHeader));
+    if (h_ != nullptr) munmap(h_, sizeof(shm::SegmentHeader));
   }
   bool ok() const { return h_ != nullptr; }
   uint32_t waiters() const { return h_->waiters.load(); }
+  shm::SegmentHeader& header() { return *h_; }  // REQUIRES: writable
 
  private:
-  const shm::SegmentHeader* h_ = nullptr;
+  shm::SegmentHeader* h_ = nullptr;
 };
 
 bool WaitUntilTrue(const std::function<bool()>& done, const std::function<void()>& step = {}) {
@@ -172,7 +175,7 @@ TEST(ShmRobustness, AWaiterWhosePidWasReusedStopsCounting) {
   const std::string cluster = UniqueCluster("reusedpid");
   auto client = shm_connect(cluster);
   Torture t(*client);
-  HeaderView header(cluster);
+  HeaderView header(cluster, /*writable=*/true);
   ASSERT_TRUE(header.ok());
   const pid_t victim = SpawnSleeper(cluster);
   ASSERT_TRUE(WaitUntilTrue([&] { return header.waiters() == 1; }));
@@ -187,23 +190,14 @@ TEST(ShmRobustness, AWaiterWhosePidWasReusedStopsCounting) {
     return 0;
   });
   ASSERT_GT(impostor, 0);
-  {
-    const int fd = open(("/dev/shm/easysync." + cluster).c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    void* p = mmap(nullptr, sizeof(shm::SegmentHeader), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    ASSERT_NE(p, MAP_FAILED);
-    auto* h = static_cast<shm::SegmentHeader*>(p);
-    int found = 0;
-    for (shm::WaiterSlot& w : h->waiter_slots) {
-      if (w.pid.load() != victim) continue;
-      ASSERT_NE(w.start_time.load(), 0u) << "the entry did not record when its process started";
-      w.pid.store(impostor);
-      ++found;
-    }
-    munmap(p, sizeof(shm::SegmentHeader));
-    ASSERT_EQ(found, 1) << "no entry of the victim's";
+  int found = 0;
+  for (shm::WaiterSlot& w : header.header().waiter_slots) {
+    if (w.pid.load() != victim) continue;
+    ASSERT_NE(w.start_time.load(), 0u) << "the entry did not record when its process started";
+    w.pid.store(impostor);
+    ++found;
   }
+  ASSERT_EQ(found, 1) << "no entry of the victim's";
   int64_t writes = 0;
   EXPECT_TRUE(WaitUntilTrue([&] { return header.waiters() == 0; }, [&] { t.reads = ++writes; }))
       << "the dead waiter still counts after " << writes << " writes (its pid is alive)";

@@ -129,8 +129,9 @@ bool Cookies::Valid(const sockaddr_storage& from, const Nonce& nonce, const Nonc
 
 Status Knock(const std::string& host, uint16_t port, std::string_view token,
              std::chrono::milliseconds limit) {
-  // Answers are taken from any address (the nonce tells this knock's): a hub bound to all
-  // its addresses answers from the one the kernel picks.
+  // Answers are taken from any address (the nonce tells this knock's): a hub answers from
+  // the address it was asked at, but one of an earlier build bound to all its addresses
+  // answers from the one the kernel picks.
   UdpAddress hub;
   EASYSYNC_ASSIGN_OR_RETURN(UdpSocket socket, UdpSocket::Open(host, port, &hub));
   Message out;

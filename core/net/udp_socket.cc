@@ -180,22 +180,22 @@ void UdpSocket::SendNow(ByteSpan d, const UdpAddress* to) {
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
-    c->cmsg_level = to->local->level;
-    if (to->local->level == IPPROTO_IP) {
-      in_pktinfo info{};
-      std::memcpy(&info.ipi_spec_dst, &to->local->addr, sizeof(info.ipi_spec_dst));
-      c->cmsg_type = IP_PKTINFO;
+    const auto put = [&](int type, const auto& info) {
+      c->cmsg_level = to->local->level;
+      c->cmsg_type = type;
       c->cmsg_len = CMSG_LEN(sizeof(info));
       std::memcpy(CMSG_DATA(c), &info, sizeof(info));
       msg.msg_controllen = CMSG_SPACE(sizeof(info));
+    };
+    if (to->local->level == IPPROTO_IP) {
+      in_pktinfo info{};
+      std::memcpy(&info.ipi_spec_dst, &to->local->addr, sizeof(info.ipi_spec_dst));
+      put(IP_PKTINFO, info);
     } else {
       in6_pktinfo info{};
       info.ipi6_addr = to->local->addr;
       info.ipi6_ifindex = to->local->ifindex;
-      c->cmsg_type = IPV6_PKTINFO;
-      c->cmsg_len = CMSG_LEN(sizeof(info));
-      std::memcpy(CMSG_DATA(c), &info, sizeof(info));
-      msg.msg_controllen = CMSG_SPACE(sizeof(info));
+      put(IPV6_PKTINFO, info);
     }
     (void)!sendmsg(fd_, &msg, MSG_NOSIGNAL);
   } else if (to != nullptr) {

@@ -49,8 +49,9 @@ class UdpSocket {
   // A socket that sends to and receives from host:port only (a client).
   static Result<UdpSocket> Connect(const std::string& host, uint16_t port);
   // A socket for datagrams to host:port (*to, for Send) that takes answers from any address:
-  // a server bound to all its addresses answers from the one the kernel picks, which need
-  // not be the one asked. ICMP errors still show (POLLERR, SO_ERROR), as on a connected one.
+  // a server bound to all its addresses that does not answer from the one asked (a hub
+  // before Bind recorded it) answers from the one the kernel picks. ICMP errors still show
+  // (POLLERR, SO_ERROR), as on a connected one.
   static Result<UdpSocket> Open(const std::string& host, uint16_t port, UdpAddress* to);
   UdpSocket(UdpSocket&& o) noexcept;
   UdpSocket& operator=(UdpSocket&& o) noexcept;
